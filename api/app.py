@@ -1,0 +1,35 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from api import web
+from api.bodylimit import BodyLimit
+from api.errors import install_error_handlers
+from api.metrics import record_request
+from api.ratelimit import RateLimiter
+from api.routers import files, job_events, jobs, models, ops
+from core.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for `settings` (default: from the environment). Migrations are a separate step."""
+    settings = settings or get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = FastAPI(
+        title="SparseGrad fine-tuning service",
+        version="0.1.0",
+        description="OpenAI-compatible fine-tuning API whose default method is SparseGrad.",
+    )
+    app.state.settings = settings
+    app.state.job_limiter = RateLimiter(settings.job_rate_limit, 60.0)
+    install_error_handlers(app)
+    app.middleware("http")(record_request)
+    # Uploads may be multipart-wrapped: allow 64 KiB of envelope above the file cap.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 65536)
+    for module in (ops, files, jobs, job_events, models, web):
+        app.include_router(module.router)
+    return app

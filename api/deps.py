@@ -1,0 +1,68 @@
+"""Dependencies, declared once as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from api.errors import APIError
+from core.db import get_sessionmaker
+from core.keys import verify_key
+from core.models import ApiKey
+from core.settings import Settings
+from core.storage import Storage
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_db(settings: SettingsDep) -> Iterator[Session]:
+    session = get_sessionmaker(settings.database_url)()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+
+@lru_cache(maxsize=4)
+def _storage(url: str) -> Storage:
+    return Storage(url)
+
+
+def get_storage(settings: SettingsDep) -> Storage:
+    return _storage(settings.artifacts_url)
+
+
+StorageDep = Annotated[Storage, Depends(get_storage)]
+
+
+def current_key(request: Request, session: SessionDep, settings: SettingsDep) -> ApiKey:
+    """The caller's API key from `Authorization: Bearer <key>`; 401 otherwise."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise APIError(
+            401,
+            "Missing API key: send `Authorization: Bearer <key>` (create one with `sgft keys create`).",
+            code="missing_api_key",
+        )
+    key = verify_key(session, token.strip(), settings.secret_key)
+    session.commit()  # end the read transaction: on SQLite an open one would hold the write lock
+    if key is None:
+        raise APIError(401, "Incorrect or revoked API key provided.", code="invalid_api_key")
+    return key
+
+
+KeyDep = Annotated[ApiKey, Depends(current_key)]

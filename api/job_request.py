@@ -1,0 +1,150 @@
+"""Turn a create request into a validated `NewJob` (400 naming the param on any problem)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api.errors import APIError
+from api.schemas import JobCreate
+from core.datasets import TASK_OF_FORMAT, DatasetReport, check_pair
+from core.files import get_file
+from core.jobs import NewJob
+from core.models import File
+from core.registry import UnknownModel, get_model, list_models
+from core.settings import Settings
+
+METHODS = ("sparsegrad", "lora", "full", "meprop")
+NUMERIC = {
+    "n_epochs",
+    "batch_size",
+    "learning_rate_multiplier",
+    "learning_rate",
+    "max_seq_length",
+    "warmup_ratio",
+    "gradient_accumulation_steps",
+    "eval_every",
+    "checkpoint_every",
+    "max_steps",
+    "early_stopping_patience",
+    "density",
+    "basis_steps",
+    "lora_rank",
+    "weight_decay",
+}
+CHOICES = {"support": ("dynamic", "fixed"), "lr_scheduler": ("linear", "cosine")}
+BOOLS = {"train_layernorm", "eval_at_start"}
+OTHER = {"target_modules", *BOOLS}
+
+
+def request_hash(body: JobCreate) -> str:
+    """Stable hash of a create request (Idempotency-Key reuse with another body is refused)."""
+    return hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def normalize_method(body: JobCreate) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Returns (method object as stored, merged hyperparameters). "supervised" means sparsegrad."""
+    method = body.method or {"type": "sparsegrad"}
+    kind = method.get("type")
+    if not isinstance(kind, str):
+        raise APIError(400, "method.type is required (sparsegrad, lora, full or meprop)", param="method.type")
+    section = method.get(kind) or {}
+    if kind == "supervised":
+        kind = "sparsegrad"
+    if kind not in METHODS:
+        raise APIError(400, f"method.type {kind!r} is not one of {', '.join(METHODS)}", param="method.type")
+    extra = set(method) - {"type", method["type"]}
+    if extra:
+        raise APIError(400, f"method: unexpected key(s) {sorted(extra)}", param="method")
+    if not isinstance(section, dict) or set(section) - {"hyperparameters"}:
+        raise APIError(400, f"method.{method['type']} takes only 'hyperparameters'", param="method")
+    hyper = {**(body.hyperparameters or {}), **(section.get("hyperparameters") or {})}
+    check_hyperparameters(hyper)
+    for key in ("n_epochs", "batch_size", "learning_rate_multiplier"):
+        hyper.setdefault(key, "auto")
+    return {"type": kind, kind: {"hyperparameters": hyper}}, hyper
+
+
+def check_hyperparameters(hyper: dict[str, Any]) -> None:
+    """Known names and value kinds only; numeric bounds are the training engine's (it names them)."""
+    for key, value in hyper.items():
+        param = f"hyperparameters.{key}"
+        if key in NUMERIC:
+            ok = value == "auto" or (isinstance(value, int | float) and not isinstance(value, bool))
+            if not ok or (not isinstance(value, str) and value < 0):
+                raise APIError(400, f"{param} must be a non-negative number or 'auto'", param=param)
+        elif key in CHOICES:
+            if value != "auto" and value not in CHOICES[key]:
+                raise APIError(400, f"{param} must be one of {', '.join(CHOICES[key])}", param=param)
+        elif key in BOOLS:
+            if not isinstance(value, bool):
+                raise APIError(400, f"{param} must be true or false", param=param)
+        elif key == "target_modules":
+            if not (
+                isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+            ):
+                raise APIError(400, f"{param} must be a string or a list of strings", param=param)
+        else:
+            known = ", ".join(sorted(NUMERIC | set(CHOICES) | OTHER))
+            raise APIError(400, f"Unknown hyperparameter {key!r}; known: {known}", param=param)
+
+
+def _usable_file(session: Session, tenant_id: str, file_id: str, param: str) -> tuple[File, DatasetReport]:
+    row = get_file(session, tenant_id, file_id)
+    if row is None:
+        raise APIError(400, f"{param}: no such file {file_id!r}", param=param, code="file_not_found")
+    if row.purpose != "fine-tune" or row.report is None:
+        raise APIError(
+            400, f"{param}: file {file_id!r} has purpose {row.purpose!r}, not 'fine-tune'", param=param
+        )
+    report = DatasetReport.from_dict(row.report)
+    if not report.ok:
+        raise APIError(400, f"{param}: {report.describe()}", param=param, code="invalid_file")
+    return row, report
+
+
+def build_new_job(session: Session, settings: Settings, tenant_id: str, body: JobCreate) -> NewJob:
+    """Validate model, files, task match and method; 400 naming the param otherwise."""
+    try:
+        entry = get_model(body.model, settings.models_path)
+    except UnknownModel:
+        names = ", ".join(m.name for m in list_models(settings.models_path)) or "none"
+        raise APIError(
+            400, f"Model {body.model!r} is not available for fine-tuning; available: {names}", param="model"
+        ) from None
+    _, train = _usable_file(session, tenant_id, body.training_file, "training_file")
+    if body.validation_file:
+        _, valid = _usable_file(session, tenant_id, body.validation_file, "validation_file")
+        problems = check_pair(train, valid)
+        if problems:
+            text = "; ".join(p.message for p in problems[:5])
+            raise APIError(
+                400, f"validation_file does not match training_file: {text}", param="validation_file"
+            )
+    data_task = TASK_OF_FORMAT.get(train.format or "", None)
+    wanted = "a chat or prompt/completion" if entry.task == "causal_lm" else "a classification"
+    if data_task != entry.task:
+        raise APIError(
+            400,
+            f"training_file has {train.format} data (a {data_task} task) but model {entry.name!r} is a "
+            f"{entry.task} model; use {wanted} file or another model",
+            param="training_file",
+            code="task_mismatch",
+        )
+    method, hyper = normalize_method(body)
+    return NewJob(
+        tenant_id=tenant_id,
+        model=entry.name,
+        task=entry.task,
+        method=method,
+        hyperparameters=hyper,
+        seed=body.seed if body.seed is not None else 42,
+        suffix=body.suffix or None,
+        metadata=body.metadata,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        queue=settings.job_queue,
+    )

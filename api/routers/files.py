@@ -1,0 +1,143 @@
+"""/v1/files: upload (streamed to disk with a size cap, validated before the response), list, get, content."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Query, Request, UploadFile
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
+from api.errors import APIError, not_found
+from api.schemas import FileDeleted, FilePublic, ListPage
+from core import files as file_store
+from core.datasets import validate_lines
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+CHUNK = 1 << 20
+
+
+def _clean_name(name: str | None) -> str:
+    """The base name only (never used as a path), printable, at most 255 characters."""
+    base = PureWindowsPath(PurePosixPath(name or "upload.jsonl").name).name
+    return re.sub(r"[^\w.\- ]", "_", base)[:255] or "upload.jsonl"
+
+
+def _spool(upload: UploadFile, target: Path, cap: int) -> int:
+    """Copy the upload to `target` in 1 MiB chunks, refusing more than `cap` bytes."""
+    size = 0
+    with target.open("wb") as out:
+        while chunk := upload.file.read(CHUNK):
+            size += len(chunk)
+            if size > cap:
+                raise APIError(
+                    413, f"File is larger than the {cap} byte limit", param="file", code="file_too_large"
+                )
+            out.write(chunk)
+    return size
+
+
+@router.post("", response_model=FilePublic)
+async def upload_file(
+    request: Request,
+    key: KeyDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    file: UploadFile,
+    purpose: Annotated[str, Form()] = "fine-tune",
+) -> FilePublic:
+    """Upload a JSONL dataset (purpose "fine-tune"); malformed data is a 400 naming lines and problems."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > settings.max_upload_bytes + 65536:
+        raise APIError(413, f"File is larger than the {settings.max_upload_bytes} byte limit", param="file")
+    if purpose != "fine-tune":
+        raise APIError(400, f"purpose {purpose!r} is not supported; use 'fine-tune'", param="purpose")
+    filename = _clean_name(file.filename)
+    tmp_dir = settings.data_dir / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"upload-{uuid.uuid4().hex}"
+    try:
+        await run_in_threadpool(_spool, file, tmp, settings.max_upload_bytes)
+
+        def _validate() -> dict[str, object]:
+            with tmp.open("rb") as fh:
+                report = validate_lines(fh, filename)
+            if not report.ok:
+                raise APIError(400, report.describe(), param="file", code="invalid_file")
+            return report.to_dict()
+
+        report = await run_in_threadpool(_validate)
+        row = await run_in_threadpool(
+            lambda: file_store.create_file(
+                session,
+                storage,
+                tenant_id=key.tenant_id,
+                local=tmp,
+                filename=filename,
+                purpose=purpose,
+                report=report,
+            )
+        )
+    finally:
+        tmp.unlink(missing_ok=True)
+    return FilePublic.of(row)
+
+
+@router.get("", response_model=ListPage[FilePublic])
+def list_files(
+    key: KeyDep,
+    session: SessionDep,
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+) -> ListPage[FilePublic]:
+    """The tenant's files, newest first."""
+    rows, more = file_store.list_files(session, key.tenant_id, purpose=purpose, after=after, limit=limit)
+    data = [FilePublic.of(r) for r in rows]
+    return ListPage(
+        data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
+    )
+
+
+@router.get("/{file_id}", response_model=FilePublic)
+def get_file(file_id: str, key: KeyDep, session: SessionDep) -> FilePublic:
+    row = file_store.get_file(session, key.tenant_id, file_id)
+    if row is None:
+        raise not_found("file", file_id, "file_id")
+    return FilePublic.of(row)
+
+
+@router.get("/{file_id}/content")
+def file_content(file_id: str, key: KeyDep, session: SessionDep, storage: StorageDep) -> StreamingResponse:
+    """The file's bytes (uploads as JSONL; results as .tar.gz or .jsonl)."""
+    row = file_store.get_file(session, key.tenant_id, file_id)
+    if row is None:
+        raise not_found("file", file_id, "file_id")
+
+    def chunks() -> Iterator[bytes]:
+        with storage.open(row.storage_key) as fh:
+            while chunk := fh.read(CHUNK):
+                yield chunk
+
+    session.commit()  # no transaction stays open while the bytes stream
+    media = "application/gzip" if row.filename.endswith(".tar.gz") else "application/octet-stream"
+    headers = {
+        "Content-Disposition": f'attachment; filename="{row.filename}"',
+        "Content-Length": str(row.bytes),
+    }
+    return StreamingResponse(chunks(), media_type=media, headers=headers)
+
+
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(file_id: str, key: KeyDep, session: SessionDep, storage: StorageDep) -> FileDeleted:
+    row = file_store.get_file(session, key.tenant_id, file_id)
+    if row is None:
+        raise not_found("file", file_id, "file_id")
+    file_store.delete_file(session, storage, row)
+    return FileDeleted(id=file_id)

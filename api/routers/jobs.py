@@ -1,0 +1,196 @@
+"""/v1/fine_tuning/jobs: create (idempotent, rate limited), list, get, cancel, pause, resume, merge."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy.orm import Session
+
+from api.deps import KeyDep, SessionDep, SettingsDep
+from api.errors import APIError, not_found
+from api.job_request import build_new_job, request_hash
+from api.schemas import Estimate, JobCreate, JobPublic, ListPage
+from core import jobs as job_ops
+from core import queries
+from core.datasets import DatasetReport
+from core.files import get_file
+from core.models import Job
+from core.queue import send_merge, send_run
+from core.settings import Settings
+from core.states import IllegalTransition
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+
+def _enqueue(session: Session, settings: Settings, job: Job) -> None:
+    """Send "run job X" after the row is committed; if the broker is down the reaper re-sends later."""
+    try:
+        send_run(job.id, job.queue, settings)
+    except Exception as exc:  # the job stays queued in the database: it is not lost
+        log.warning("could not send job %s to the broker (%s); the reaper will re-send it", job.id, exc)
+        return
+    job_ops.mark_enqueued(session, job.id)
+
+
+def load_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    """The tenant's job or a 404."""
+    job = queries.get_job(session, tenant_id, job_id)
+    if job is None:
+        raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
+    return job
+
+
+@router.post("", response_model=JobPublic)
+def create_job(
+    request: Request,
+    body: JobCreate,
+    key: KeyDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobPublic:
+    """Create a fine-tuning job; a retry with the same Idempotency-Key returns the same job."""
+    request.app.state.job_limiter.hit(key.id)
+    new = build_new_job(session, settings, key.tenant_id, body)
+    try:
+        job, created = job_ops.create_job(session, new, idempotency_key, request_hash(body))
+    except job_ops.IdempotencyConflict as exc:
+        raise APIError(409, str(exc), param="Idempotency-Key", code="idempotency_key_reused") from None
+    if created:
+        _enqueue(session, settings, job)
+    return JobPublic.of(load_job(session, key.tenant_id, job.id))
+
+
+@router.get("", response_model=ListPage[JobPublic])
+def list_jobs(
+    request: Request,
+    key: KeyDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    status: str | None = None,
+) -> ListPage[JobPublic]:
+    """The tenant's jobs, newest first; filter with `status=` and `metadata[key]=value`."""
+    metadata = {
+        k[len("metadata[") : -1]: v
+        for k, v in request.query_params.items()
+        if k.startswith("metadata[") and k.endswith("]")
+    }
+    rows, more = queries.list_jobs(
+        session, key.tenant_id, after=after, limit=limit, status=status, metadata=metadata
+    )
+    data = [JobPublic.of(j) for j in rows]
+    return ListPage(
+        data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
+    )
+
+
+@router.post("/estimate", response_model=Estimate)
+def estimate(body: JobCreate, key: KeyDep, session: SessionDep, settings: SettingsDep) -> Estimate:
+    """Examples, approximate tokens, steps and (from this service's measured throughput) duration."""
+    new = build_new_job(session, settings, key.tenant_id, body)
+    train_row = get_file(session, key.tenant_id, new.training_file)
+    assert train_row is not None and train_row.report is not None
+    train = DatasetReport.from_dict(train_row.report)
+    valid_n = 0
+    if new.validation_file:
+        valid_row = get_file(session, key.tenant_id, new.validation_file)
+        valid_n = DatasetReport.from_dict(valid_row.report).examples if valid_row and valid_row.report else 0
+    hp = new.hyperparameters
+    epochs = hp.get("n_epochs") if isinstance(hp.get("n_epochs"), int | float) else None
+    batch = hp.get("batch_size") if isinstance(hp.get("batch_size"), int | float) else None
+    steps = None
+    if epochs is not None and batch:
+        steps = math.ceil(train.examples / int(batch)) * math.ceil(float(epochs))
+        if isinstance(hp.get("max_steps"), int) and hp["max_steps"] > 0:
+            steps = min(steps, int(hp["max_steps"]))
+    tokens = train_row.bytes // 4  # ~4 bytes per token of English text: an approximation, said so in `note`
+    rate = queries.throughput(session, new.model)
+    seconds = tokens * float(epochs) / rate if rate and epochs is not None else None
+    note = "Tokens are approximated as bytes/4. "
+    note += (
+        "Duration uses the measured throughput of this service's finished jobs on this model."
+        if rate
+        else "No finished job on this model yet, so no measured throughput to estimate duration from."
+    )
+    if epochs is None or not batch:
+        note += " n_epochs/batch_size are 'auto' (chosen by the engine at run time), so steps are unknown."
+    return Estimate(
+        model=new.model,
+        method=str(new.method["type"]),
+        task=new.task,
+        training_examples=train.examples,
+        validation_examples=valid_n,
+        approx_tokens_per_epoch=tokens,
+        n_epochs=int(epochs) if epochs is not None else None,
+        batch_size=int(batch) if batch else None,
+        total_steps=steps,
+        measured_tokens_per_second=rate,
+        estimated_seconds=seconds,
+        note=note,
+    )
+
+
+@router.get("/{fine_tuning_job_id}", response_model=JobPublic)
+def get_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
+    return JobPublic.of(load_job(session, key.tenant_id, fine_tuning_job_id))
+
+
+def _change(session: Session, job: Job, op: str) -> Job:
+    try:
+        if op == "cancel":
+            return job_ops.cancel(session, job)
+        if op == "pause":
+            return job_ops.pause(session, job)
+        return job_ops.resume(session, job)
+    except IllegalTransition as exc:
+        raise APIError(
+            409,
+            f"Cannot {op} job {job.id}: it is {exc.current}",
+            param="fine_tuning_job_id",
+            code="invalid_state",
+        ) from None
+
+
+@router.post("/{fine_tuning_job_id}/cancel", response_model=JobPublic)
+def cancel_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
+    """Queued or paused: cancelled at once. Running: stops at its next step, keeping its checkpoint."""
+    job = _change(session, load_job(session, key.tenant_id, fine_tuning_job_id), "cancel")
+    return JobPublic.of(job)
+
+
+@router.post("/{fine_tuning_job_id}/pause", response_model=JobPublic)
+def pause_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
+    """Queued: paused at once. Running: checkpoints and pauses at its next step."""
+    return JobPublic.of(_change(session, load_job(session, key.tenant_id, fine_tuning_job_id), "pause"))
+
+
+@router.post("/{fine_tuning_job_id}/resume", response_model=JobPublic)
+def resume_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep, settings: SettingsDep) -> JobPublic:
+    """Paused -> queued; it continues from its last checkpoint."""
+    job = _change(session, load_job(session, key.tenant_id, fine_tuning_job_id), "resume")
+    _enqueue(session, settings, job)
+    return JobPublic.of(load_job(session, key.tenant_id, job.id))
+
+
+@router.post("/{fine_tuning_job_id}/merge", response_model=JobPublic)
+def merge_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep, settings: SettingsDep) -> JobPublic:
+    """Ask a worker to merge the delta into the base model; the merged model is added to result_files."""
+    job = load_job(session, key.tenant_id, fine_tuning_job_id)
+    if job.status != "succeeded":
+        raise APIError(
+            409, f"Job {job.id} is {job.status}; only a succeeded job can be merged", code="invalid_state"
+        )
+    if job.merge_status in ("queued", "running", "succeeded"):
+        return JobPublic.of(job)
+    job_ops.set_merge_status(session, job.id, "queued")
+    try:
+        send_merge(job.id, job.queue, settings)
+    except Exception as exc:
+        job_ops.set_merge_status(session, job.id, "failed")
+        raise APIError(503, f"The queue is unavailable ({type(exc).__name__}); retry later") from None
+    return JobPublic.of(load_job(session, key.tenant_id, job.id))

@@ -1,0 +1,229 @@
+"""Request and response schemas, in the shape of OpenAI's fine-tuning API (create / public / list apart)."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.models import Checkpoint, File, Job, JobEvent
+
+T = TypeVar("T")
+
+
+class ListPage(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class FilePublic(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+    status_details: str | None = None
+    expires_at: int | None = None
+
+    @classmethod
+    def of(cls, row: File) -> FilePublic:
+        return cls(
+            id=row.id,
+            bytes=row.bytes,
+            created_at=int(row.created_at),
+            filename=row.filename,
+            purpose=row.purpose,
+            status=row.status,
+            status_details=row.status_details,
+        )
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+class JobCreate(BaseModel):
+    """POST /v1/fine_tuning/jobs (and /estimate)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    training_file: str = Field(min_length=1, max_length=64)
+    validation_file: str | None = Field(default=None, max_length=64)
+    hyperparameters: dict[str, Any] | None = None
+    method: dict[str, Any] | None = None
+    suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    integrations: list[Any] | None = None  # accepted for client compatibility; none are supported
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class Progress(BaseModel):
+    step: int
+    total_steps: int | None
+    epoch: float
+    seconds_remaining: float | None
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    model: str
+    created_at: int
+    finished_at: int | None
+    status: str
+    error: JobError | None
+    fine_tuned_model: str | None
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    seed: int
+    training_file: str
+    validation_file: str | None
+    result_files: list[str]
+    trained_tokens: int | None
+    estimated_finish: int | None
+    metadata: dict[str, Any] | None
+    organization_id: str
+    user_provided_suffix: str | None
+    integrations: list[Any] = []
+    progress: Progress
+    metrics: dict[str, Any]
+    attempts: int
+    merge_status: str | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> JobPublic:
+        error = None
+        if job.status == "failed":
+            error = JobError(
+                code=job.error_code or "failed", message=job.error_message or "", param=job.error_param
+            )
+        finish = None
+        if job.status == "running" and job.seconds_remaining is not None and job.heartbeat_at:
+            finish = int(job.heartbeat_at + job.seconds_remaining)
+        return cls(
+            id=job.id,
+            model=job.model,
+            created_at=int(job.created_at),
+            finished_at=int(job.finished_at) if job.finished_at else None,
+            status=job.status,
+            error=error,
+            fine_tuned_model=job.fine_tuned_model,
+            hyperparameters=job.hyperparameters,
+            method=job.method,
+            seed=job.seed,
+            training_file=job.training_file,
+            validation_file=job.validation_file,
+            result_files=list(job.result_files or []),
+            trained_tokens=job.trained_tokens,
+            estimated_finish=finish,
+            metadata=job.meta,
+            organization_id=job.tenant_id,
+            user_provided_suffix=job.suffix,
+            progress=Progress(
+                step=job.step,
+                total_steps=job.total_steps,
+                epoch=job.epoch,
+                seconds_remaining=job.seconds_remaining,
+            ),
+            metrics=job.metrics or {},
+            attempts=job.attempts,
+            merge_status=job.merge_status,
+        )
+
+
+def event_id(job_id: str, seq: int) -> str:
+    """Public event id: `ftevent-<job hex>-<seq>` (the seq is what pagination compares)."""
+    return f"ftevent-{job_id.removeprefix('ftjob-')}-{seq}"
+
+
+def parse_event_cursor(value: str | None) -> int | None:
+    """The seq inside an event id (or a bare number); None when absent."""
+    if not value:
+        return None
+    tail = value.rsplit("-", 1)[-1]
+    if not tail.isdigit():
+        from api.errors import APIError
+
+        raise APIError(400, f"after: {value!r} is not an event id", param="after", code="invalid_value")
+    return int(tail)
+
+
+class EventPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, event: JobEvent) -> EventPublic:
+        return cls(
+            id=event_id(event.job_id, event.seq),
+            created_at=int(event.created_at),
+            level=event.level,
+            message=event.message,
+            type=event.type,
+            data=event.data,
+        )
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    step_number: int
+    metrics: dict[str, Any]
+    fine_tuning_job_id: str
+    fine_tuned_model_checkpoint: str
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint, model_name: str) -> CheckpointPublic:
+        return cls(
+            id=ckpt.id,
+            created_at=int(ckpt.created_at),
+            step_number=ckpt.step,
+            metrics={"step": ckpt.step, **(ckpt.metrics or {})},
+            fine_tuning_job_id=ckpt.job_id,
+            fine_tuned_model_checkpoint=f"{model_name}:ckpt-step-{ckpt.step}",
+        )
+
+
+class ModelPublic(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    task: str | None = None
+    description: str | None = None
+
+
+class Estimate(BaseModel):
+    object: Literal["fine_tuning.job.estimate"] = "fine_tuning.job.estimate"
+    model: str
+    method: str
+    task: str
+    training_examples: int
+    validation_examples: int
+    approx_tokens_per_epoch: int
+    n_epochs: int | None
+    batch_size: int | None
+    total_steps: int | None
+    measured_tokens_per_second: float | None
+    estimated_seconds: float | None
+    note: str

@@ -1,0 +1,92 @@
+"""Service settings, read once from the environment (prefix `SGFT_`) or a `.env` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET = "change-me-development-only"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Unset URLs derive from `data_dir` (the embedded default)."""
+
+    model_config = SettingsConfigDict(env_prefix="SGFT_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Field(
+        default=Path("./var"), description="Database, broker, artifacts and scratch space."
+    )
+    database_url: str = Field(default="", description="SQLAlchemy URL; default sqlite:///$DATA_DIR/sgft.db.")
+    broker_url: str = Field(
+        default="", description="Celery broker; default sqla+sqlite:///$DATA_DIR/broker.db."
+    )
+    artifacts_url: str = Field(
+        default="", description="fsspec URL of artifacts; default $DATA_DIR/artifacts."
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    heartbeat_timeout: float = Field(
+        default=120.0, gt=0, description="A running job silent this long is stale."
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Worker losses tolerated before a job fails.")
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    secret_key: str = Field(default=DEFAULT_SECRET, description="HMAC pepper for API keys.")
+    worker_queues: str = Field(
+        default="cpu", description="Comma list of queues a worker consumes (cpu, gpu)."
+    )
+    job_queue: Literal["cpu", "gpu"] = Field(default="cpu", description="Queue new jobs are sent to.")
+    queue_prefix: str = Field(
+        default="", description="Prefix of queue names (isolates deployments on one broker)."
+    )
+    checkpoint_every: int = Field(default=50, ge=1, description="Default checkpoint period in steps.")
+    reaper_interval: float = Field(default=15.0, gt=0)
+    queued_grace: float = Field(
+        default=120.0, gt=0, description="Re-send a queued job unclaimed for this long."
+    )
+    job_rate_limit: int = Field(default=30, ge=1, description="Job creations per API key per minute.")
+    visibility_timeout: int = Field(
+        default=7 * 24 * 3600, description="Broker redelivery timeout; above any job."
+    )
+    models_dir: Path | None = Field(
+        default=None, description="Extra model registry; default $DATA_DIR/models."
+    )
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'sgft.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+        if not self.artifacts_url:
+            self.artifacts_url = str(self.data_dir / "artifacts")
+        if self.models_dir is None:
+            self.models_dir = self.data_dir / "models"
+        if self.env == "production" and (self.secret_key == DEFAULT_SECRET or len(self.secret_key) < 16):
+            raise ValueError("SGFT_SECRET_KEY must be set to a secret of 16+ characters in production")
+        return self
+
+    @property
+    def queues(self) -> list[str]:
+        """Full names of the queues this process consumes."""
+        return [self.queue_name(q.strip()) for q in self.worker_queues.split(",") if q.strip()]
+
+    def queue_name(self, kind: str) -> str:
+        """The broker queue for `kind` ("cpu" or "gpu")."""
+        return f"{self.queue_prefix}{kind}"
+
+    @property
+    def models_path(self) -> Path:
+        """The extra registry folder (always set after validation)."""
+        return self.models_dir or self.data_dir / "models"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests call `get_settings.cache_clear()` after changing the env)."""
+    return Settings()

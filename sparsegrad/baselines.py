@@ -1,0 +1,76 @@
+"""Baselines on the same target layers: LoRA (through peft), MeProp (top-k of dL/dW), full fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from sparsegrad.config import SparseGradConfig
+from sparsegrad.model import find_head_modules, infer_task, inject
+from sparsegrad.targets import find_target_modules
+
+
+def lora_rank_for(
+    model: nn.Module,
+    density: float,
+    target_modules: str | list[str] = "auto",
+    include_gate_proj: bool = False,
+    layers: list[int] | None = None,
+) -> int:
+    """LoRA rank whose trainable parameters on the target layers, Σ r·(D_out + D_in), best match SparseGrad's
+    Σ k = Σ round(density·D_out·D_in) (at least 1)."""
+    targets = find_target_modules(model, target_modules, include_gate_proj, layers)
+    k_total = sum(max(1, round(density * t.d_out * t.d_in)) for t in targets)
+    per_rank = sum(t.d_out + t.d_in for t in targets)
+    return max(1, round(k_total / per_rank))
+
+
+def apply_lora(
+    model: nn.Module,
+    target_modules: str | list[str] = "auto",
+    rank: int = 7,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    train_head: bool | None = None,
+    include_gate_proj: bool = False,
+    layers: list[int] | None = None,
+    task: str | None = None,
+) -> Any:
+    """Wrap `model` with peft LoRA on the SparseGrad target layers; returns the PeftModel.
+
+    alpha defaults to 2·rank. The task head trains densely (peft `modules_to_save`) by default for
+    classification, not for a causal LM, as for SparseGrad.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    targets = find_target_modules(model, target_modules, include_gate_proj, layers)
+    task = task or infer_task(model)
+    train_head = train_head if train_head is not None else task != "causal_lm"
+    heads = find_head_modules(model, task) if train_head else []
+    lora_cfg = LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else 2 * rank,  # type: ignore[arg-type]
+        lora_dropout=dropout,
+        target_modules=[t.name for t in targets],
+        modules_to_save=heads or None,
+        fan_in_fan_out=any(t.transposed for t in targets),
+    )
+    return get_peft_model(model, lora_cfg)
+
+
+def apply_meprop(model: nn.Module, cfg: SparseGradConfig) -> nn.Module:
+    """MeProp as the paper configured it: top-k of dL/dW in the original basis, same k and layers as
+    SparseGrad (identity basis; no preliminary phase). Use `make_optimizer` and `save_delta` as usual."""
+    if cfg.support != "dynamic":
+        raise ValueError("MeProp re-selects its top-k every step: use support='dynamic'")
+    return inject(model, cfg, None, method="meprop")
+
+
+def enable_full_finetuning(model: nn.Module) -> list[nn.Parameter]:
+    """Full fine-tuning: every parameter trains; returns them (for torch.optim.AdamW)."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return list(model.parameters())

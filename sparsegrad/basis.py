@@ -1,0 +1,158 @@
+"""The preliminary phase: a streaming HOSVD of weight gradients, one (P, Q) per group of target layers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsegrad.config import SparseGradConfig
+from sparsegrad.targets import Target, find_target_modules, is_conv1d, module_weight
+
+
+@dataclass
+class Basis:
+    """Orthogonal bases per group: P (D_out, D_out), Q (D_in, D_in), columns by descending singular value.
+
+    `layer_group` maps each target layer name to its group key; `grad_sum` holds each layer's gradient summed
+    over the basis steps (original basis, (D_out, D_in)), used to choose a fixed support.
+    """
+
+    p: dict[str, torch.Tensor]
+    q: dict[str, torch.Tensor]
+    layer_group: dict[str, str]
+    grad_sum: dict[str, torch.Tensor] = field(default_factory=dict)
+    steps: int = 0
+    extra_seconds: float = 0.0  # time spent on Gram accumulation + eigh, beyond the gradient steps
+
+    def pair(self, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, Q) for a target layer name."""
+        if layer not in self.layer_group:
+            raise KeyError(
+                f"basis has no entry for layer {layer!r}; it covers {sorted(self.layer_group)[:4]}…"
+            )
+        g = self.layer_group[layer]
+        return self.p[g], self.q[g]
+
+    def save(self, path: str | Path) -> None:
+        """Write the basis to one safetensors file (for resuming a job)."""
+        from safetensors.torch import save_file
+
+        tensors = {f"p::{g}": t.contiguous() for g, t in self.p.items()}
+        tensors |= {f"q::{g}": t.contiguous() for g, t in self.q.items()}
+        tensors |= {f"grad_sum::{n}": t.contiguous() for n, t in self.grad_sum.items()}
+        meta = {f"group::{n}": g for n, g in self.layer_group.items()}
+        meta |= {"steps": str(self.steps), "extra_seconds": repr(self.extra_seconds)}
+        save_file(tensors, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Basis:
+        """Inverse of `save`."""
+        from safetensors import safe_open
+
+        out = cls({}, {}, {})
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            for key in f.keys():
+                kind, _, name = key.partition("::")
+                getattr(out, {"p": "p", "q": "q", "grad_sum": "grad_sum"}[kind])[name] = f.get_tensor(key)
+        out.layer_group = {k[len("group::") :]: v for k, v in meta.items() if k.startswith("group::")}
+        out.steps = int(meta.get("steps", "0"))
+        out.extra_seconds = float(meta.get("extra_seconds", "0"))
+        return out
+
+
+def _eigvecs_desc(gram: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors of a symmetric PSD (D, D) float64 matrix, columns by descending eigenvalue."""
+    _, vecs = torch.linalg.eigh(gram)
+    return vecs.flip(1).contiguous()
+
+
+def _move(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def compute_basis(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    cfg: SparseGradConfig,
+    targets: list[Target] | None = None,
+) -> Basis:
+    """Run `cfg.basis_steps` forward/backward steps (`model(**batch).loss`) and build the HOSVD bases.
+
+    Streaming form: per group, accumulate Σ G Gᵀ (D_out, D_out) and Σ Gᵀ G (D_in, D_in) in float64 over every
+    layer and step, then one `eigh` each (P, Q = eigenvectors by descending eigenvalue). With
+    `cfg.per_layer_basis` each layer is its own group. No weight changes: only gradients are read; the
+    trainable flags, train/eval mode, existing grads and the global RNG state are restored afterwards.
+    """
+    if targets is None:
+        targets = find_target_modules(model, cfg.target_modules, cfg.include_gate_proj, cfg.layers)
+    modules = {t.name: model.get_submodule(t.name) for t in targets}
+    group_of = {t.name: (t.name if cfg.per_layer_basis else t.group) for t in targets}
+    params = list(model.parameters())
+    saved_flags = [p.requires_grad for p in params]
+    saved_grads = [p.grad for p in params]
+    was_training = model.training
+    device = next(iter(model.parameters())).device
+    gram_out: dict[str, torch.Tensor] = {}
+    gram_in: dict[str, torch.Tensor] = {}
+    grad_sum: dict[str, torch.Tensor] = {}
+    extra = 0.0
+    steps = 0
+    try:
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+        for m in modules.values():
+            module_weight(m).requires_grad_(True)
+        model.train()
+        with torch.random.fork_rng(devices=[]):
+            for batch in batches:
+                if steps >= cfg.basis_steps:
+                    break
+                loss = model(**_move(batch, device)).loss
+                if loss is None:
+                    raise ValueError("model(**batch).loss is None: the batches must carry labels")
+                loss.backward()
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    for name, m in modules.items():
+                        weight = module_weight(m)
+                        grad = weight.grad
+                        assert grad is not None, f"no gradient reached target layer {name}"
+                        g32 = grad.t() if is_conv1d(m) else grad  # (D_out, D_in) layout
+                        g = g32.double()  # (D_out, D_in)
+                        key = group_of[name]
+                        if key not in gram_out:
+                            gram_out[key] = torch.zeros(
+                                g.shape[0], g.shape[0], dtype=torch.float64, device=device
+                            )
+                            gram_in[key] = torch.zeros(
+                                g.shape[1], g.shape[1], dtype=torch.float64, device=device
+                            )
+                        gram_out[key].addmm_(g, g.t())
+                        gram_in[key].addmm_(g.t(), g)
+                        if name in grad_sum:
+                            grad_sum[name].add_(g32)
+                        else:
+                            grad_sum[name] = g32.float().clone()
+                        weight.grad = None
+                extra += time.perf_counter() - t0
+                steps += 1
+        if steps == 0:
+            raise ValueError("compute_basis got no batches; it needs at least one training batch")
+        t0 = time.perf_counter()
+        p_out = {k: _eigvecs_desc(v).float() for k, v in gram_out.items()}
+        q_out = {k: _eigvecs_desc(v).float() for k, v in gram_in.items()}
+        extra += time.perf_counter() - t0
+    finally:
+        for p, flag, grad in zip(params, saved_flags, saved_grads, strict=True):
+            p.requires_grad_(flag)
+            p.grad = grad
+        model.train(was_training)
+    return Basis(p_out, q_out, group_of, grad_sum, steps, extra)

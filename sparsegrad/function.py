@@ -1,0 +1,160 @@
+"""The SparseGrad autograd function and the two pieces of basis algebra it needs.
+
+Algebra (W: (D_out, D_in), P: (D_out, D_out), Q: (D_in, D_in), both orthogonal):
+    C = Pᵀ W Q,   W = P C Qᵀ,   dL/dC = Pᵀ (dL/dW) Q = (dY P)ᵀ (X Q).
+The forward runs in the original basis with plain W (F.linear, same cost as the frozen model); W is kept in
+sync by `apply_sparse_update` after each optimizer step. P or Q may be None (identity: MeProp).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# Slice out all-zero rows of dY (padding tokens) only when at least this fraction of rows is zero: the
+# gather costs a copy, which pays off only when it removes real work.
+_SKIP_ROWS_MIN_FRACTION = 0.05
+
+
+def coefficient_grad(
+    gy: torch.Tensor, x: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None
+) -> torch.Tensor:
+    """dL/dC = Pᵀ (gyᵀ x) Q for gy: (N, D_out), x: (N, D_in); returns (D_out, D_in).
+
+    Two exact orders; picks the cheaper in multiply-adds:
+      factor first: (gy P)ᵀ (x Q)   ~ N·(D_out² + D_in² + D_out·D_in)
+      dW first:     Pᵀ (gyᵀ x) Q    ~ N·D_out·D_in + D_out·D_in·(D_out + D_in)
+    """
+    n, d_out = gy.shape
+    d_in = x.shape[1]
+    rot_out = d_out * d_out if p is not None else 0
+    rot_in = d_in * d_in if q is not None else 0
+    factor_first = n * (rot_out + rot_in + d_out * d_in)
+    dense_first = (
+        n * d_out * d_in + (d_in * rot_out if p is not None else 0) + (d_out * rot_in if q is not None else 0)
+    )
+    if factor_first < dense_first:
+        a = gy @ p if p is not None else gy  # (N, D_out)
+        b = x @ q if q is not None else x  # (N, D_in)
+        return a.t() @ b
+    g = gy.t() @ x  # (D_out, D_in)
+    if p is not None:
+        g = p.t() @ g
+    if q is not None:
+        g = g @ q
+    return g
+
+
+def apply_sparse_update(
+    weight: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    p: torch.Tensor | None,
+    q: torch.Tensor | None,
+) -> None:
+    """weight += P S Qᵀ in place, S sparse (D_out, D_in) with entries (rows, cols, values) (see below)."""
+    if values.numel():
+        apply_group_update([weight], rows.unsqueeze(0), cols.unsqueeze(0), values.unsqueeze(0), p, q)
+
+
+def apply_group_update(
+    weights: list[torch.Tensor],
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    p: torch.Tensor | None,
+    q: torch.Tensor | None,
+) -> None:
+    """weights[l] += P S_l Qᵀ in place for L same-shaped layers sharing (P, Q); rows/cols/values: (L, k).
+
+    One sparse product for the whole group on the larger basis (cost L·k·D_big), one batched dense product
+    on the smaller one (L·D_out·D_in·D_small), one foreach add: few, large operations.
+    """
+    n_layers = len(weights)
+    if n_layers == 0:
+        return
+    if p is None and q is None:
+        for w, r, c, v in zip(weights, rows, cols, values, strict=True):
+            w.index_put_((r, c), v.to(w.dtype), accumulate=True)
+        return
+    d_out, d_in = weights[0].shape
+    off = torch.arange(n_layers, device=rows.device).unsqueeze(1)  # (L, 1)
+    vals = values.reshape(-1).to(p.dtype if p is not None else q.dtype)  # type: ignore[union-attr]
+    if q is None or (p is not None and d_out >= d_in):
+        assert p is not None
+        # stacked S_lᵀ: (L·D_in, D_out) sparse; (S_lᵀ Pᵀ) = (P S_l)ᵀ
+        idx = torch.stack([(cols + off * d_in).reshape(-1), rows.reshape(-1)])
+        s_t = torch.sparse_coo_tensor(idx, vals, (n_layers * d_in, d_out), check_invariants=False)
+        ps = torch.sparse.mm(s_t, p.t()).view(n_layers, d_in, d_out).transpose(1, 2)  # (L, D_out, D_in)
+        delta = ps if q is None else torch.matmul(ps, q.t())
+    else:
+        # stacked S_l: (L·D_out, D_in) sparse; S_l Qᵀ then P ·
+        idx = torch.stack([(rows + off * d_out).reshape(-1), cols.reshape(-1)])
+        s = torch.sparse_coo_tensor(idx, vals, (n_layers * d_out, d_in), check_invariants=False)
+        sq = torch.sparse.mm(s, q.t()).view(n_layers, d_out, d_in)
+        delta = sq if p is None else torch.matmul(p, sq)
+    torch._foreach_add_(weights, [d.to(w.dtype) for d, w in zip(delta.unbind(0), weights, strict=True)])
+
+
+class SparseGradFunction(torch.autograd.Function):
+    """Y = X (W + P A Qᵀ)ᵀ + b with gradient dL/dA = Pᵀ (dL/dW) Q, dense (D_out, D_in).
+
+    In training A is a zero-stride placeholder (`coef_is_zero=True`): the live coefficients are folded into W,
+    so the forward is plain F.linear. With a real A (gradcheck) the same backward is exercised. Rows of dY
+    that are all zero (padding) are skipped in every backward product.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        coef: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        p: torch.Tensor | None,
+        q: torch.Tensor | None,
+        coef_is_zero: bool,
+    ) -> torch.Tensor:
+        w = weight
+        if not coef_is_zero:
+            a = coef
+            if p is not None:
+                a = p @ a
+            if q is not None:
+                a = a @ q.t()
+            w = weight + a
+        ctx.save_for_backward(x, w, p, q)
+        ctx.has_bias = bias is not None
+        return F.linear(x, w, bias)
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w, p, q = ctx.saved_tensors
+        need_x, need_coef, _, need_bias = ctx.needs_input_grad[:4]
+        d_out, d_in = w.shape
+        gy2 = gy.reshape(-1, d_out)  # (N, D_out)
+        x2 = x.reshape(-1, d_in)  # (N, D_in)
+        n = gy2.shape[0]
+        keep = torch.count_nonzero(gy2, dim=1) > 0  # (N,) rows that carry gradient
+        n_keep = int(keep.sum())
+        sliced = n_keep <= n * (1.0 - _SKIP_ROWS_MIN_FRACTION)
+        if sliced:
+            idx = keep.nonzero().squeeze(1)
+            gy2 = gy2.index_select(0, idx)
+            x2 = x2.index_select(0, idx)
+        gx = gcoef = gb = None
+        if need_x:
+            gxk = gy2 @ w  # (N_keep, D_in)
+            if sliced:
+                gx = gy2.new_zeros(n, d_in).index_copy_(0, idx, gxk)
+            else:
+                gx = gxk
+            gx = gx.reshape(x.shape)
+        if need_coef:
+            gcoef = coefficient_grad(gy2, x2, p, q)
+        if need_bias and ctx.has_bias:
+            gb = gy2.sum(dim=0)  # bias gradient in the original space
+        return gx, gcoef, None, gb, None, None, None

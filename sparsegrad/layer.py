@@ -1,0 +1,153 @@
+"""`SparseGradLinear`: a target layer wrapped as `base_layer`, trained through its HOSVD coefficients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsegrad.function import SparseGradFunction, apply_sparse_update
+from sparsegrad.targets import is_conv1d, linear_weight, module_bias, module_weight
+
+
+_COMPACT_EVERY = 16  # steps of logged ΔC updates between compactions
+
+
+class SparseGradLinear(nn.Module):
+    """Wraps an nn.Linear / Conv1D. Forward is the original layer's (plain W, no rotation).
+
+    - `coef`: a zero-stride (D_out, D_in) placeholder Parameter; its `.grad` is dL/dC = Pᵀ (dL/dW) Q, dense,
+      accumulated by autograd (so gradient accumulation and clipping behave as usual). The optimizer picks
+      the top-k entries and folds the update into `base_layer.weight` (W = P C Qᵀ).
+    - `delta_index` / `delta_value`: ΔC = C − C_init as sorted flat int64 indices + values (the adapter).
+    - `support_index`: the fixed support (k sorted flat indices) when support="fixed", else None.
+    `P`/`Q` are None for MeProp (identity basis). The base weight never has requires_grad.
+    """
+
+    P: torch.Tensor | None
+    Q: torch.Tensor | None
+    delta_index: torch.Tensor
+    delta_value: torch.Tensor
+    support_index: torch.Tensor | None
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        p: torch.Tensor | None,
+        q: torch.Tensor | None,
+        k: int,
+        group: str,
+        support_index: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.transposed = is_conv1d(base_layer)
+        d_out, d_in = linear_weight(base_layer).shape
+        self.d_out, self.d_in, self.k, self.group = int(d_out), int(d_in), int(k), group
+        if p is not None and p.shape != (d_out, d_out):
+            raise ValueError(f"basis P has shape {tuple(p.shape)}, layer needs ({d_out}, {d_out})")
+        if q is not None and q.shape != (d_in, d_in):
+            raise ValueError(f"basis Q has shape {tuple(q.shape)}, layer needs ({d_in}, {d_in})")
+        module_weight(base_layer).requires_grad_(False)
+        self.register_buffer("P", p)
+        self.register_buffer("Q", q)
+        dtype = p.dtype if p is not None else torch.float32
+        # Zero-stride placeholder: costs one element, carries a (D_out, D_in) gradient.
+        self.coef = nn.Parameter(torch.zeros(1, dtype=dtype).expand(d_out, d_in))
+        self.register_buffer("delta_index", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("delta_value", torch.zeros(0, dtype=dtype))
+        self.register_buffer("support_index", support_index)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The live weight in nn.Linear layout (D_out, D_in) (a view for Conv1D)."""
+        return linear_weight(self.base_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = linear_weight(self.base_layer)
+        bias = module_bias(self.base_layer)
+        if torch.is_grad_enabled() and self.coef.requires_grad:
+            return SparseGradFunction.apply(x, self.coef, w, bias, self.P, self.Q, True)
+        return F.linear(x, w, bias)
+
+    @torch.no_grad()
+    def apply_update(self, index: torch.Tensor, values: torch.Tensor) -> None:
+        """C[index] += values (flat sorted unique int64 index): records ΔC and does W += P S Qᵀ."""
+        self.record_update(index, values)
+        apply_sparse_update(self.weight, index // self.d_in, index % self.d_in, values, self.P, self.Q)
+
+    def record_update(self, index: torch.Tensor, values: torch.Tensor) -> None:
+        """Log ΔC[index] += values (W is updated by the caller). Compacted every few steps: the per-entry sum
+        runs in chronological order either way, so results do not depend on when compaction happens."""
+        self._pending.append((index, values.detach().to(self.delta_value.dtype)))
+        if len(self._pending) >= _COMPACT_EVERY:
+            self.compact()
+
+    @torch.no_grad()
+    def compact(self) -> None:
+        """Fold the logged updates into the sorted (delta_index, delta_value) record."""
+        if not self._pending:
+            return
+        idx = torch.cat([self.delta_index, *(i for i, _ in self._pending)])
+        val = torch.cat([self.delta_value, *(v for _, v in self._pending)])
+        self._pending = []
+        uniq, inverse = torch.unique(idx, sorted=True, return_inverse=True)
+        self.delta_index = uniq
+        self.delta_value = val.new_zeros(uniq.numel()).index_add_(0, inverse, val)
+
+    def delta(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """ΔC = C − C_init as (sorted flat int64 indices, values)."""
+        self.compact()
+        return self.delta_index, self.delta_value
+
+    def delta_at(self, index: torch.Tensor) -> torch.Tensor:
+        """ΔC values at sorted flat `index` (zeros where never updated)."""
+        self.compact()
+        if self.delta_index.numel() == 0:
+            return self.delta_value.new_zeros(index.numel())
+        pos = torch.searchsorted(self.delta_index, index).clamp(max=self.delta_index.numel() - 1)
+        found = self.delta_index[pos] == index
+        return torch.where(found, self.delta_value[pos], torch.zeros_like(self.delta_value[pos]))
+
+    @torch.no_grad()
+    def get_delta_weight(self) -> torch.Tensor:
+        """ΔW = P ΔC Qᵀ, dense (D_out, D_in), from the stored sparse ΔC."""
+        self.compact()
+        out = torch.zeros(self.d_out, self.d_in, dtype=self.delta_value.dtype)
+        idx = self.delta_index
+        apply_sparse_update(out, idx // self.d_in, idx % self.d_in, self.delta_value, self.P, self.Q)
+        return out
+
+    def extra_repr(self) -> str:
+        basis = "identity" if self.P is None else "hosvd"
+        return f"d_out={self.d_out}, d_in={self.d_in}, k={self.k}, group={self.group!r}, basis={basis}"
+
+    # The placeholder is not state; the sparse buffers change size during training.
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        self.compact()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination.pop(prefix + "coef", None)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        self._pending = []
+        for name in ("delta_index", "delta_value", "support_index"):
+            value = state_dict.get(prefix + name)
+            if value is not None:
+                setattr(self, name, torch.empty_like(value))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if prefix + "coef" in missing_keys:
+            missing_keys.remove(prefix + "coef")

@@ -1,0 +1,192 @@
+"""Injection into a model, what trains beside the sparse layers, merging back to plain layers."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sparsegrad.basis import Basis
+from sparsegrad.config import SparseGradConfig
+from sparsegrad.layer import SparseGradLinear
+from sparsegrad.targets import Target, find_target_modules, get_submodule_parent, module_weight
+
+INFO_ATTR = "sparsegrad_info"
+_HEAD_NAMES = {"classification": ("classifier", "score", "qa_outputs", "pooler"), "causal_lm": ("lm_head",)}
+
+
+@dataclass
+class InjectionInfo:
+    """What an injected model knows about itself (needed by save_delta)."""
+
+    cfg: SparseGradConfig
+    method: str  # "sparsegrad" | "meprop"
+    task: str
+    targets: list[Target]
+    layer_fingerprints: dict[str, str]  # sha256 of each base target weight, taken at inject time
+    fingerprint: str  # sha256 over all of them
+    head_modules: list[str]
+
+
+def weight_fingerprint(weight: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and raw bytes (stored layout)."""
+    t = weight.detach().contiguous().cpu()
+    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def combined_fingerprint(layer_fingerprints: dict[str, str]) -> str:
+    """sha256 over the sorted (name, layer fingerprint) pairs."""
+    text = "\n".join(f"{n}={f}" for n, f in sorted(layer_fingerprints.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def infer_task(model: nn.Module) -> str:
+    """'causal_lm' for *ForCausalLM / *LMHeadModel classes, else 'classification'."""
+    name = type(model).__name__
+    return "causal_lm" if name.endswith("ForCausalLM") or name.endswith("LMHeadModel") else "classification"
+
+
+def find_head_modules(model: nn.Module, task: str) -> list[str]:
+    """Top-most modules named like a task head (classifier / score / pooler, or lm_head for a causal LM)."""
+    names = _HEAD_NAMES.get(task, ())
+    found: list[str] = []
+    for n, _ in model.named_modules():
+        if n and n.rpartition(".")[2] in names and not any(n.startswith(f + ".") for f in found):
+            found.append(n)
+    return found
+
+
+def _is_norm(module: nn.Module) -> bool:
+    cls = type(module).__name__
+    return isinstance(module, nn.LayerNorm) or "LayerNorm" in cls or "RMSNorm" in cls
+
+
+def _set_trainable(
+    model: nn.Module, cfg: SparseGradConfig, target_names: set[str], heads: list[str], task: str
+) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    train_head = cfg.train_head if cfg.train_head is not None else task != "causal_lm"
+    for name, module in model.named_modules():
+        in_target = any(name == t or name.startswith(t + ".") for t in target_names)
+        if isinstance(module, SparseGradLinear):
+            module.coef.requires_grad_(True)
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            if in_target:
+                # base weight stays frozen; a target's bias trains densely with train_bias / train_rest_dense
+                if pname == "bias" and (cfg.train_bias or cfg.train_rest_dense):
+                    p.requires_grad_(True)
+                continue
+            if (
+                cfg.train_rest_dense
+                or (cfg.train_bias and pname == "bias")
+                or (cfg.train_layernorm and _is_norm(module))
+            ):
+                p.requires_grad_(True)
+    if train_head:
+        for h in heads:
+            for p in model.get_submodule(h).parameters():
+                p.requires_grad_(True)
+
+
+def _fixed_support(
+    grad_sum: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None, k: int
+) -> torch.Tensor:
+    """k sorted flat indices of the largest |Pᵀ G Q| for the basis phase's summed gradient G (D_out, D_in)."""
+    g = grad_sum.float()
+    if p is not None:
+        g = p.t() @ g
+    if q is not None:
+        g = g @ q
+    return torch.topk(g.abs().reshape(-1), k, sorted=False).indices.sort().values
+
+
+def inject(
+    model: nn.Module, cfg: SparseGradConfig, basis: Basis | None, *, method: str = "sparsegrad"
+) -> nn.Module:
+    """Wrap every target layer of `model` in a `SparseGradLinear` (in place) and set what trains.
+
+    Outputs are unchanged at injection. Everything is frozen except the layers' coefficients, the task head
+    (cfg.train_head) and what cfg.train_layernorm / train_bias / train_rest_dense add. The model remembers the
+    base target weights' fingerprint for `save_delta`. `basis=None` with method="meprop" uses the identity
+    basis (MeProp: top-k of dL/dW). Returns the same model.
+    """
+    if hasattr(model, INFO_ATTR):
+        raise ValueError("model is already injected; call merge() first or start from a fresh base model")
+    if basis is None and method != "meprop":
+        raise ValueError("inject needs a Basis from compute_basis (basis=None is only for method='meprop')")
+    targets = find_target_modules(model, cfg.target_modules, cfg.include_gate_proj, cfg.layers)
+    task = cfg.task or infer_task(model)
+    prints: dict[str, str] = {}
+    for t in targets:
+        base = model.get_submodule(t.name)
+        base_weight = module_weight(base)
+        prints[t.name] = weight_fingerprint(base_weight)
+        p = q = None
+        if basis is not None:
+            p, q = basis.pair(t.name)
+            if p.shape[0] != t.d_out or q.shape[0] != t.d_in:
+                raise ValueError(
+                    f"basis for layer {t.name!r} is ({p.shape[0]}, {q.shape[0]}), "
+                    f"layer is ({t.d_out}, {t.d_in})"
+                )
+            dev = base_weight.device
+            p, q = p.to(dev), q.to(dev)
+        k = max(1, round(cfg.density * t.d_out * t.d_in))
+        support = None
+        if cfg.support == "fixed":
+            if basis is None or t.name not in basis.grad_sum:
+                raise ValueError(f"support='fixed' needs the basis phase's gradient for layer {t.name!r}")
+            support = _fixed_support(basis.grad_sum[t.name].to(base_weight.device), p, q, k)
+        layer = SparseGradLinear(base, p, q, k, t.group, support)
+        parent, child = get_submodule_parent(model, t.name)
+        setattr(parent, child, layer)
+    heads = find_head_modules(model, task)
+    _set_trainable(model, cfg, {t.name for t in targets}, heads, task)
+    info = InjectionInfo(cfg, method, task, targets, prints, combined_fingerprint(prints), heads)
+    object.__setattr__(model, INFO_ATTR, info)
+    return model
+
+
+def get_info(model: nn.Module) -> InjectionInfo:
+    """The model's InjectionInfo; a clear error if it was never injected."""
+    info = getattr(model, INFO_ATTR, None)
+    if not isinstance(info, InjectionInfo):
+        raise ValueError("model has no SparseGrad layers: call sparsegrad.inject (or apply_meprop) first")
+    return info
+
+
+def sparse_layers(model: nn.Module) -> dict[str, SparseGradLinear]:
+    """Name (of the original target module) -> SparseGradLinear."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, SparseGradLinear)}
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Replace every SparseGradLinear by its base layer, whose weight already holds W_base + P ΔC Qᵀ.
+
+    In place; the result is a plain model (nn.Linear / Conv1D) that does not need sparsegrad.
+    """
+    get_info(model)
+    for name, layer in sparse_layers(model).items():
+        parent, child = get_submodule_parent(model, name)
+        setattr(parent, child, layer.base_layer)
+    object.__delattr__(model, INFO_ATTR)
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters with requires_grad (for full fine-tuning: all of them after `requires_grad_(True)`)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def count_trainable_parameters(model: nn.Module) -> int:
+    """Trainable parameters, counting each SparseGrad layer as its k coefficients per step."""
+    layers = sparse_layers(model).values()
+    placeholders = {id(m.coef) for m in layers}
+    dense = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in placeholders)
+    return dense + sum(m.k for m in layers if m.coef.requires_grad)

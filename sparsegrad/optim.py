@@ -1,0 +1,216 @@
+"""AdamW over the selected coefficients (sparse state) and the dense trainables, in one optimizer object."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsegrad._index import merge_sorted, restrict
+from sparsegrad.function import apply_group_update
+from sparsegrad.layer import SparseGradLinear
+from sparsegrad.model import get_info, sparse_layers
+
+_SPARSE_KEYS = ("exp_avg", "exp_avg_sq", "step", "delta")
+
+
+class SparseGradAdamW(torch.optim.Optimizer):
+    """AdamW (decoupled weight decay, bias correction) for a SparseGrad-injected model.
+
+    Sparse part: the layers' `coef` placeholders, processed per basis group (layers sharing P, Q and shape)
+    with a few large batched operations. Each step picks, per layer, the top-k |dL/dC| entries
+    (support="dynamic") or the fixed support, updates Adam moments only there and folds the update into the
+    weights (W += P S Qᵀ). State per group, stored under its first layer's `coef`: a sorted int64 `index` of
+    (layer position · D_out·D_in + flat coefficient) and, on those entries only, `exp_avg`, `exp_avg_sq`,
+    `step` (per-entry count, for exact bias correction of entries that join late) and `delta` (ΔC, for weight
+    decay). Entries: the union of ever-selected ones (dynamic) or exactly k per layer (fixed). Entries not
+    selected in a step do not move (lazy, as SparseAdam). Weight decay acts on ΔC (towards the base model).
+    With support_refresh_every=R a dense Σ|dL/dC| over the last R steps re-chooses the fixed support.
+    Dense part: plain AdamW, the formula of torch.optim.AdamW.
+    state_dict()/load_state_dict() are the base class's: all state is tensors keyed by parameter.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        dense_params: list[nn.Parameter] | None = None,
+    ) -> None:
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"bad AdamW hyperparameters: lr={lr}, betas={betas}, eps={eps}, wd={weight_decay}")
+        info = get_info(model)
+        self.support = info.cfg.support
+        self.refresh_every = info.cfg.support_refresh_every
+        layers = [m for m in sparse_layers(model).values() if m.coef.requires_grad]
+        groups: dict[tuple[int, int, int, int], list[SparseGradLinear]] = {}
+        for m in layers:
+            groups.setdefault((id(m.P), id(m.Q), m.d_out, m.d_in), []).append(m)
+        self._groups: dict[int, list[SparseGradLinear]] = {id(g[0].coef): g for g in groups.values()}
+        placeholders = {id(m.coef) for m in sparse_layers(model).values()}
+        if dense_params is None:
+            dense_params = [p for p in model.parameters() if p.requires_grad and id(p) not in placeholders]
+        param_groups: list[dict[str, Any]] = []
+        if layers:
+            param_groups.append({"params": [m.coef for m in layers], "kind": "sparse"})
+        if dense_params:
+            param_groups.append({"params": dense_params, "kind": "dense"})
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        super().__init__(param_groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["kind"] == "sparse":
+                for p in group["params"]:
+                    if id(p) in self._groups:
+                        self._sparse_group_step(self._groups[id(p)], group)
+            else:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._dense_step(p, group)
+        return loss
+
+    def _dense_step(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        grad = p.grad
+        assert grad is not None
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        st = self.state[p]
+        if not st:
+            st["step"] = torch.tensor(0.0)
+            st["exp_avg"] = torch.zeros_like(p)
+            st["exp_avg_sq"] = torch.zeros_like(p)
+        st["step"] += 1
+        step = float(st["step"])
+        p.mul_(1 - lr * wd)
+        st["exp_avg"].lerp_(grad, 1 - b1)
+        st["exp_avg_sq"].mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (st["exp_avg_sq"].sqrt() / math.sqrt(1 - b2**step)).add_(eps)
+        p.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - b1**step))
+
+    def _support(self, layers: list[SparseGradLinear], grads: torch.Tensor, st: dict[str, Any]) -> torch.Tensor:
+        """(L, k) sorted flat indices of this step's support per layer; grads: (L, D_out·D_in)."""
+        k = layers[0].k
+        if self.support == "dynamic":
+            return torch.topk(grads.abs(), k, dim=1, sorted=False).indices.sort(dim=1).values
+        if self.refresh_every:
+            acc = st.get("refresh_acc")
+            st["refresh_acc"] = grads.abs() if acc is None else acc.add_(grads.abs())
+            st["refresh_count"] = st.get("refresh_count", torch.tensor(0)) + 1
+            if int(st["refresh_count"]) >= self.refresh_every:
+                new = torch.topk(st["refresh_acc"], k, dim=1, sorted=False).indices.sort(dim=1).values
+                for layer, row in zip(layers, new, strict=True):
+                    layer.support_index = row.clone()
+                st["refresh_acc"] = torch.zeros_like(grads)
+                st["refresh_count"] = torch.tensor(0)
+        supports = [layer.support_index for layer in layers]
+        assert all(s is not None for s in supports)
+        return torch.stack(supports)  # type: ignore[arg-type]
+
+    def _sparse_group_step(self, layers: list[SparseGradLinear], group: dict[str, Any]) -> None:
+        if any(m.coef.grad is None for m in layers):
+            if all(m.coef.grad is None for m in layers):
+                return
+            raise RuntimeError("some layers of a SparseGrad group got no gradient; all must take part in forward")
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        first = layers[0]
+        n = first.d_out * first.d_in
+        st = self.state[first.coef]
+        grads = torch.stack([m.coef.grad.reshape(-1) for m in layers])  # type: ignore[union-attr]  # (L, N)
+        if not st:
+            st["index"] = torch.zeros(0, dtype=torch.int64, device=grads.device)
+            for key in _SPARSE_KEYS:
+                st[key] = grads.new_zeros(0)
+        top = self._support(layers, grads, st)  # (L, k)
+        g = grads.gather(1, top).reshape(-1)  # (L·k,)
+        gid = (top + n * torch.arange(len(layers), device=top.device).unsqueeze(1)).reshape(-1)  # sorted
+        if self.support == "fixed" and not torch.equal(st["index"], gid):
+            self._move_fixed_state(layers, st, gid, n)
+        merged, pos, order = merge_sorted(st["index"], gid)
+        if order is not None:
+            for key in _SPARSE_KEYS:
+                old = st[key]
+                st[key] = torch.cat([old, old.new_zeros(order.numel() - old.numel())])[order]
+            st["index"] = merged
+        step = st["step"][pos] + 1
+        m = st["exp_avg"][pos].lerp_(g, 1 - b1)
+        v = st["exp_avg_sq"][pos].mul_(b2).addcmul_(g, g, value=1 - b2)
+        bc1 = 1 - torch.pow(b1, step)
+        bc2 = 1 - torch.pow(b2, step)
+        update = (m / bc1).div_(v.sqrt().div_(bc2.sqrt()).add_(eps)).mul_(-lr)
+        delta = st["delta"][pos]
+        if wd:
+            update.sub_(delta, alpha=lr * wd)
+        st["step"][pos] = step
+        st["exp_avg"][pos] = m
+        st["exp_avg_sq"][pos] = v
+        st["delta"][pos] = delta + update
+        update2 = update.view(len(layers), -1)  # (L, k)
+        apply_group_update([m_.weight for m_ in layers], top // first.d_in, top % first.d_in, update2, first.P, first.Q)
+        for layer, idx, upd in zip(layers, top, update2, strict=True):
+            layer.record_update(idx, upd)
+
+    @staticmethod
+    def _move_fixed_state(layers: list[SparseGradLinear], st: dict[str, Any], gid: torch.Tensor, n: int) -> None:
+        """Support changed (first step or refresh): keep the state of entries that stay, start the rest fresh
+        (their ΔC is read back from the layers); the state keeps exactly k entries per layer."""
+        _, where = restrict(st["index"], gid)
+        found = where >= 0
+        new_state = {}
+        for key in _SPARSE_KEYS:
+            old = st[key]
+            new = old.new_zeros(gid.numel())
+            new[found] = old[where[found]]
+            new_state[key] = new
+        missing = (~found).nonzero().squeeze(1)
+        if missing.numel():
+            owner = gid[missing] // n
+            for pos_l, layer in enumerate(layers):
+                sel = missing[owner == pos_l]
+                if sel.numel():
+                    new_state["delta"][sel] = layer.delta_at(gid[sel] - pos_l * n)
+        st.update(new_state)
+        st["index"] = gid
+
+    def state_entries(self, layer: SparseGradLinear) -> torch.Tensor:
+        """Sorted flat coefficient indices of `layer` that hold optimizer state."""
+        for layers in self._groups.values():
+            if layer in layers:
+                st = self.state.get(layers[0].coef, {})
+                if "index" not in st:
+                    return torch.zeros(0, dtype=torch.int64)
+                n = layer.d_out * layer.d_in
+                pos = layers.index(layer)
+                idx = st["index"]
+                return idx[(idx >= pos * n) & (idx < (pos + 1) * n)] - pos * n
+        raise KeyError("layer is not handled by this optimizer")
+
+
+def make_optimizer(
+    model: nn.Module,
+    lr: float = 1e-4,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> SparseGradAdamW:
+    """Optimizer for an injected model: sparse AdamW on the coefficients, AdamW on dense trainables."""
+    return SparseGradAdamW(model, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes held by tensors in the optimizer state (moments, indices, step counters)."""
+    total = 0
+    for st in opt.state.values():
+        for v in st.values():
+            if isinstance(v, torch.Tensor):
+                total += v.numel() * v.element_size()
+    return total

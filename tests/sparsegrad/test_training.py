@@ -1,0 +1,177 @@
+"""Basis, injection and optimizer behaviour on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sparsegrad as sg
+from tests.sparsegrad.tiny import tiny_batches, tiny_model
+
+
+def _inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def _prepared(kind: str, **cfg_kwargs: object) -> tuple[nn.Module, sg.SparseGradConfig, list[dict]]:
+    model = tiny_model(kind)
+    batches = tiny_batches(kind, 8)
+    cfg = sg.SparseGradConfig(density=0.05, basis_steps=3, **cfg_kwargs)  # type: ignore[arg-type]
+    basis = sg.compute_basis(model, batches[:3], cfg)
+    sg.inject(model, cfg, basis)
+    return model, cfg, batches
+
+
+def test_basis_is_orthogonal_and_leaves_the_model_alone() -> None:
+    model = tiny_model("bert")
+    model.eval()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    rng = torch.get_rng_state()
+    basis = sg.compute_basis(model, tiny_batches("bert", 5), sg.SparseGradConfig(basis_steps=4))
+    assert basis.steps == 4
+    assert set(basis.p) == {"up:64x32", "down:32x64"}
+    for mat in [*basis.p.values(), *basis.q.values()]:
+        torch.testing.assert_close(mat.t() @ mat, torch.eye(mat.shape[0]), atol=1e-5, rtol=0)
+    assert not model.training
+    assert torch.equal(torch.get_rng_state(), rng)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) and p.requires_grad == flags[n] and p.grad is None
+    per_layer = sg.compute_basis(
+        model, tiny_batches("bert", 2), sg.SparseGradConfig(basis_steps=2, per_layer_basis=True)
+    )
+    assert len(per_layer.p) == 4
+
+
+def test_basis_orders_directions_by_energy() -> None:
+    """The first column of P captures more gradient energy than the last (descending singular values)."""
+    model = tiny_model("bert")
+    batches = tiny_batches("bert", 4)
+    basis = sg.compute_basis(model, batches, sg.SparseGradConfig(basis_steps=4))
+    g = basis.grad_sum["bert.encoder.layer.0.intermediate.dense"]
+    p = basis.p["up:64x32"]
+    energy = (p.t() @ g).pow(2).sum(dim=1)  # per-row energy in the basis
+    assert energy[0] > energy[-1]
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama", "gpt2"])
+def test_outputs_equal_at_injection(kind: str) -> None:
+    model = tiny_model(kind)
+    model.eval()
+    batch = _inputs(tiny_batches(kind, 1)[0])
+    with torch.no_grad():
+        before = model(**batch).logits
+    cfg = sg.SparseGradConfig(basis_steps=2)
+    sg.inject(model, cfg, sg.compute_basis(model, tiny_batches(kind, 2), cfg))
+    assert len(sg.sparse_layers(model)) == len(sg.get_info(model).targets) > 0
+    with torch.no_grad():
+        after = model(**batch).logits
+    assert (before - after).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("support", ["dynamic", "fixed"])
+def test_each_step_changes_exactly_k_coefficients(support: str) -> None:
+    model, _, batches = _prepared("bert", support=support)
+    opt = sg.make_optimizer(model, lr=1e-2)
+    layers = sg.sparse_layers(model)
+    for batch in batches[3:6]:
+        before = {n: m.weight.detach().double().clone() for n, m in layers.items()}
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        for n, m in layers.items():
+            dc = m.P.double().t() @ (m.weight.double() - before[n]) @ m.Q.double()  # ΔC of this step
+            changed = int((dc.abs() > 1e-6).sum())
+            assert changed == m.k, f"{n}: {changed} coefficients changed, expected k={m.k}"
+
+
+def test_only_target_weights_and_head_change() -> None:
+    model, _, batches = _prepared("bert")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = sg.make_optimizer(model, lr=1e-2)
+    for batch in batches[3:5]:
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    targets = {f"{t.name}.base_layer.weight" for t in sg.get_info(model).targets}
+    head = {n for n in before if n.startswith(("classifier.", "bert.pooler."))}
+    assert changed == targets | head
+
+
+def test_llama_head_frozen_unless_asked_and_norms_by_option() -> None:
+    model, _, _ = _prepared("llama")
+    assert not model.lm_head.weight.requires_grad
+    model2, _, _ = _prepared("llama", train_head=True, train_layernorm=True)
+    assert model2.lm_head.weight.requires_grad
+    assert model2.model.norm.weight.requires_grad
+    assert not model2.model.layers[0].self_attn.q_proj.weight.requires_grad
+    model3, _, _ = _prepared("bert", train_rest_dense=True)
+    assert model3.bert.encoder.layer[0].attention.self.query.weight.requires_grad
+    assert not model3.bert.encoder.layer[0].intermediate.dense.base_layer.weight.requires_grad
+
+
+def test_optimizer_state_fixed_is_k_and_dynamic_is_the_union() -> None:
+    fixed, _, batches = _prepared("bert", support="fixed")
+    dynamic, _, _ = _prepared("bert")
+    opts = {"fixed": sg.make_optimizer(fixed, lr=1e-2), "dynamic": sg.make_optimizer(dynamic, lr=1e-2)}
+    seen: dict[int, set[int]] = {}
+    for batch in batches[3:7]:
+        for name, model in (("fixed", fixed), ("dynamic", dynamic)):
+            model(**batch).loss.backward()
+            if name == "dynamic":
+                for m in sg.sparse_layers(model).values():
+                    assert m.coef.grad is not None
+                    top = torch.topk(m.coef.grad.abs().reshape(-1), m.k).indices
+                    seen.setdefault(id(m), set()).update(top.tolist())
+            opts[name].step()
+            opts[name].zero_grad()
+    fixed_opt, dynamic_opt = opts["fixed"], opts["dynamic"]
+    for m in sg.sparse_layers(fixed).values():
+        assert torch.equal(fixed_opt.state_entries(m), m.support_index)
+        assert m.support_index is not None and m.support_index.numel() == m.k
+    n_fixed = sum(m.k for m in sg.sparse_layers(fixed).values())
+    for st in fixed_opt.state.values():  # sparse group states hold exactly k entries per layer
+        if "index" in st:
+            assert all(st[key].numel() == st["index"].numel() for key in ("exp_avg", "exp_avg_sq", "step"))
+    assert sum(st["index"].numel() for st in fixed_opt.state.values() if "index" in st) == n_fixed
+    for m in sg.sparse_layers(dynamic).values():
+        entries = dynamic_opt.state_entries(m)
+        assert entries.numel() == len(seen[id(m)]) > m.k
+        assert set(entries.tolist()) == seen[id(m)] == set(m.delta()[0].tolist())
+
+
+def test_fixed_support_refresh_keeps_k_entries() -> None:
+    model, _, batches = _prepared("bert", support="fixed", support_refresh_every=2)
+    opt = sg.make_optimizer(model, lr=1e-2)
+    layer = next(iter(sg.sparse_layers(model).values()))
+    first = layer.support_index.clone()
+    for batch in batches[3:8]:
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert layer.support_index.numel() == layer.k
+    assert not torch.equal(first, layer.support_index)
+    assert torch.equal(opt.state_entries(layer), layer.support_index)
+
+
+def test_meprop_and_lora_baselines_run() -> None:
+    model = tiny_model("bert")
+    cfg = sg.SparseGradConfig(density=0.05)
+    sg.apply_meprop(model, cfg)
+    opt = sg.make_optimizer(model, lr=1e-2)
+    batch = tiny_batches("bert", 1)[0]
+    model(**batch).loss.backward()
+    opt.step()
+    for m in sg.sparse_layers(model).values():
+        assert m.P is None and m.delta()[0].numel() == m.k
+    lora_model = tiny_model("bert")
+    rank = sg.lora_rank_for(lora_model, 0.05)
+    assert rank == round(sum(round(0.05 * 64 * 32) for _ in range(4)) / (4 * 96))
+    peft_model = sg.apply_lora(lora_model, rank=rank)
+    names = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in names) and any("classifier" in n for n in names)
+    assert not any("attention" in n for n in names)
+    with pytest.raises(ValueError, match="dynamic"):
+        sg.apply_meprop(tiny_model("bert"), sg.SparseGradConfig(support="fixed"))

@@ -1,0 +1,229 @@
+"""Hyper-parameters: each a bounded number (or choice) or "auto"; "auto" resolved from data and method.
+
+"auto" rules (n = training examples, method as in the job):
+
+| name | auto | bounds |
+| --- | --- | --- |
+| n_epochs | ceil(3000 / n) clamped to [2, 10] when n < 20,000, else 1 | [1, 50] |
+| batch_size | classification: 8 (n < 500), 16 (n < 5,000), else 32; causal_lm: 2 (n < 50), 4 | [1, 512] |
+| learning_rate | table `BASE_LR[task][method]` × learning_rate_multiplier | [1e-7, 0.1] |
+| learning_rate_multiplier | 1 (scales the auto LR; not allowed together with learning_rate) | [0.01, 100] |
+| max_seq_length | classification 128, causal_lm 512; never above the model's position limit | [8, 8192] |
+| warmup_ratio | 0.1 of the optimizer steps | [0, 0.5] |
+| gradient_accumulation_steps | 1 (a step's batch_size examples split into this many parts) | [1, 64] |
+| eval_every, checkpoint_every | max(10, ceil(total_steps / 5)) | [1, 1e6] |
+| max_steps | none: epochs decide | [1, 1e7] |
+| early_stopping_patience | 0 = off (evaluations without a better valid_loss before stopping) | [0, 100] |
+| density | 0.01 (SparseGrad / MeProp: share of MLP coefficients updated per step) | [1e-4, 1] |
+| basis_steps | 10 (SparseGrad's preliminary gradient steps) | [1, 200] |
+| support | "dynamic" ("fixed") | choice |
+| lora_rank | rank whose trainable MLP parameters match SparseGrad's k (lora_rank_for) | [1, 512] |
+| target_modules | "auto" (MLP up/down); a comma list of names / suffixes, a list, or a regex | text |
+| train_layernorm | false | bool |
+| lr_scheduler | "linear" ("cosine"), after linear warmup | choice |
+| weight_decay | 0.0 | [0, 1] |
+| eval_at_start | true: evaluate before the first step (the "before" numbers) | bool |
+
+The base learning rates were chosen on SST-2 (all-MiniLM-L6-v2, bench/quality.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from training.spec import HyperparameterError
+
+BASE_LR: dict[str, dict[str, float]] = {
+    "classification": {"full": 5e-5, "lora": 1e-3, "sparsegrad": 1e-3, "meprop": 1e-3},
+    "causal_lm": {"full": 2e-5, "lora": 2e-4, "sparsegrad": 2e-4, "meprop": 2e-4},
+}
+NUMBER_BOUNDS: dict[str, tuple[float, float, bool]] = {  # name -> (low, high, integer)
+    "n_epochs": (1, 50, False),
+    "batch_size": (1, 512, True),
+    "learning_rate": (1e-7, 0.1, False),
+    "learning_rate_multiplier": (0.01, 100, False),
+    "max_seq_length": (8, 8192, True),
+    "warmup_ratio": (0.0, 0.5, False),
+    "gradient_accumulation_steps": (1, 64, True),
+    "eval_every": (1, 1e6, True),
+    "checkpoint_every": (1, 1e6, True),
+    "max_steps": (1, 1e7, True),
+    "early_stopping_patience": (0, 100, True),
+    "density": (1e-4, 1.0, False),
+    "basis_steps": (1, 200, True),
+    "lora_rank": (1, 512, True),
+    "weight_decay": (0.0, 1.0, False),
+}
+CHOICES: dict[str, tuple[str, ...]] = {"support": ("dynamic", "fixed"), "lr_scheduler": ("linear", "cosine")}
+BOOLS = ("train_layernorm", "eval_at_start")
+KNOWN = sorted([*NUMBER_BOUNDS, *CHOICES, *BOOLS, "target_modules"])
+
+
+@dataclass
+class Hyper:
+    """Resolved hyper-parameters (no "auto" left except lora_rank=None: chosen once the model is loaded)."""
+
+    n_epochs: float
+    batch_size: int
+    learning_rate: float
+    max_seq_length: int
+    warmup_ratio: float
+    gradient_accumulation_steps: int
+    eval_every: int
+    checkpoint_every: int
+    max_steps: int | None
+    early_stopping_patience: int
+    density: float
+    basis_steps: int
+    support: str
+    lora_rank: int | None
+    target_modules: str | list[str]
+    train_layernorm: bool
+    lr_scheduler: str
+    weight_decay: float
+    eval_at_start: bool
+    total_steps: int
+    steps_per_epoch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _is_auto(value: Any) -> bool:
+    return value is None or value == "auto"
+
+
+def check_number(name: str, value: Any) -> float | int:
+    """A bounded number; HyperparameterError naming the bound otherwise."""
+    low, high, integer = NUMBER_BOUNDS[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise HyperparameterError(f"{name} must be a number or 'auto', got {value!r}", param=name)
+    if integer and value != int(value):
+        raise HyperparameterError(f"{name} must be a whole number, got {value!r}", param=name)
+    if not low <= value <= high:
+        raise HyperparameterError(f"{name} must be between {low:g} and {high:g}, got {value!r}", param=name)
+    return int(value) if integer else float(value)
+
+
+def _target_modules(value: Any) -> str | list[str]:
+    if _is_auto(value):
+        return "auto"
+    if isinstance(value, str) and value.strip():
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        is_list = "," in value and all(p.replace(".", "").replace("_", "").isalnum() for p in parts)
+        return parts if is_list else value.strip()
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return list(value)
+    raise HyperparameterError(
+        f"target_modules must be 'auto', a comma list or list of module names, or a regex; got {value!r}",
+        param="target_modules",
+    )
+
+
+def validate(raw: dict[str, Any]) -> None:
+    """Refuse unknown names and out-of-range values before anything is loaded."""
+    for name, value in raw.items():
+        if name not in KNOWN:
+            raise HyperparameterError(
+                f"unknown hyperparameter {name!r}; known: {', '.join(KNOWN)}", param=name
+            )
+        if _is_auto(value):
+            continue
+        if name in NUMBER_BOUNDS:
+            check_number(name, value)
+        elif name in CHOICES and value not in CHOICES[name]:
+            raise HyperparameterError(f"{name} must be one of {CHOICES[name]}, got {value!r}", param=name)
+        elif name in BOOLS and not isinstance(value, bool):
+            raise HyperparameterError(f"{name} must be true or false, got {value!r}", param=name)
+        elif name == "target_modules":
+            _target_modules(value)
+    if not _is_auto(raw.get("learning_rate")) and not _is_auto(raw.get("learning_rate_multiplier")):
+        raise HyperparameterError(
+            "give learning_rate or learning_rate_multiplier, not both (the multiplier scales the auto rate)",
+            param="learning_rate_multiplier",
+        )
+
+
+def auto_epochs(n: int) -> int:
+    """ceil(3000 / n) in [2, 10] for small data sets; one pass over 20,000 examples or more."""
+    return 1 if n >= 20_000 else min(10, max(2, math.ceil(3000 / max(n, 1))))
+
+
+def auto_batch_size(n: int, task: str) -> int:
+    if task == "causal_lm":
+        return 2 if n < 50 else 4
+    return 8 if n < 500 else 16 if n < 5000 else 32
+
+
+def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max_length: int) -> Hyper:
+    """Validate `raw` and fill every "auto" (see the module table). `model_max_length`: position limit."""
+    validate(raw)
+
+    def get(name: str, auto: Any) -> Any:
+        value = raw.get(name)
+        if _is_auto(value):
+            return auto
+        return check_number(name, value) if name in NUMBER_BOUNDS else value
+
+    batch_size = get("batch_size", auto_batch_size(n_train, task))
+    accum = get("gradient_accumulation_steps", 1)
+    if accum > batch_size:
+        raise HyperparameterError(
+            f"gradient_accumulation_steps ({accum}) must not exceed batch_size ({batch_size}): each step's "
+            "batch is split into that many micro-batches",
+            param="gradient_accumulation_steps",
+        )
+    max_len = get("max_seq_length", min(128 if task == "classification" else 512, model_max_length))
+    if max_len > model_max_length:
+        raise HyperparameterError(
+            f"max_seq_length must be at most {model_max_length} for this model (its position limit), "
+            f"got {max_len}",
+            param="max_seq_length",
+        )
+    epochs = get("n_epochs", auto_epochs(n_train))
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    max_steps = get("max_steps", None)
+    total = math.ceil(steps_per_epoch * epochs)
+    if max_steps is not None:
+        total = min(total, max_steps)
+    every = max(10, math.ceil(total / 5))
+    lr = get("learning_rate", None)
+    if lr is None:
+        lr = BASE_LR[task][method] * get("learning_rate_multiplier", 1.0)
+        lr = check_number("learning_rate", lr)
+    return Hyper(
+        n_epochs=float(epochs),
+        batch_size=batch_size,
+        learning_rate=lr,
+        max_seq_length=max_len,
+        warmup_ratio=get("warmup_ratio", 0.1),
+        gradient_accumulation_steps=accum,
+        eval_every=get("eval_every", every),
+        checkpoint_every=get("checkpoint_every", every),
+        max_steps=max_steps,
+        early_stopping_patience=get("early_stopping_patience", 0),
+        density=get("density", 0.01),
+        basis_steps=get("basis_steps", 10),
+        support=get("support", "dynamic"),
+        lora_rank=get("lora_rank", None),
+        target_modules=_target_modules(raw.get("target_modules")),
+        train_layernorm=get("train_layernorm", False),
+        lr_scheduler=get("lr_scheduler", "linear"),
+        weight_decay=get("weight_decay", 0.0),
+        eval_at_start=get("eval_at_start", True),
+        total_steps=total,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def get_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, kind: str = "linear") -> float:
+    """LR of optimizer step `step` (0-based): linear warmup to base_lr, then linear or cosine decay to 0."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    if kind == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return base_lr * (1.0 - progress)

@@ -1,0 +1,220 @@
+"""`run_training`: one explicit loop, top to bottom (nanoGPT style).
+
+set up (training.setup) -> [evaluate at step 0] -> for each optimizer step: the step's examples in seeded
+order, split into micro-batches (gradient accumulation), dynamically padded; lr = get_lr(step); forward under
+autocast (bf16 on CUDA) / backward, each micro-batch's mean loss weighted by its share of the step's loss
+units (examples or learnt tokens), so accumulation equals one big batch; optimizer step; hooks; evaluation
+every `eval_every` steps and at the end; checkpoint every `checkpoint_every` steps; `should_stop` polled
+every step ("cancel"/"pause": checkpoint, return). At the end: the delta in work_dir/delta.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from training import checkpoint as ckpt
+from training.data import collate, epoch_order, loss_units, micro_batches
+from training.hparams import Hyper, get_lr
+from training.methods import save_delta, trainable_state
+from training.metrics import evaluate
+from training.setup import Run, build_run
+from training.spec import Hooks, JobSpec, OutOfMemory, StepInfo, TrainingError, TrainResult
+
+KEEP_CHECKPOINTS = 2
+
+
+@contextmanager
+def guard(hp: Hyper, what: str) -> Iterator[None]:
+    """Turn out-of-memory and runtime failures of model code into TrainingErrors a person can act on."""
+    try:
+        yield
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        raise OutOfMemory(
+            f"out of memory during {what} (batch_size={hp.batch_size}, gradient_accumulation_steps="
+            f"{hp.gradient_accumulation_steps}, max_seq_length={hp.max_seq_length}); lower batch_size, raise "
+            "gradient_accumulation_steps or lower max_seq_length"
+        ) from exc
+    except TrainingError:
+        raise
+    except RuntimeError as exc:
+        raise TrainingError(f"training failed during {what}: {exc}") from exc
+
+
+def _eval_batches(run: Run) -> list[dict[str, torch.Tensor]]:
+    """Validation batches sorted by length (less padding; metrics are sums, so order does not matter)."""
+    size = min(64, max(16, run.hp.batch_size * 2))
+    items = sorted(run.valid, key=lambda e: len(e.input_ids))
+    return [collate(items[i : i + size], run.pad_id, run.task) for i in range(0, len(items), size)]
+
+
+def _write_metrics(work_dir: Path, history: list[dict[str, float]]) -> None:
+    (work_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+
+
+def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
+    folder = work_dir / "checkpoints" / f"step-{run.step}"
+    model = run.prepared.model
+    ckpt.save_checkpoint(
+        folder,
+        trainable_state(model, run.spec.method),
+        run.prepared.optimizer,
+        run.prepared.basis,
+        run.position_state(),
+    )
+    older = sorted((work_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    for old in older[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    if hooks.on_checkpoint:
+        hooks.on_checkpoint(run.step, folder, dict(run.last_eval))
+    return folder
+
+
+def _evaluate(run: Run, hooks: Hooks, eval_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    with guard(run.hp, f"evaluation at step {run.step}"):
+        metrics = evaluate(
+            run.prepared.model, eval_batches, run.task, run.num_labels, run.device, run.autocast
+        )
+    run.last_eval = metrics
+    run.history.append({"step": run.step, **metrics})
+    if hooks.on_eval:
+        hooks.on_eval(run.step, dict(metrics))
+    return metrics
+
+
+def run_training(
+    spec: JobSpec,
+    train_file: Path,
+    valid_file: Path | None,
+    work_dir: Path,
+    hooks: Hooks | None = None,
+    resume_from: Path | None = None,
+    models_dir: Path | None = None,
+) -> TrainResult:
+    """Train `spec` on the JSONL files; see the module docstring. Raises TrainingError subclasses."""
+    hooks = hooks or Hooks()
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    def say(message: str) -> None:
+        if hooks.on_message:
+            hooks.on_message(message)
+
+    with _guard_setup():
+        run = build_run(
+            spec, Path(train_file), Path(valid_file) if valid_file else None, models_dir, resume_from, say
+        )
+    hp, model, optimizer = run.hp, run.prepared.model, run.prepared.optimizer
+    total = hp.total_steps
+    warmup = round(hp.warmup_ratio * total)
+    eval_batches = _eval_batches(run) if run.valid else []
+    say(
+        f"Training {spec.model} with {spec.method}: {total} steps of {hp.batch_size} examples, "
+        f"lr {hp.learning_rate:g}, {run.prepared.trainable_parameters:,} trainable parameters"
+    )
+    if eval_batches and hp.eval_at_start and run.step == 0:
+        _evaluate(run, hooks, eval_batches)
+    _write_metrics(work_dir, run.history)
+    last_ckpt: Path | None = resume_from if resume_from is not None else None
+    order = epoch_order(len(run.train), spec.seed, run.epoch)
+    model.train()
+    started, session_steps, session_tokens = time.perf_counter(), 0, 0
+    stop = hooks.should_stop() if hooks.should_stop and run.step < total else None
+    if stop is not None:
+        last_ckpt = _checkpoint(run, work_dir, hooks)
+    early_stopped = False
+    while stop is None and run.step < total and not early_stopped:
+        if run.index >= len(run.train):  # next epoch: a fresh permutation from (seed, epoch)
+            run.epoch, run.index = run.epoch + 1, 0
+            order = epoch_order(len(run.train), spec.seed, run.epoch)
+        micro = micro_batches(run.train, order, run.index, hp.batch_size, hp.gradient_accumulation_steps)
+        run.index += hp.batch_size
+        batches = [collate(m, run.pad_id, run.task) for m in micro]
+        units = [loss_units(b, run.task) for b in batches]
+        lr = get_lr(run.step, hp.learning_rate, warmup, total, hp.lr_scheduler)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        with guard(run.hp, f"step {run.step + 1}"):
+            for batch, n in zip(batches, units, strict=True):
+                batch = {k: v.to(run.device) for k, v in batch.items()}
+                with run.autocast():
+                    loss = model(**batch).loss  # mean over this micro-batch's examples / learnt tokens
+                (loss * (n / sum(units))).backward()
+                loss_sum += float(loss.detach()) * n
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        run.step += 1
+        train_loss = loss_sum / max(sum(units), 1)
+        if not math.isfinite(train_loss):
+            raise TrainingError(
+                f"the training loss became {train_loss} at step {run.step}; lower the learning rate "
+                f"(now {hp.learning_rate:g}) or its multiplier",
+                param="learning_rate",
+            )
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        run.trained_tokens += tokens
+        session_steps, session_tokens = session_steps + 1, session_tokens + tokens
+        elapsed = time.perf_counter() - started
+        run.history.append({"step": run.step, "train_loss": train_loss, "learning_rate": lr})
+        if hooks.on_step:
+            hooks.on_step(
+                StepInfo(
+                    step=run.step,
+                    total_steps=total,
+                    epoch=run.epoch + min(run.index, len(run.train)) / len(run.train),
+                    loss=train_loss,
+                    learning_rate=lr,
+                    tokens_per_second=session_tokens / max(elapsed, 1e-9),
+                    eta_seconds=elapsed / session_steps * (total - run.step),
+                    trained_tokens=run.trained_tokens,
+                )
+            )
+        if eval_batches and (run.step % hp.eval_every == 0 or run.step == total):
+            metrics = _evaluate(run, hooks, eval_batches)
+            if run.best_loss is None or metrics["valid_loss"] < run.best_loss:
+                run.best_loss, run.bad_evals = metrics["valid_loss"], 0
+            else:
+                run.bad_evals += 1
+            if 0 < hp.early_stopping_patience <= run.bad_evals and run.step < total:
+                say(f"Early stopping at step {run.step}: no better valid_loss in {run.bad_evals} evaluations")
+                early_stopped = True
+        _write_metrics(work_dir, run.history)
+        finished = run.step >= total or early_stopped
+        if not finished and hooks.should_stop:
+            stop = hooks.should_stop()
+        if stop is not None or (run.step % hp.checkpoint_every == 0 and not finished):
+            last_ckpt = _checkpoint(run, work_dir, hooks)
+    train_loss_now = next((r["train_loss"] for r in reversed(run.history) if "train_loss" in r), float("nan"))
+    metrics = {**run.last_eval, "train_loss": train_loss_now}
+    metrics["trainable_parameters"] = float(run.prepared.trainable_parameters)
+    if stop is not None:
+        status: Literal["cancelled", "paused"] = "cancelled" if stop == "cancel" else "paused"
+        say(f"Stopped ({status}) at step {run.step}; checkpoint {last_ckpt}")
+        return TrainResult(status, run.step, total, run.trained_tokens, metrics, None, last_ckpt, run.history)
+    extra = {"max_seq_length": hp.max_seq_length, "seed": spec.seed, "lora_rank": run.prepared.lora_rank}
+    delta = save_delta(model, spec.method, work_dir / "delta", run.task, run.label_names, spec.model, extra)
+    say(f"Training finished at step {run.step}; delta written")
+    final_ckpt = last_ckpt if last_ckpt is not None and last_ckpt.name == f"step-{run.step}" else None
+    return TrainResult(
+        "completed", run.step, total, run.trained_tokens, metrics, delta, final_ckpt, run.history
+    )
+
+
+@contextmanager
+def _guard_setup() -> Iterator[None]:
+    try:
+        yield
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        raise OutOfMemory(
+            "out of memory while loading the model or computing the SparseGrad basis; lower batch_size or "
+            "basis_steps, or use a smaller model"
+        ) from exc

@@ -1,0 +1,76 @@
+"""`merge_delta`: a delta (any method) + its base model -> a plain Hugging Face model folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import sparsegrad as sg
+from training.methods import DELTA_META, FULL_FORMAT
+from training.models import load_model, load_tokenizer, registry_entry
+from training.spec import ModelLoadError, TrainingError
+
+
+def _read_meta(delta_dir: Path) -> dict[str, Any]:
+    meta_path, config_path = delta_dir / DELTA_META, delta_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise TrainingError(f"{delta_dir} is not a delta folder (no adapter_config.json)", param="delta")
+    config = json.loads(config_path.read_text())
+    meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if "method" not in meta:  # a delta written elsewhere: infer from adapter_config.json
+        fmt = config.get("format")
+        meta["method"] = "lora" if config.get("peft_type") == "LORA" else config.get("method", fmt)
+        meta.setdefault("task", config.get("task"))
+        meta.setdefault("labels", config.get("labels"))
+    return meta
+
+
+def merge_delta(model_name: str, delta_dir: Path, out_dir: Path, models_dir: Path | None = None) -> Path:
+    """Write base model `model_name` with the delta in `delta_dir` merged in to `out_dir` (config, weights,
+    tokenizer): a folder `from_pretrained` loads without sparsegrad or peft. Returns `out_dir`."""
+    delta_dir, out_dir = Path(delta_dir), Path(out_dir)
+    meta = _read_meta(delta_dir)
+    entry = registry_entry(model_name, models_dir)
+    task = str(meta.get("task") or entry.task)
+    labels = meta.get("labels")
+    regression = task == "classification" and not labels
+    base = load_model(entry, task, labels, regression)
+    method = meta["method"]
+    try:
+        merged = _merge(base, method, delta_dir)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"the delta does not fit base model {model_name!r}: {exc}", param="model"
+        ) from exc
+    tokenizer = load_tokenizer(entry)
+    merged.config.pad_token_id = tokenizer.pad_token_id  # type: ignore[union-attr]
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)  # type: ignore[operator]
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+@torch.no_grad()
+def _merge(base: nn.Module, method: str, delta_dir: Path) -> nn.Module:
+    if method in ("sparsegrad", "meprop"):
+        return sg.load_delta(base, delta_dir)
+    if method == "lora":
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, str(delta_dir)).merge_and_unload()
+    if method in ("full", FULL_FORMAT):
+        tensors = load_file(str(delta_dir / "adapter_model.safetensors"))
+        result = base.load_state_dict(tensors, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"delta holds weights the base lacks: {result.unexpected_keys[:5]}")
+        return base
+    raise ValueError(f"unknown delta method {method!r}")

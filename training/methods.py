@@ -1,0 +1,158 @@
+"""The four methods behind one interface: prepare the model, build the optimizer, hold state, save a delta.
+
+- sparsegrad: `compute_basis` on the job's first `basis_steps` batches, `inject`, sparse AdamW.
+- meprop: top-k of dL/dW on the same layers with the same k (identity basis).
+- lora: peft LoRA on the same target layers; rank matched to SparseGrad's k unless given.
+- full: every weight trains (torch AdamW).
+
+Deltas (each folder also holds `sgft_delta.json`: method, task, labels, base model; what merge_delta reads):
+sparsegrad/meprop -> sparsegrad.save_delta; lora -> peft save_pretrained; full -> every weight in
+adapter_model.safetensors with adapter_config.json {"format": "full"}.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import sparsegrad as sg
+from training.hparams import Hyper
+
+DELTA_META = "sgft_delta.json"
+FULL_FORMAT = "full"
+
+
+@dataclass
+class Prepared:
+    """The model to train (a PeftModel for LoRA), its optimizer, and what it took to build."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    basis: sg.Basis | None
+    trainable_parameters: int
+    lora_rank: int | None
+
+
+def sparse_config(
+    method: str, hp: Hyper, task: str, labels: list[str] | None, base_id: str
+) -> sg.SparseGradConfig:
+    """The SparseGradConfig of a job (MeProp re-selects its support every step: always dynamic)."""
+    return sg.SparseGradConfig(
+        density=hp.density,
+        target_modules=hp.target_modules,
+        support="dynamic" if method == "meprop" else hp.support,  # type: ignore[arg-type]
+        basis_steps=hp.basis_steps,
+        task=task,  # type: ignore[arg-type]
+        labels=labels,
+        base_model_id=base_id,
+        train_layernorm=hp.train_layernorm,
+    )
+
+
+def prepare(
+    method: str,
+    model: nn.Module,
+    hp: Hyper,
+    cfg: sg.SparseGradConfig,
+    basis_batches: Iterable[dict[str, torch.Tensor]] | None,
+    basis: sg.Basis | None = None,
+) -> Prepared:
+    """Apply `method` to `model` (in place but for LoRA); a `basis` given (resume) skips the basis phase."""
+    lora_rank = None
+    if method == "full":
+        params = sg.enable_full_finetuning(model)
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            params, lr=hp.learning_rate, weight_decay=hp.weight_decay
+        )
+    elif method == "lora":
+        lora_rank = hp.lora_rank or sg.lora_rank_for(model, hp.density, cfg.target_modules)
+        model = sg.apply_lora(model, target_modules=cfg.target_modules, rank=lora_rank, task=cfg.task)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    elif method == "meprop":
+        model = sg.apply_meprop(model, cfg)
+        optimizer = sg.make_optimizer(model, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    elif method == "sparsegrad":
+        if basis is None:
+            assert basis_batches is not None
+            basis = sg.compute_basis(model, basis_batches, cfg)
+        model = sg.inject(model, cfg, basis)
+        optimizer = sg.make_optimizer(model, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    if method in ("sparsegrad", "meprop"):
+        count = sg.count_trainable_parameters(model)
+    else:
+        count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return Prepared(model, optimizer, basis, count, lora_rank)
+
+
+def trainable_state(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
+    """Everything training changes, by state-dict name: trainable parameters, plus for sparsegrad/meprop the
+    injected layers' live weights and sparse buffers (ΔC, support). The basis is saved apart."""
+    state = model.state_dict()
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    if method in ("sparsegrad", "meprop"):
+        for layer_name in sg.sparse_layers(model):
+            prefix = layer_name + "."
+            names |= {
+                n for n in state if n.startswith(prefix) and not n.startswith((prefix + "P", prefix + "Q"))
+            }
+            names -= {prefix + "coef"}
+    return {n: state[n].detach().cpu().contiguous().clone() for n in sorted(names) if n in state}
+
+
+def load_trainable_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of `trainable_state`: every saved tensor must find its place in the model."""
+    result = model.load_state_dict(tensors, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"checkpoint holds tensors this model lacks: {result.unexpected_keys[:5]}")
+
+
+def _meta(
+    method: str, task: str, labels: list[str] | None, base: str, extra: dict[str, Any]
+) -> dict[str, Any]:
+    regression = task == "classification" and labels is None
+    return {
+        "method": method,
+        "task": task,
+        "labels": labels,
+        "num_labels": (1 if regression else len(labels or [])) if task == "classification" else None,
+        "problem_type": ("regression" if regression else "single_label_classification")
+        if task == "classification"
+        else None,
+        "base_model": base,
+        **extra,
+    }
+
+
+def save_delta(
+    model: nn.Module,
+    method: str,
+    out: Path,
+    task: str,
+    labels: list[str] | None,
+    base: str,
+    extra: dict[str, Any],
+) -> Path:
+    """Write the method's delta to `out` (+ sgft_delta.json) and return it."""
+    out.mkdir(parents=True, exist_ok=True)
+    if method in ("sparsegrad", "meprop"):
+        sg.save_delta(model, out)
+    elif method == "lora":
+        model.save_pretrained(str(out))  # type: ignore[operator]
+    else:
+        tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()}
+        save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": FULL_FORMAT})
+        config = {"format": FULL_FORMAT, "version": 1, "method": "full", "task": task, "labels": labels}
+        (out / "adapter_config.json").write_text(json.dumps({**config, "base_model_id": base}, indent=2))
+    meta = _meta(method, task, labels, base, extra)
+    (out / DELTA_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return out

@@ -1,0 +1,234 @@
+"""Everything before the first step: check files, resolve hyper-parameters, tokenise, load, apply the method,
+and (on resume) restore trainable state, optimizer and position from a checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from core.datasets import TASK_OF_FORMAT
+from training import checkpoint as ckpt
+from training.data import (
+    Encoded,
+    LabelMap,
+    check_files,
+    collate,
+    encode_records,
+    first_micro_batches,
+    read_records,
+)
+from training.hparams import Hyper, resolve
+from training.methods import Prepared, prepare, sparse_config
+from training.models import load_model, load_tokenizer, max_positions, registry_entry
+from training.spec import DataError, HyperparameterError, JobSpec, TrainingError
+
+METHODS = ("sparsegrad", "lora", "full", "meprop")
+
+
+@dataclass
+class Run:
+    """A job ready to train (or to continue): model, optimizer, data, position, bookkeeping."""
+
+    spec: JobSpec
+    task: str
+    hp: Hyper
+    labels: LabelMap | None
+    tokenizer: PreTrainedTokenizerBase
+    train: list[Encoded]
+    valid: list[Encoded]
+    prepared: Prepared
+    device: torch.device
+    autocast: Callable[[], AbstractContextManager[Any]]
+    fingerprint: str
+    step: int = 0
+    epoch: int = 0
+    index: int = 0  # examples of `epoch`'s permutation already consumed
+    trained_tokens: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_loss: float | None = None
+    bad_evals: int = 0
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return None if self.labels is None or self.labels.kind == "float" else self.labels.names
+
+    @property
+    def num_labels(self) -> int:
+        return self.labels.num_labels if self.labels is not None else 0
+
+    @property
+    def pad_id(self) -> int:
+        return run_pad(self.tokenizer)
+
+    def position_state(self) -> dict[str, Any]:
+        """The JSON part of a checkpoint (see training.checkpoint)."""
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "index": self.index,
+            "trained_tokens": self.trained_tokens,
+            "history": self.history,
+            "best_loss": self.best_loss,
+            "bad_evals": self.bad_evals,
+            "last_eval": self.last_eval,
+            "hyper": self.hp.to_dict(),
+            "run": self.identity(),
+        }
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "model": self.spec.model,
+            "method": self.spec.method,
+            "task": self.task,
+            "seed": self.spec.seed,
+            "data": self.fingerprint,
+        }
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _fingerprint(*paths: Path | None) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.read_bytes() if path is not None else b"-")
+    return h.hexdigest()
+
+
+def _device() -> tuple[torch.device, Callable[[], AbstractContextManager[Any]]]:
+    """CUDA with bf16 autocast where a GPU is present, else CPU in float32."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.device("cpu"), nullcontext
+
+
+def build_run(
+    spec: JobSpec,
+    train_file: Path,
+    valid_file: Path | None,
+    models_dir: Path | None,
+    resume_from: Path | None,
+    say: Callable[[str], None],
+) -> Run:
+    """Set a job up; on `resume_from`, continue exactly where that checkpoint stopped."""
+    if spec.method not in METHODS:
+        raise HyperparameterError(f"method must be one of {METHODS}, got {spec.method!r}", param="method")
+    train_report, _ = check_files(train_file, valid_file)
+    assert train_report.format is not None
+    entry = registry_entry(spec.model, models_dir)
+    data_task = TASK_OF_FORMAT[train_report.format]
+    task = spec.task or entry.task
+    if task != entry.task or data_task != task:
+        raise DataError(
+            f"the training file holds {train_report.format} data (a {data_task} task) but model "
+            f"{entry.name!r} is a {entry.task} model; use matching data or another model",
+            param="training_file",
+        )
+    state = _read_resume(resume_from) if resume_from is not None else None
+    hp = resolve(spec.hyperparameters, train_report.examples, task, spec.method, max_positions(entry))
+    if spec.method == "lora" and hp.train_layernorm:
+        raise HyperparameterError("train_layernorm is not available with LoRA", param="train_layernorm")
+    seed_all(spec.seed)
+    labels = None
+    if task == "classification":
+        labels = LabelMap(str(train_report.label_kind), list(train_report.labels))
+    tokenizer = load_tokenizer(entry)
+    train = encode_records(
+        read_records(train_file), task, tokenizer, hp.max_seq_length, labels, "training file"
+    )
+    valid = []
+    if valid_file is not None:
+        valid = encode_records(
+            read_records(valid_file), task, tokenizer, hp.max_seq_length, labels, "validation file"
+        )
+    cut = sum(e.truncated for e in train)
+    if cut:
+        say(
+            f"{cut} of {len(train)} training examples are longer than max_seq_length="
+            f"{hp.max_seq_length} and were cut"
+        )
+    device, autocast = _device()
+    regression = labels is not None and labels.kind == "float"
+    model = load_model(entry, task, labels.names if labels and not regression else None, regression)
+    model.config.pad_token_id = tokenizer.pad_token_id  # type: ignore[union-attr]
+    model.to(device)
+    cfg = sparse_config(
+        spec.method, hp, task, None if regression or labels is None else labels.names, spec.model
+    )
+    basis = ckpt.load_basis(resume_from) if resume_from is not None else None
+    basis_batches = None
+    if spec.method == "sparsegrad" and basis is None:
+        say(f"Computing the SparseGrad basis from {hp.basis_steps} gradient steps")
+        micro = max(1, hp.batch_size // hp.gradient_accumulation_steps)
+        chunks = first_micro_batches(train, spec.seed, hp.basis_steps, micro)
+        basis_batches = [collate(c, run_pad(tokenizer), task) for c in chunks]
+    try:
+        prepared = prepare(spec.method, model, hp, cfg, basis_batches, basis)
+    except (ValueError, KeyError) as exc:
+        raise HyperparameterError(f"could not apply {spec.method} to {spec.model!r}: {exc}") from exc
+    run = Run(
+        spec,
+        task,
+        hp,
+        labels,
+        tokenizer,
+        train,
+        valid,
+        prepared,
+        device,
+        autocast,
+        _fingerprint(train_file, valid_file),
+    )
+    if state is not None and resume_from is not None:
+        _restore(run, resume_from, state)
+        say(f"Resumed from the checkpoint at step {run.step}")
+    return run
+
+
+def _read_resume(folder: Path) -> dict[str, Any]:
+    try:
+        return ckpt.read_state(folder)
+    except (ValueError, OSError) as exc:
+        raise TrainingError(f"cannot resume: {exc}", param="resume_from") from exc
+
+
+def _restore(run: Run, folder: Path, state: dict[str, Any]) -> None:
+    """Load a checkpoint into a freshly prepared run, after checking it belongs to the same job and data."""
+    saved, now = state["run"], run.identity()
+    for key in now:
+        if saved.get(key) != now[key]:
+            what = "the training data" if key == "data" else key
+            raise TrainingError(
+                f"cannot resume: the checkpoint was made with a different {what} "
+                f"({saved.get(key)!r} there, {now[key]!r} now)",
+                param="resume_from",
+            )
+    if state["hyper"] != run.hp.to_dict():
+        changed = sorted(k for k, v in state["hyper"].items() if run.hp.to_dict().get(k) != v)
+        raise TrainingError(f"cannot resume: hyperparameters changed since the checkpoint: {changed}")
+    from training.methods import load_trainable_state
+
+    load_trainable_state(run.prepared.model, ckpt.load_trainable(folder))
+    ckpt.load_optimizer(folder, run.prepared.optimizer)
+    for key in ("step", "epoch", "index", "trained_tokens", "best_loss", "bad_evals"):
+        setattr(run, key, state[key])
+    run.history = list(state["history"])
+    run.last_eval = dict(state["last_eval"])
+    ckpt.restore_rng(folder, state)
+
+
+def run_pad(tokenizer: PreTrainedTokenizerBase) -> int:
+    return int(tokenizer.pad_token_id or 0)

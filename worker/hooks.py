@@ -1,0 +1,150 @@
+"""Training hooks that write to the database: throttled progress/metrics, events, checkpoints, stop polling,
+and a heartbeat thread that keeps the job alive during long steps."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from core import jobs
+from core.db import get_sessionmaker
+from core.storage import Storage
+from training.spec import Hooks, StepInfo, StopReason
+
+log = logging.getLogger(__name__)
+
+
+class JobHooks:
+    """Builds `training.spec.Hooks` for one claimed job. At most ~2 progress writes per second."""
+
+    def __init__(
+        self, job_id: str, worker_id: str, db_url: str, storage: Storage, min_interval: float = 0.5
+    ) -> None:
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self.factory = get_sessionmaker(db_url)
+        self.storage = storage
+        self.min_interval = min_interval
+        self._last_write = 0.0
+        self._last_stop_poll = 0.0
+        self._stop: StopReason | None = None
+        self._pending: StepInfo | None = None
+        self.uploaded_steps: set[int] = set()
+
+    def hooks(self) -> Hooks:
+        return Hooks(
+            on_step=self.on_step,
+            on_eval=self.on_eval,
+            on_checkpoint=self.on_checkpoint,
+            on_message=self.on_message,
+            should_stop=self.should_stop,
+        )
+
+    def _write_progress(self, info: StepInfo, metrics: dict[str, float] | None = None) -> None:
+        event = {
+            "step": info.step,
+            "total_steps": info.total_steps,
+            "train_loss": info.loss,
+            "learning_rate": info.learning_rate,
+            "tokens_per_second": info.tokens_per_second,
+        }
+        with self.factory() as s:
+            jobs.record_progress(
+                s,
+                self.job_id,
+                self.worker_id,
+                step=info.step,
+                total_steps=info.total_steps,
+                epoch=info.epoch,
+                seconds_remaining=info.eta_seconds,
+                trained_tokens=info.trained_tokens,
+                metrics={"step": info.step, "train_loss": info.loss, **(metrics or {})},
+                event=event,
+            )
+        self._last_write = time.monotonic()
+        self._pending = None
+
+    def on_step(self, info: StepInfo) -> None:
+        """Progress + a metrics event, throttled; the last step is always written."""
+        self._pending = info
+        if time.monotonic() - self._last_write >= self.min_interval or info.step >= info.total_steps:
+            self._write_progress(info)
+
+    def flush(self) -> None:
+        """Write the latest step if throttling held it back."""
+        if self._pending is not None:
+            self._write_progress(self._pending)
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """Validation metrics go on the job row and into a metrics event."""
+        with self.factory() as s:
+            job = s.get_one(jobs.Job, self.job_id)
+            jobs.record_progress(
+                s,
+                self.job_id,
+                self.worker_id,
+                step=job.step,
+                total_steps=job.total_steps or step,
+                epoch=job.epoch,
+                seconds_remaining=job.seconds_remaining,
+                trained_tokens=job.trained_tokens or 0,
+                metrics=dict(metrics),
+                event={"message": f"Evaluation at step {step}", "step": step, **metrics},
+            )
+
+    def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
+        """Upload the checkpoint folder, then record it as the resume point."""
+        key = f"checkpoints/{self.job_id}/step-{step}"
+        self.storage.put_dir(path, key)
+        with self.factory() as s:
+            jobs.add_checkpoint(s, self.job_id, self.worker_id, step, key, metrics)
+        self.uploaded_steps.add(step)
+
+    def on_message(self, message: str) -> None:
+        with self.factory() as s:
+            jobs.worker_event(s, self.job_id, self.worker_id, message)
+
+    def should_stop(self) -> StopReason | None:
+        """The row's stop_request, read at most twice a second."""
+        if self._stop is None and time.monotonic() - self._last_stop_poll >= self.min_interval:
+            with self.factory() as s:
+                request = jobs.stop_request(s, self.job_id)
+            self._last_stop_poll = time.monotonic()
+            if request in ("cancel", "pause"):
+                self._stop = request  # type: ignore[assignment]
+        return self._stop
+
+
+class Heartbeat:
+    """A daemon thread refreshing the job's heartbeat every `interval` seconds while training runs."""
+
+    def __init__(self, job_id: str, worker_id: str, db_url: str, interval: float) -> None:
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self.factory = get_sessionmaker(db_url)
+        self.interval = interval
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                with self.factory() as s:
+                    jobs.heartbeat(s, self.job_id, self.worker_id)
+            except jobs.LostOwnership:
+                log.warning("job %s is no longer ours; stopping heartbeats", self.job_id)
+                self.lost.set()
+                return
+            except Exception:  # a passing database error: try again next tick
+                log.exception("heartbeat for job %s failed", self.job_id)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
