@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from api import web
 from api.bodylimit import BodyLimit
 from api.errors import install_error_handlers
+from api.linelimit import LineLimit
 from api.metrics import record_request
 from api.ratelimit import RateLimiter
 from api.routers import files, job_events, jobs, models, ops
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.middleware("http")(record_request)
     # Uploads may be multipart-wrapped: allow 64 KiB of envelope above the file cap.
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 65536)
+    app.add_middleware(LineLimit, max_line=settings.max_line_bytes)  # one huge line: refused while streaming
     for module in (ops, files, jobs, job_events, models, web):
         app.include_router(module.router)
     return app

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -28,8 +29,8 @@ from typing import Any
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 STEPS = int(os.environ.get("SGFT_BENCH_CAUSAL_STEPS", "30"))
-N_TRAIN, N_VALID, DATA_SEED = 300, 32, 0
-MAX_CHARS = 600  # whole user/assistant pairs beyond this are cut: ~150-200 tokens with the chat template
+N_TRAIN, N_VALID, DATA_SEED = 300, 16, 0
+MAX_CHARS = 300  # whole user/assistant pairs beyond this are cut: ~100 tokens with the chat template
 COMMON: dict[str, Any] = {
     "batch_size": 2,
     "max_seq_length": 256,
@@ -37,7 +38,8 @@ COMMON: dict[str, Any] = {
     "lr_scheduler": "linear",
     "weight_decay": 0.0,
 }
-EVERY_THIRD = list(range(0, 30, 3))  # SmolLM2 has 30 blocks; the paper's LLaMA run used a subset
+# SmolLM2 has 30 blocks; the paper's LLaMA run also tried a subset of blocks (here every third, 10 blocks).
+EVERY_THIRD = r"model\.layers\.(" + "|".join(str(i) for i in range(0, 30, 3)) + r")\.mlp\.(up|down)_proj"
 
 
 @dataclass
@@ -48,38 +50,27 @@ class Variant:
     note: str = ""
 
 
+SG = {"learning_rate": 1e-3, "density": 0.01, "basis_steps": 10}
 VARIANTS = [
-    Variant("sparsegrad", "sparsegrad", {"learning_rate": 2e-4, "density": 0.01, "basis_steps": 10}, "up+down"),
-    Variant(
-        "sparsegrad+gate",
-        "sparsegrad",
-        {"learning_rate": 2e-4, "density": 0.01, "basis_steps": 10, "target_modules": "gate_proj,up_proj,down_proj"},
-        "gate+up+down",
-    ),
-    Variant(
-        "sparsegrad/3",
-        "sparsegrad",
-        {"learning_rate": 2e-4, "density": 0.03, "basis_steps": 10, "layers": EVERY_THIRD},
-        "up+down, every third block, density 3%",
-    ),
-    Variant("lora", "lora", {"learning_rate": 1e-3, "lora_rank": 4}, "up+down, rank 4"),
+    Variant("sparsegrad", "sparsegrad", SG, "MLP up+down, density 1%"),
+    Variant("lora", "lora", {"learning_rate": 1e-3, "lora_rank": 4}, "MLP up+down, rank 4"),
     Variant("full", "full", {"learning_rate": 5e-5}, "all weights"),
+    # Opt-in (SGFT_BENCH_CAUSAL_VARIANTS): the paper's optional gate_proj, and a subset of blocks.
+    Variant(
+        "sparsegrad+gate", "sparsegrad", {**SG, "target_modules": "gate_proj,up_proj,down_proj"}, "MLP all 3"
+    ),
+    Variant("sparsegrad/3", "sparsegrad", {**SG, "target_modules": EVERY_THIRD}, "up+down, every 3rd block"),
 ]
-
-
-def _valid_loss(metrics: dict[str, float]) -> float | None:
-    """The validation loss in an engine metrics dict, whatever its exact key."""
-    for key in ("valid_loss", "eval_loss", "validation_loss", "val_loss"):
-        if key in metrics:
-            return float(metrics[key])
-    return None
+DEFAULT_VARIANTS = ["sparsegrad", "lora", "full"]
 
 
 def _dir_bytes(path: Path | None) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path else 0
 
 
-def run_variant(variant: Variant, train: Path, valid: Path, work: Path, models_dir: Path) -> dict[str, Any]:
+def run_variant(
+    variant: Variant, train: Path, valid: Path, work: Path, models_dir: Path, eval_at_start: bool
+) -> dict[str, Any]:
     """Train one variant in this process and measure it; returns one row of the results table."""
     import torch
 
@@ -87,23 +78,34 @@ def run_variant(variant: Variant, train: Path, valid: Path, work: Path, models_d
     from training.model_setup import SMOLLM2_NAME
     from training.spec import Hooks, JobSpec, StepInfo
 
-    torch.manual_seed(0)
-    stamps: list[tuple[int, float]] = []  # (optimizer step, time it ended)
+    stamps: list[float] = []  # when each optimizer step ended
     evals: dict[int, dict[str, float]] = {}
+
+    def on_step(info: StepInfo) -> None:
+        stamps.append(time.perf_counter())
+        if info.step % 5 == 0:
+            print(f"  [{variant.name}] step {info.step}/{info.total_steps} loss {info.loss:.3f}", flush=True)
+
     hooks = Hooks(
-        on_step=lambda info: stamps.append((info.step, time.perf_counter())),
+        on_step=on_step,
         on_eval=lambda step, metrics: evals.__setitem__(step, dict(metrics)),
+        on_message=lambda text: print(f"  [{variant.name}] {text}", flush=True),
     )
-    hp = {**COMMON, **variant.hyperparameters, "max_steps": STEPS, "eval_every": STEPS, "checkpoint_every": STEPS}
+    hp = {
+        **COMMON,
+        **variant.hyperparameters,
+        "max_steps": STEPS,
+        "eval_every": STEPS,  # one evaluation, after the last step (and one before, if asked)
+        "checkpoint_every": STEPS,  # no checkpoint inside the timed steps
+        "eval_at_start": eval_at_start,
+    }
     spec = JobSpec(model=SMOLLM2_NAME, method=variant.method, task="causal_lm", hyperparameters=hp, seed=0)  # type: ignore[arg-type]
     started = time.perf_counter()
     result = run_training(spec, train, valid, work, hooks=hooks, models_dir=models_dir)
     total = time.perf_counter() - started
-    # Step time: between consecutive step ends, so neither loading, the basis phase nor the final eval count.
-    gaps = [b[1] - a[1] for a, b in zip(stamps, stamps[1:], strict=False)]
+    # Step time: between consecutive step ends, so loading, the basis phase and evaluations do not count.
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     step_s = sum(gaps) / len(gaps) if gaps else float("nan")
-    first_step_end = stamps[0][1] - started if stamps else float("nan")
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     row: dict[str, Any] = {
         "variant": variant.name,
         "method": variant.method,
@@ -111,14 +113,18 @@ def run_variant(variant: Variant, train: Path, valid: Path, work: Path, models_d
         "hyperparameters": hp,
         "status": result.status,
         "steps": result.step,
-        "valid_loss_before": _valid_loss(evals.get(0, {})),
-        "valid_loss_after": _valid_loss(result.metrics),
-        "metrics": result.metrics,
+        "trained_tokens": result.trained_tokens,
+        "valid_loss_before": evals.get(0, {}).get("valid_loss"),
+        "valid_loss_after": result.metrics.get("valid_loss"),
+        "valid_token_accuracy_after": result.metrics.get("valid_token_accuracy"),
+        "train_loss_last": result.metrics.get("train_loss"),
         "step_s": step_s,
-        "setup_s": first_step_end - step_s,
+        "step_s_median": sorted(gaps)[len(gaps) // 2] if gaps else None,
+        # Loading, tokenising, SparseGrad's basis phase and the first step (minus a typical step):
+        "setup_s": (stamps[0] - started) - step_s if stamps else None,
         "total_s": total,
-        "peak_rss_mb": peak_rss_mb,
-        "trainable_params": result.metrics.get("trainable_parameters"),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+        "trainable_params": int(result.metrics.get("trainable_parameters", 0)) or None,
         "delta_bytes": _dir_bytes(result.delta_dir),
     }
     if torch.cuda.is_available():
@@ -148,7 +154,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| trainable params | delta (MB) |\n|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
-        f"| {r['variant']} | {r['note']} | {_fmt(r['valid_loss_before'], '.4f')} | {_fmt(r['valid_loss_after'], '.4f')} "
+        f"| {r['variant']} | {r['note']} | {_fmt(r['valid_loss_before'], '.4f')} "
+        f"| {_fmt(r['valid_loss_after'], '.4f')} "
         f"| {_fmt(r['step_s'], '.2f')} | {_fmt(r['setup_s'], '.1f')} | {_fmt(r['peak_rss_mb'], '.0f')} "
         f"| {_fmt(r['trainable_params'], ',')} | {_fmt(r['delta_bytes'] / 1e6, '.2f')} |"
         for r in rows
@@ -156,43 +163,72 @@ def table(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines)
 
 
-def main() -> None:
-    """Run every selected variant in its own process; print the table; write bench/out/causal_lm.json."""
-    wanted = [v.strip() for v in os.environ.get("SGFT_BENCH_CAUSAL_VARIANTS", "").split(",") if v.strip()]
-    variants = [v for v in VARIANTS if not wanted or v.name in wanted]
+def _selected() -> list[Variant]:
+    raw = os.environ.get("SGFT_BENCH_CAUSAL_VARIANTS", "")
+    wanted = [v.strip() for v in raw.split(",") if v.strip()] or DEFAULT_VARIANTS
+    if wanted == ["all"]:
+        wanted = [v.name for v in VARIANTS]
     unknown = set(wanted) - {v.name for v in VARIANTS}
     if unknown:
-        raise SystemExit(f"unknown variant(s) {sorted(unknown)}; choose from {[v.name for v in VARIANTS]}")
+        raise SystemExit(
+            f"unknown variant(s) {sorted(unknown)}; choose from {[v.name for v in VARIANTS]} or 'all'"
+        )
+    return [v for v in VARIANTS if v.name in wanted]
+
+
+def main() -> None:
+    """Run every selected variant in its own process; print the table; write bench/out/causal_lm.json."""
+    variants = _selected()
     work = OUT_DIR / "causal_lm_work"
     models_dir, train, valid = _prepare(work)
-    rows = []
-    for v in variants:
+    rows: list[dict[str, Any]] = []
+    for i, v in enumerate(variants):
         result_file = work / f"{v.name.replace('/', '_')}.json"
         cmd = [sys.executable, "-m", "bench.causal_lm", "--variant", v.name, "--train", str(train)]
         cmd += ["--valid", str(valid), "--work", str(work / "runs"), "--models-dir", str(models_dir)]
-        subprocess.run([*cmd, "--result", str(result_file)], check=True)
+        # Every variant starts from the same base model on the same data: evaluate it once, in the first run.
+        cmd += ["--result", str(result_file), "--eval-at-start", "1" if i == 0 else "0"]
+        subprocess.run(cmd, check=True)
         rows.append(json.loads(result_file.read_text()))
-        print(f"{v.name}: done in {rows[-1]['total_s']:.0f} s", flush=True)
+        print(f"{v.name}: {rows[-1]['total_s']:.0f} s", flush=True)
+    for row in rows[1:]:
+        row["valid_loss_before"] = rows[0]["valid_loss_before"]
     print(table(rows))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     report = {
         "model": "SmolLM2-135M-Instruct",
-        "data": {"source": "chitchat-dataset", "train": N_TRAIN, "valid": N_VALID, "seed": DATA_SEED},
+        "data": {
+            "source": "chitchat-dataset",
+            "train_conversations": N_TRAIN,
+            "valid_conversations": N_VALID,
+            "seed": DATA_SEED,
+            "max_chars": MAX_CHARS,
+        },
         "steps": STEPS,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "common_hyperparameters": COMMON,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch_threads": _threads()},
         "rows": rows,
     }
     (OUT_DIR / "causal_lm.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def _child(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    for flag in ("--variant", "--train", "--valid", "--work", "--models-dir", "--result"):
+    for flag in ("--variant", "--train", "--valid", "--work", "--models-dir", "--result", "--eval-at-start"):
         parser.add_argument(flag, required=True)
     args = parser.parse_args(argv)
     variant = next(v for v in VARIANTS if v.name == args.variant)
     work = Path(args.work) / variant.name.replace("/", "_")
-    row = run_variant(variant, Path(args.train), Path(args.valid), work, Path(args.models_dir))
+    shutil.rmtree(work, ignore_errors=True)  # a fresh run, never a leftover checkpoint or delta
+    row = run_variant(
+        variant, Path(args.train), Path(args.valid), work, Path(args.models_dir), args.eval_at_start == "1"
+    )
     Path(args.result).write_text(json.dumps(row, indent=2, default=str) + "\n")
 
 

@@ -85,8 +85,13 @@ def make_batches(tok: Any, scenario: str, n: int) -> list[dict[str, Any]]:
     if scenario == "padded":
         for i in range(n):
             chunk = rows[i * BATCH : (i + 1) * BATCH]
-            enc = tok([r["text"] for r in chunk], padding="max_length", truncation=True, max_length=SEQ,
-                      return_tensors="pt")
+            enc = tok(
+                [r["text"] for r in chunk],
+                padding="max_length",
+                truncation=True,
+                max_length=SEQ,
+                return_tensors="pt",
+            )
             batches.append({**enc, "labels": torch.tensor([r["label"] for r in chunk])})
         return batches
     stream: list[int] = []
@@ -99,9 +104,14 @@ def make_batches(tok: Any, scenario: str, n: int) -> list[dict[str, Any]]:
             start = (i * BATCH + j) * per_row
             ids.append([tok.cls_token_id, *stream[start : start + per_row], tok.sep_token_id])
         input_ids = torch.tensor(ids)
-        batches.append({"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-                        "token_type_ids": torch.zeros_like(input_ids), "labels": torch.tensor(
-                            [rows[(i * BATCH + j) % len(rows)]["label"] for j in range(BATCH)])})
+        batches.append(
+            {
+                "input_ids": input_ids,
+                "attention_mask": torch.ones_like(input_ids),
+                "token_type_ids": torch.zeros_like(input_ids),
+                "labels": torch.tensor([rows[(i * BATCH + j) % len(rows)]["label"] for j in range(BATCH)]),
+            }
+        )
     return batches
 
 
@@ -109,8 +119,8 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def run_one(method: str, scenario: str, steps: int, warmup: int) -> dict[str, Any]:
-    """Train `warmup + steps` steps of one method in this process and measure it."""
+def build(method: str, scenario: str, n_batches: int, basis_file: Path | None) -> dict[str, Any]:
+    """Model, optimizer and batches of one method (the basis is computed, or loaded from `basis_file`)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -120,67 +130,109 @@ def run_one(method: str, scenario: str, steps: int, warmup: int) -> dict[str, An
     path = minilm_dir()
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    cfg = sg.SparseGradConfig(density=DENSITY, basis_steps=10, support="fixed" if "fixed" in method else "dynamic")
-    batches = make_batches(tok, scenario, cfg.basis_steps + warmup + steps)
-    train = batches[cfg.basis_steps :]
-    rss_loaded = RssSampler().rss()
-    result: dict[str, Any] = {"method": method, "scenario": scenario}
-    mlp_dense = sum(t.d_out * t.d_in for t in sg.find_target_modules(model))
+    support = "fixed" if "fixed" in method else "dynamic"
+    cfg = sg.SparseGradConfig(density=DENSITY, basis_steps=10, support=support)  # type: ignore[arg-type]
+    batches = make_batches(tok, scenario, n_batches)
+    info: dict[str, Any] = {"method": method, "scenario": scenario}
+    info["dense_mlp_delta_bytes"] = 4 * sum(t.d_out * t.d_in for t in sg.find_target_modules(model))
     opt: torch.optim.Optimizer
     if method == "full":
         opt = torch.optim.AdamW(sg.enable_full_finetuning(model), lr=1e-5)
-        result["trainable_params"] = sum(p.numel() for p in model.parameters())
+        info["trainable_params"] = sum(p.numel() for p in model.parameters())
     elif method == "lora":
         rank = sg.lora_rank_for(model, DENSITY)
         model = sg.apply_lora(model, rank=rank)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        result["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        result["lora_rank"] = rank
+        info["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        info["lora_rank"] = rank
     elif method == "meprop":
         sg.apply_meprop(model, cfg)
         opt = sg.make_optimizer(model, lr=1e-4)
     else:
-        t0 = time.perf_counter()
-        basis = sg.compute_basis(model, batches[: cfg.basis_steps], cfg)
-        result["basis_seconds_total"] = time.perf_counter() - t0
-        result["basis_seconds_extra"] = basis.extra_seconds
+        if basis_file is not None and basis_file.is_file():
+            basis = sg.Basis.load(basis_file)
+        else:
+            basis_batches = make_batches(tok, "padded", cfg.basis_steps)
+            t0 = time.perf_counter()
+            basis = sg.compute_basis(model, basis_batches, cfg)
+            info["basis_seconds_total"] = time.perf_counter() - t0
+            info["basis_seconds_extra"] = basis.extra_seconds
+            if basis_file is not None:
+                basis.save(basis_file)
         sg.inject(model, cfg, basis)
         opt = sg.make_optimizer(model, lr=1e-4)
     if method not in ("full", "lora"):
-        result["trainable_params"] = sg.count_trainable_parameters(model)
+        info["trainable_params"] = sg.count_trainable_parameters(model)
     model.train()
-    times = []
+    return {"model": model, "opt": opt, "batches": batches, "info": info}
+
+
+def train_step(run: dict[str, Any], i: int) -> float:
+    """One optimizer step on batch i; returns seconds."""
+    batch = run["batches"][i % len(run["batches"])]
+    t0 = time.perf_counter()
+    loss = run["model"](**batch).loss
+    loss.backward()
+    run["opt"].step()
+    run["opt"].zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+def measure_memory(method: str, scenario: str, steps: int, basis_file: Path) -> dict[str, Any]:
+    """In this (fresh) process: peak RSS over a few steps, state sizes, delta size, basis time."""
+    import sparsegrad as sg
+
+    run = build(method, scenario, steps, basis_file if method.startswith("sparsegrad") else None)
+    info = run["info"]
+    rss_loaded = RssSampler().rss()
     with RssSampler() as sampler:
-        for i, batch in enumerate(train):
-            t0 = time.perf_counter()
-            loss = model(**batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    result["step_ms_median"] = 1000 * statistics.median(times)
-    result["step_ms_all"] = [round(1000 * t, 1) for t in times]
-    result["peak_rss_steps_mb"] = sampler.peak / 2**20
-    result["peak_rss_steps_minus_loaded_mb"] = (sampler.peak - rss_loaded) / 2**20
-    result["peak_rss_process_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["optimizer_state_bytes"] = sg.optimizer_state_bytes(opt)
-    result["dense_mlp_delta_bytes"] = 4 * mlp_dense
+        for i in range(steps):
+            train_step(run, i)
+    info["rss_loaded_mb"] = rss_loaded / 2**20
+    info["peak_rss_steps_mb"] = sampler.peak / 2**20
+    info["peak_rss_process_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    info["optimizer_state_bytes_memory_run"] = sg.optimizer_state_bytes(run["opt"])
     with tempfile.TemporaryDirectory() as tmp:
-        if method in ("meprop", "sparsegrad-dynamic", "sparsegrad-fixed"):
-            sg.save_delta(model, tmp)
-            result["delta_bytes"] = dir_bytes(Path(tmp))
-        elif method == "lora":
-            model.save_pretrained(tmp)
-            result["delta_bytes"] = dir_bytes(Path(tmp))
-    return result
+        if method == "lora":
+            run["model"].save_pretrained(tmp)
+            info["delta_bytes"] = dir_bytes(Path(tmp))
+        elif method != "full":
+            sg.save_delta(run["model"], tmp)
+            info["delta_bytes"] = dir_bytes(Path(tmp))
+    return info
+
+
+def measure_time(
+    methods: list[str], scenario: str, steps: int, warmup: int, basis_file: Path
+) -> dict[str, Any]:
+    """All methods in this process, steps interleaved round-robin (rotating the order each round) so that
+    background load hits every method alike; returns per-method step times (ms)."""
+    runs = {m: build(m, scenario, steps + warmup, basis_file) for m in methods}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for i in range(warmup + steps):
+        order = methods[i % len(methods) :] + methods[: i % len(methods)]
+        for m in order:
+            t = train_step(runs[m], i)
+            if i >= warmup:
+                times[m].append(1000 * t)
+    import sparsegrad as sg
+
+    return {
+        m: {
+            "step_ms_median": statistics.median(v),
+            "step_ms_all": [round(x, 1) for x in v],
+            "optimizer_state_bytes": sg.optimizer_state_bytes(runs[m]["opt"]),  # after warmup + steps
+        }
+        for m, v in times.items()
+    }
 
 
 def _table(results: list[dict[str, Any]]) -> str:
     lora = {r["scenario"]: r for r in results if r["method"] == "lora"}
     lines = [
-        "| method | scenario | step ms (median) | x LoRA | peak RSS steps MB (x LoRA) | peak RSS process MB | "
-        "trainable params | optimizer state | basis extra s | delta on disk (dense MLP) |",
+        "| method | scenario | step ms (median) | x LoRA | peak RSS steps MB (x LoRA) | "
+        "peak RSS process MB | trainable params | optimizer state | basis extra s | "
+        "delta on disk (dense MLP) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
@@ -198,37 +250,73 @@ def _table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _child(args: list[str]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.step_time", *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"},
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{proc.stderr[-3000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
 def main() -> None:
-    """Run every (method, scenario) in its own subprocess; print the table; write JSON."""
+    """Memory per method in fresh subprocesses, then interleaved timing; print the table; write JSON."""
     steps = int(os.environ.get("SGFT_STEP_TIME_STEPS", "8"))
     warmup = int(os.environ.get("SGFT_STEP_TIME_WARMUP", "2"))
-    only = os.environ.get("SGFT_STEP_TIME_ONLY")
-    runs = [r for r in RUNS if not only or r[0] in only.split(",")]
-    results = []
-    for method, scenario in runs:
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench.step_time", "--one", method, scenario, str(steps), str(warmup)],
-            capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"},
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"{method}/{scenario} failed:\n{proc.stderr[-3000:]}")
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{method:>20} {scenario:>7}: {res['step_ms_median']:.0f} ms, "
-              f"peak RSS {res['peak_rss_steps_mb']:.0f} MB", flush=True)
-        results.append(res)
-    table = _table(results)
+    mem_steps = int(os.environ.get("SGFT_STEP_TIME_MEM_STEPS", "3"))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        basis_file = Path(tmp) / "basis.safetensors"
+        results: dict[tuple[str, str], dict[str, Any]] = {}
+        for method, scenario in RUNS:
+            # the first SparseGrad run computes (and times) the basis; later ones load it
+            res = _child(["--memory", method, scenario, str(mem_steps), str(basis_file)])
+            results[(method, scenario)] = res
+            print(
+                f"memory {method:>20} {scenario:>7}: peak RSS {res['peak_rss_steps_mb']:.0f} MB", flush=True
+            )
+        for scenario in ("padded", "packed"):
+            methods = [m for m, s in RUNS if s == scenario]
+            timing = _child(["--time", ",".join(methods), scenario, str(steps), str(warmup), str(basis_file)])
+            for m, t in timing.items():
+                results[(m, scenario)].update(t)
+                print(f"time   {m:>20} {scenario:>7}: {t['step_ms_median']:.0f} ms", flush=True)
+    rows = [results[r] for r in RUNS]
+    table = _table(rows)
     print("\n" + table)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"batch": BATCH, "seq": SEQ, "density": DENSITY, "steps": steps, "warmup": warmup,
-            "cpu_count": os.cpu_count(), "torch_threads": None}
-    OUT.write_text(json.dumps({"meta": meta, "results": results, "table": table}, indent=2))
-    print(f"\nwrote {OUT}")
+    import torch
+
+    meta = {
+        "batch": BATCH,
+        "seq": SEQ,
+        "density": DENSITY,
+        "steps": steps,
+        "warmup": warmup,
+        "memory_steps": mem_steps,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
+        "seconds": time.perf_counter() - started,
+    }
+    OUT.write_text(json.dumps({"meta": meta, "results": rows, "table": table}, indent=2))
+    print(f"\nwrote {OUT} ({meta['seconds']:.0f} s, load average {meta['load_average']})")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--one":
-        out = run_one(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
-        print(json.dumps(out))
+    if len(sys.argv) == 6 and sys.argv[1] == "--memory":
+        print(json.dumps(measure_memory(sys.argv[2], sys.argv[3], int(sys.argv[4]), Path(sys.argv[5]))))
+    elif len(sys.argv) == 7 and sys.argv[1] == "--time":
+        methods = sys.argv[2].split(",")
+        print(
+            json.dumps(
+                measure_time(methods, sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), Path(sys.argv[6]))
+            )
+        )
     else:
         main()

@@ -302,6 +302,9 @@ def validate_lines(
         except json.JSONDecodeError as exc:
             scan.add(n, f"invalid JSON ({exc.msg} at column {exc.colno}); write one JSON object per line")
             continue
+        except RecursionError:  # e.g. "[[[[..." 100,000 deep: the parser's stack, not a JSON error
+            scan.add(n, "invalid JSON (nested too deeply); write one flat JSON object per line")
+            continue
         if not isinstance(record, dict):
             scan.add(n, f"expected a JSON object, got {_type_name(record)}")
             continue
@@ -310,14 +313,6 @@ def validate_lines(
         scan.add(0, "the file is empty")
     elif scan.examples < min_examples and not scan.problems:
         scan.add(0, f"only {scan.examples} example(s); at least {min_examples} needed")
-    if (
-        scan.format == "classification"
-        and scan.kind in ("int", "str")
-        and len(scan.labels) == 1
-        and not scan.problems
-    ):
-        only = next(iter(scan.labels))
-        scan.add(0, f"every example has the label {only!r}; a classifier needs at least two distinct labels")
     return DatasetReport(
         filename=filename,
         format=scan.format,
@@ -333,6 +328,14 @@ def validate_file(path: Path, filename: str | None = None, max_problems: int = 2
     """`validate_lines` on a file on disk; `filename` (default: the file's name) is what messages show."""
     with Path(path).open("rb") as fh:
         return validate_lines(fh, filename or Path(path).name, max_problems=max_problems)
+
+
+def check_training(train: DatasetReport) -> list[Problem]:
+    """Problems of a file used as training data (a validation file may be narrower): one label only."""
+    if train.format == "classification" and train.label_kind in ("int", "str") and len(train.labels) == 1:
+        text = f"{train.filename}: every example has the label {train.labels[0]!r}; "
+        return [Problem(0, text + "a classifier needs two labels or more")]
+    return []
 
 
 def check_pair(train: DatasetReport, valid: DatasetReport) -> list[Problem]:

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(default=3, ge=1, description="Worker losses tolerated before a job fails.")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    max_line_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="Longest JSONL line of an upload (refused while streaming)."
+    )
     secret_key: str = Field(default=DEFAULT_SECRET, description="HMAC pepper for API keys.")
     worker_queues: str = Field(
         default="cpu", description="Comma list of queues a worker consumes (cpu, gpu)."

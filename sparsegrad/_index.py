@@ -7,12 +7,11 @@ import torch
 
 def merge_sorted(
     index: torch.Tensor, new: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Union of sorted unique `index` (U,) with sorted unique `new` (k,).
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Union of sorted unique `index` (U,) with sorted unique `new` (k,), without re-sorting.
 
-    Returns (merged index, positions of `new` inside it, order) where `order` is None when nothing was added,
-    else the permutation to apply to `torch.cat([old_array, fill])` to lay any per-entry array out like the
-    merged index (see `relay`).
+    Returns (merged index, positions of `new` inside it, layout) where `layout` is None when nothing was added,
+    else (where the old entries go, where the added ones go) in the merged arrays (see `relay`).
     """
     if index.numel():
         pos = torch.searchsorted(index, new)
@@ -22,26 +21,32 @@ def merge_sorted(
         missing = new[~found]
     else:
         missing = new
-    merged = torch.cat([index, missing])
-    order = torch.argsort(merged)
-    merged = merged[order]
-    return merged, torch.searchsorted(merged, new), order
+    # both sorted: an element's merged position = its own rank + how many of the other array precede it
+    at_old = torch.arange(index.numel(), device=index.device) + torch.searchsorted(missing, index)
+    at_new = torch.arange(missing.numel(), device=index.device) + torch.searchsorted(index, missing)
+    merged = index.new_empty(index.numel() + missing.numel())
+    merged[at_old] = index
+    merged[at_new] = missing
+    return merged, torch.searchsorted(merged, new), (at_old, at_new)
 
 
-def relay(array: torch.Tensor, order: torch.Tensor | None, fill: float = 0.0) -> torch.Tensor:
-    """Lay a per-entry array out for a merged index (new entries get `fill`)."""
-    if order is None:
+def relay(array: torch.Tensor, layout: tuple[torch.Tensor, torch.Tensor] | None, fill: float = 0.0) -> torch.Tensor:
+    """Lay a per-entry array out like a merged index (added entries get `fill`)."""
+    if layout is None:
         return array
-    extra = order.numel() - array.numel()
-    return torch.cat([array, array.new_full((extra,), fill)])[order]
+    at_old, at_new = layout
+    out = array.new_empty(at_old.numel() + at_new.numel())
+    out[at_old] = array
+    out[at_new] = fill
+    return out
 
 
 def restrict(index: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For sorted `index` and sorted `keep`: (mask of kept entries, positions of `keep` or -1)."""
     if index.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool), torch.full_like(keep, -1)
+        return torch.zeros(0, dtype=torch.bool, device=index.device), torch.full_like(keep, -1)
     pos = torch.searchsorted(index, keep).clamp(max=index.numel() - 1)
     found = index[pos] == keep
-    mask = torch.zeros(index.numel(), dtype=torch.bool)
+    mask = torch.zeros(index.numel(), dtype=torch.bool, device=index.device)
     mask[pos[found]] = True
     return mask, torch.where(found, pos, torch.full_like(pos, -1))

@@ -29,6 +29,8 @@ def coefficient_grad(
     """
     n, d_out = gy.shape
     d_in = x.shape[1]
+    basis_dtype = p.dtype if p is not None else (q.dtype if q is not None else gy.dtype)
+    gy, x = gy.to(basis_dtype), x.to(basis_dtype)  # bf16 activations meet a float32 basis
     rot_out = d_out * d_out if p is not None else 0
     rot_in = d_in * d_in if q is not None else 0
     factor_first = n * (rot_out + rot_in + d_out * d_in)
@@ -128,6 +130,7 @@ class SparseGradFunction(torch.autograd.Function):
             w = weight + a
         ctx.save_for_backward(x, w, p, q)
         ctx.has_bias = bias is not None
+        ctx.coef_dtype = coef.dtype
         return F.linear(x, w, bias)
 
     @staticmethod
@@ -154,7 +157,7 @@ class SparseGradFunction(torch.autograd.Function):
                 gx = gxk
             gx = gx.reshape(x.shape)
         if need_coef:
-            gcoef = coefficient_grad(gy2, x2, p, q)
+            gcoef = coefficient_grad(gy2, x2, p, q).to(ctx.coef_dtype)
         if need_bias and ctx.has_bias:
             gb = gy2.sum(dim=0)  # bias gradient in the original space
         return gx, gcoef, None, gb, None, None, None

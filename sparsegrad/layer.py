@@ -54,10 +54,11 @@ class SparseGradLinear(nn.Module):
         self.register_buffer("P", p)
         self.register_buffer("Q", q)
         dtype = p.dtype if p is not None else torch.float32
+        device = module_weight(base_layer).device
         # Zero-stride placeholder: costs one element, carries a (D_out, D_in) gradient.
-        self.coef = nn.Parameter(torch.zeros(1, dtype=dtype).expand(d_out, d_in))
-        self.register_buffer("delta_index", torch.zeros(0, dtype=torch.int64))
-        self.register_buffer("delta_value", torch.zeros(0, dtype=dtype))
+        self.coef = nn.Parameter(torch.zeros(1, dtype=dtype, device=device).expand(d_out, d_in))
+        self.register_buffer("delta_index", torch.zeros(0, dtype=torch.int64, device=device))
+        self.register_buffer("delta_value", torch.zeros(0, dtype=dtype, device=device))
         self.register_buffer("support_index", support_index)
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsegrad._index import merge_sorted, restrict
+from sparsegrad._index import merge_sorted, relay, restrict
 from sparsegrad.function import apply_group_update
 from sparsegrad.layer import SparseGradLinear
 from sparsegrad.model import get_info, sparse_layers
@@ -135,11 +135,10 @@ class SparseGradAdamW(torch.optim.Optimizer):
         gid = (top + n * torch.arange(len(layers), device=top.device).unsqueeze(1)).reshape(-1)  # sorted
         if self.support == "fixed" and not torch.equal(st["index"], gid):
             self._move_fixed_state(layers, st, gid, n)
-        merged, pos, order = merge_sorted(st["index"], gid)
-        if order is not None:
+        merged, pos, layout = merge_sorted(st["index"], gid)
+        if layout is not None:
             for key in _SPARSE_KEYS:
-                old = st[key]
-                st[key] = torch.cat([old, old.new_zeros(order.numel() - old.numel())])[order]
+                st[key] = relay(st[key], layout)
             st["index"] = merged
         step = st["step"][pos] + 1
         m = st["exp_avg"][pos].lerp_(g, 1 - b1)

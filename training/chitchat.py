@@ -8,7 +8,8 @@ The corpus stores a dialogue as a list of turns, each a list of utterances by on
 alternate senders. The first speaker becomes "user", the second "assistant"; a turn's utterances are joined
 by newlines. Conversations are cut to an even number of turns so each ends with an assistant reply (the part
 a chat SFT learns), and optionally to `max_turns` turns and `max_chars` characters (whole turn pairs) so
-they fit short training sequences. Which conversations land in train and valid is fixed by the seed alone.
+they fit short training sequences; a conversation whose first pair alone is longer is left out. Which
+conversations land in train and valid is fixed by the seed alone.
 """
 
 from __future__ import annotations
@@ -57,13 +58,14 @@ def turns_of(record: Mapping[str, Any]) -> Conversation:
 def trim(turns: Conversation, max_turns: int | None = None, max_chars: int | None = None) -> Conversation:
     """Cut to an even number of turns (ends on the second speaker), at most `max_turns` and `max_chars`.
 
-    Whole user/assistant pairs are dropped from the end; a single first pair is kept even if it is longer
-    than `max_chars` (the training engine truncates sequences anyway). Returns [] for fewer than 2 turns.
+    Whole user/assistant pairs are dropped from the end. Returns [] (the conversation is left out) when
+    fewer than 2 turns remain, or when the first pair alone is longer than `max_chars`: cut further, a
+    conversation could lose every assistant token to the training engine's sequence truncation.
     """
     n = len(turns) - len(turns) % 2
     if max_turns is not None:
         n = min(n, max_turns - max_turns % 2)
-    while max_chars is not None and n > 2 and sum(len(t) for t in turns[:n]) > max_chars:
+    while max_chars is not None and n >= 2 and sum(len(t) for t in turns[:n]) > max_chars:
         n -= 2
     return list(turns[:n]) if n >= 2 else []
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from core.datasets import DatasetReport, check_pair, validate_file
+from core.datasets import DatasetReport, check_pair, check_training, validate_file
 from training.chat import IGNORE, encode_causal
 from training.spec import DataError
 
@@ -58,6 +58,8 @@ def check_files(train: Path, valid: Path | None) -> tuple[DatasetReport, Dataset
     train_report = validate_file(train, "training file")
     if not train_report.ok:
         raise DataError(train_report.describe(), param="training_file")
+    if problems := check_training(train_report):
+        raise DataError(problems[0].message, param="training_file")
     valid_report = None
     if valid is not None:
         valid_report = validate_file(valid, "validation file")

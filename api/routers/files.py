@@ -6,7 +6,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
@@ -42,6 +42,22 @@ def _spool(upload: UploadFile, target: Path, cap: int) -> int:
     return size
 
 
+def _capped_lines(fh: BinaryIO, filename: str, cap: int) -> Iterator[bytes]:
+    """The file's lines, refusing one longer than `cap` bytes before reading it whole (api.linelimit
+    refuses it while streaming already; this guards any other way in)."""
+    number = 0
+    while line := fh.readline(cap + 1):
+        number += 1
+        if len(line) > cap and not line.endswith(b"\n"):
+            raise APIError(
+                400,
+                f"{filename}: line {number}: longer than the {cap} byte line limit",
+                param="file",
+                code="invalid_file",
+            )
+        yield line
+
+
 @router.post("", response_model=FilePublic)
 async def upload_file(
     request: Request,
@@ -67,7 +83,7 @@ async def upload_file(
 
         def _validate() -> dict[str, object]:
             with tmp.open("rb") as fh:
-                report = validate_lines(fh, filename)
+                report = validate_lines(_capped_lines(fh, filename, settings.max_line_bytes), filename)
             if not report.ok:
                 raise APIError(400, report.describe(), param="file", code="invalid_file")
             return report.to_dict()

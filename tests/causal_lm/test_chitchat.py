@@ -30,12 +30,13 @@ def _read(path: Path) -> list[dict[str, Any]]:
 
 
 def test_roles_alternate_and_end_on_the_assistant(corpus: dict[str, Any], tmp_path: Path) -> None:
-    train, valid = convert(tmp_path, 12, 4, seed=3, min_turns=4, max_turns=6, corpus=corpus)
+    train, valid = convert(tmp_path, 12, 4, seed=3, min_turns=4, max_turns=6, max_chars=500, corpus=corpus)
     rows = _read(train) + _read(valid)
     assert len(_read(train)) == 12 and len(_read(valid)) == 4
     for row in rows:
         roles = [m["role"] for m in row["messages"]]
         assert 4 <= len(roles) <= 6 and len(roles) % 2 == 0
+        assert sum(len(m["content"]) for m in row["messages"]) <= 500
         assert roles == ["user", "assistant"] * (len(roles) // 2)
         assert all(isinstance(m["content"], str) and m["content"].strip() for m in row["messages"])
 
@@ -79,7 +80,7 @@ def test_trim_keeps_whole_pairs_within_limits() -> None:
     assert trim(turns) == turns[:4]
     assert trim(turns, max_turns=3) == turns[:2]
     assert trim(turns, max_chars=10) == turns[:2]
-    assert trim(turns, max_chars=1) == turns[:2]  # the first pair is always kept
+    assert trim(turns, max_chars=1) == []  # even the first pair is too long: left out
     assert trim(["only one"]) == []
 
 

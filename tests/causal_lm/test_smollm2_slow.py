@@ -7,24 +7,22 @@ minutes of CPU.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from training import merge_delta, run_training
 from training.chitchat import convert
 from training.model_setup import SMOLLM2_NAME, default_models_dir, generate, is_complete, setup_smollm2
+from training.spec import JobSpec
 
 pytestmark = pytest.mark.slow
 
 
 def test_smollm2_sparsegrad_chat_sft_then_generate(tmp_path: Path) -> None:
-    training = pytest.importorskip("training")
-    if not hasattr(training, "run_training"):
-        pytest.skip("the training engine (training.run_training) is not there yet")
-    from training.spec import JobSpec
-
     models_dir = default_models_dir()
     model_dir = setup_smollm2(models_dir)
     assert is_complete(model_dir) and model_dir.name == SMOLLM2_NAME
@@ -43,16 +41,19 @@ def test_smollm2_sparsegrad_chat_sft_then_generate(tmp_path: Path) -> None:
             "basis_steps": 2,
             "learning_rate": 1e-4,
             "eval_every": 6,
+            "eval_at_start": True,
         },
         seed=0,
     )
-    result = training.run_training(spec, train, valid, tmp_path / "work", models_dir=models_dir)
+    result = run_training(spec, train, valid, tmp_path / "work", models_dir=models_dir)
     assert result.status == "completed" and result.step == 6
     assert result.delta_dir is not None and (result.delta_dir / "adapter_config.json").is_file()
-    assert torch.isfinite(torch.tensor(result.metrics["valid_loss"] if "valid_loss" in result.metrics else 0.0))
+    before = next(r["valid_loss"] for r in result.history if r["step"] == 0 and "valid_loss" in r)
+    assert math.isfinite(before) and math.isfinite(result.metrics["valid_loss"])
+    assert 0 < result.metrics["trainable_parameters"] < 0.02 * 134_515_008  # ~1% of the MLP coefficients
 
     merged = tmp_path / "merged"
-    training.merge_delta(SMOLLM2_NAME, result.delta_dir, merged, models_dir=models_dir)
+    merge_delta(SMOLLM2_NAME, result.delta_dir, merged, models_dir=models_dir)
     base_w = load_file(str(model_dir / "model.safetensors"))
     merged_w: dict[str, torch.Tensor] = {}
     for f in sorted(merged.glob("*.safetensors")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def sst2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return train, valid
 
 
-def relabel(src: Path, dst: Path, names: dict[int, object]) -> Path:
+def relabel(src: Path, dst: Path, names: Mapping[int, object]) -> Path:
     """A copy of a {"text", "label"} file with labels mapped through `names`."""
     rows = [json.loads(line) for line in src.read_text().splitlines()]
     dst.write_text("".join(json.dumps({**r, "label": names[r["label"]]}) + "\n" for r in rows))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.datasets import DatasetReport, Problem, check_pair, validate_file, validate_lines
+from core.datasets import DatasetReport, Problem, check_pair, check_training, validate_file, validate_lines
 
 SST2_DEV = Path("/work/shared/data/sst2/dev.jsonl")
 
@@ -105,9 +105,11 @@ def test_empty_file_and_too_few_examples() -> None:
     assert "only 2 example(s); at least 5 needed" in rep.describe()
 
 
-def test_single_label_is_refused() -> None:
+def test_single_label_is_refused_for_training_only() -> None:
     rep = report({"text": "a", "label": 1}, {"text": "b", "label": 1})
-    assert "at least two distinct labels" in rep.describe()
+    assert rep.ok  # fine as a validation file
+    assert "two labels or more" in check_training(rep)[0].message
+    assert check_training(report({"text": "a", "label": 1}, {"text": "b", "label": 2})) == []
 
 
 def test_problems_are_capped_and_counted() -> None:

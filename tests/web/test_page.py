@@ -43,6 +43,7 @@ def test_sign_in_is_checked_kept_and_signed_out(browser: Any, service: Service) 
     page = new_page(browser, service, signed_in=False)
     page.get_by_test_id("api-key-input").fill("sgft-000000000000-not-a-real-key")
     page.get_by_test_id("signin-button").click()
+    page.locator("#signin-error").wait_for()  # shown once the API has answered 401
     assert "not valid" in page.locator("#signin-error").inner_text()
     page.get_by_test_id("api-key-input").fill(service.api_key)
     page.get_by_test_id("signin-button").click()

@@ -87,10 +87,10 @@ export function renderCreate(root, notify, navigate) {
     uploadResult.textContent = `Uploading and validating ${file.name}…`;
     try {
       const f = await api.upload(file);
-      uploadResult.textContent = `Uploaded ${f.filename} as ${f.id}.`;
-      uploadResult.dataset.fileId = f.id;
       fileInput.value = "";
       await loadFiles(f.id);
+      uploadResult.textContent = `Uploaded ${f.filename} as ${f.id}.`;
+      uploadResult.dataset.fileId = f.id; // set last: the selects already offer the new file
     } catch (err) {
       uploadResult.textContent = err.status === 400 ? `${file.name} was rejected:` : err.message;
       const problems = err.problems || [];
