@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.middleware("http")(record_request)
     # Uploads may be multipart-wrapped: allow 64 KiB of envelope above the file cap.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 65536)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 65536, other_max_bytes=1 << 20)
     app.add_middleware(LineLimit, max_line=settings.max_line_bytes)  # one huge line: refused while streaming
     for module in (ops, files, jobs, job_events, models, web):
         app.include_router(module.router)

@@ -15,14 +15,21 @@ class BodyLimit:
     whatever it answers is replaced by the 413.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, other_max_bytes: int | None = None, upload_path: str = "/v1/files"
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # Every route but the upload parses its whole body in memory (JSON): it gets a far smaller cap.
+        self.other_max_bytes = other_max_bytes or max_bytes
+        self.upload_path = upload_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope["path"] == self.upload_path
+        limit = self.max_bytes if upload else self.other_max_bytes
         seen = 0
         too_large = False
 
@@ -33,7 +40,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     too_large = True
                     return {"type": "http.disconnect"}
             return message
@@ -44,17 +51,22 @@ class BodyLimit:
 
         await self.app(scope, limited_receive, guarded_send)
         if too_large:
-            await _reply_413(send, self.max_bytes)
+            await _reply_413(send, limit, upload)
 
 
-async def _reply_413(send: Send, limit: int) -> None:
+async def _reply_413(send: Send, limit: int, upload: bool = True) -> None:
     error: dict[str, Any] = {
         "message": f"Request body is larger than the {limit} byte limit",
         "type": "invalid_request_error",
-        "param": "file",
-        "code": "file_too_large",
+        "param": "file" if upload else None,
+        "code": "file_too_large" if upload else "request_too_large",
     }
     body = json.dumps({"error": error}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    # `connection: close` makes the server drop the connection instead of draining the rest of the body.
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})

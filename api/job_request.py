@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -18,23 +19,27 @@ from core.registry import UnknownModel, get_model, list_models
 from core.settings import Settings
 
 METHODS = ("sparsegrad", "lora", "full", "meprop")
-NUMERIC = {
-    "n_epochs",
-    "batch_size",
-    "learning_rate_multiplier",
-    "learning_rate",
-    "max_seq_length",
-    "warmup_ratio",
-    "gradient_accumulation_steps",
-    "eval_every",
-    "checkpoint_every",
-    "max_steps",
-    "early_stopping_patience",
-    "density",
-    "basis_steps",
-    "lora_rank",
-    "weight_decay",
+# name -> (low, high, whole number): the training engine's bounds (training/hparams.py NUMBER_BOUNDS; the
+# API may not import training, tests/hardening/test_security.py checks the two tables are equal), checked
+# here so an out-of-range value is a 400 at creation instead of a job that fails later.
+BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "n_epochs": (1, 50, False),
+    "batch_size": (1, 512, True),
+    "learning_rate": (1e-7, 0.1, False),
+    "learning_rate_multiplier": (0.01, 100, False),
+    "max_seq_length": (8, 8192, True),
+    "warmup_ratio": (0.0, 0.5, False),
+    "gradient_accumulation_steps": (1, 64, True),
+    "eval_every": (1, 1e6, True),
+    "checkpoint_every": (1, 1e6, True),
+    "max_steps": (1, 1e7, True),
+    "early_stopping_patience": (0, 100, True),
+    "density": (1e-4, 1.0, False),
+    "basis_steps": (1, 200, True),
+    "lora_rank": (1, 512, True),
+    "weight_decay": (0.0, 1.0, False),
 }
+NUMERIC = set(BOUNDS)
 CHOICES = {"support": ("dynamic", "fixed"), "lr_scheduler": ("linear", "cosine")}
 BOOLS = {"train_layernorm", "eval_at_start"}
 OTHER = {"target_modules", *BOOLS}
@@ -73,9 +78,15 @@ def check_hyperparameters(hyper: dict[str, Any]) -> None:
     for key, value in hyper.items():
         param = f"hyperparameters.{key}"
         if key in NUMERIC:
-            ok = value == "auto" or (isinstance(value, int | float) and not isinstance(value, bool))
-            if not ok or (not isinstance(value, str) and value < 0):
-                raise APIError(400, f"{param} must be a non-negative number or 'auto'", param=param)
+            if value == "auto":
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise APIError(400, f"{param} must be a number or 'auto', got {value!r}", param=param)
+            low, high, whole = BOUNDS[key]
+            if whole and math.isfinite(value) and value != int(value):
+                raise APIError(400, f"{param} must be a whole number, got {value!r}", param=param)
+            if not low <= value <= high:
+                raise APIError(400, f"{param} must be between {low:g} and {high:g}, got {value!r}", param=param)
         elif key in CHOICES:
             if value != "auto" and value not in CHOICES[key]:
                 raise APIError(400, f"{param} must be one of {', '.join(CHOICES[key])}", param=param)

@@ -108,6 +108,11 @@ async def _reply_400(send: Send, filename: str, line: int, limit: int) -> None:
         "code": "invalid_file",
     }
     body = json.dumps({"error": error}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    # `connection: close` makes the server drop the connection instead of draining the rest of the body.
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": 400, "headers": headers})
     await send({"type": "http.response.body", "body": body})

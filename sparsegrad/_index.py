@@ -10,7 +10,7 @@ def merge_sorted(
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """Union of sorted unique `index` (U,) with sorted unique `new` (k,), without re-sorting.
 
-    Returns (merged index, positions of `new` inside it, layout) where `layout` is None when nothing was added,
+    Returns (merged index, positions of `new` in it, layout); `layout` is None when nothing was added,
     else (where the old entries go, where the added ones go) in the merged arrays (see `relay`).
     """
     if index.numel():
@@ -30,7 +30,9 @@ def merge_sorted(
     return merged, torch.searchsorted(merged, new), (at_old, at_new)
 
 
-def relay(array: torch.Tensor, layout: tuple[torch.Tensor, torch.Tensor] | None, fill: float = 0.0) -> torch.Tensor:
+def relay(
+    array: torch.Tensor, layout: tuple[torch.Tensor, torch.Tensor] | None, fill: float = 0.0
+) -> torch.Tensor:
     """Lay a per-entry array out like a merged index (added entries get `fill`)."""
     if layout is None:
         return array

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -111,10 +112,9 @@ def compute_basis(
         for m in modules.values():
             module_weight(m).requires_grad_(True)
         model.train()
-        with torch.random.fork_rng(devices=[]):
-            for batch in batches:
-                if steps >= cfg.basis_steps:
-                    break
+        rng_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices):
+            for batch in itertools.islice(batches, cfg.basis_steps):  # never pulls a batch it won't use
                 loss = model(**_move(batch, device)).loss
                 if loss is None:
                     raise ValueError("model(**batch).loss is None: the batches must carry labels")

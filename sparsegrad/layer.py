@@ -11,7 +11,6 @@ from torch import nn
 from sparsegrad.function import SparseGradFunction, apply_sparse_update
 from sparsegrad.targets import is_conv1d, linear_weight, module_bias, module_weight
 
-
 _COMPACT_EVERY = 16  # steps of logged ΔC updates between compactions
 
 

@@ -43,7 +43,9 @@ class SparseGradAdamW(torch.optim.Optimizer):
         dense_params: list[nn.Parameter] | None = None,
     ) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"bad AdamW hyperparameters: lr={lr}, betas={betas}, eps={eps}, wd={weight_decay}")
+            raise ValueError(
+                f"bad AdamW hyperparameters: lr={lr}, betas={betas}, eps={eps}, wd={weight_decay}"
+            )
         info = get_info(model)
         self.support = info.cfg.support
         self.refresh_every = info.cfg.support_refresh_every
@@ -97,7 +99,9 @@ class SparseGradAdamW(torch.optim.Optimizer):
         denom = (st["exp_avg_sq"].sqrt() / math.sqrt(1 - b2**step)).add_(eps)
         p.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - b1**step))
 
-    def _support(self, layers: list[SparseGradLinear], grads: torch.Tensor, st: dict[str, Any]) -> torch.Tensor:
+    def _support(
+        self, layers: list[SparseGradLinear], grads: torch.Tensor, st: dict[str, Any]
+    ) -> torch.Tensor:
         """(L, k) sorted flat indices of this step's support per layer; grads: (L, D_out·D_in)."""
         k = layers[0].k
         if self.support == "dynamic":
@@ -120,7 +124,9 @@ class SparseGradAdamW(torch.optim.Optimizer):
         if any(m.coef.grad is None for m in layers):
             if all(m.coef.grad is None for m in layers):
                 return
-            raise RuntimeError("some layers of a SparseGrad group got no gradient; all must take part in forward")
+            raise RuntimeError(
+                "some layers of a SparseGrad group got no gradient; all must take part in forward"
+            )
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         first = layers[0]
         n = first.d_out * first.d_in
@@ -154,12 +160,16 @@ class SparseGradAdamW(torch.optim.Optimizer):
         st["exp_avg_sq"][pos] = v
         st["delta"][pos] = delta + update
         update2 = update.view(len(layers), -1)  # (L, k)
-        apply_group_update([m_.weight for m_ in layers], top // first.d_in, top % first.d_in, update2, first.P, first.Q)
+        apply_group_update(
+            [m_.weight for m_ in layers], top // first.d_in, top % first.d_in, update2, first.P, first.Q
+        )
         for layer, idx, upd in zip(layers, top, update2, strict=True):
             layer.record_update(idx, upd)
 
     @staticmethod
-    def _move_fixed_state(layers: list[SparseGradLinear], st: dict[str, Any], gid: torch.Tensor, n: int) -> None:
+    def _move_fixed_state(
+        layers: list[SparseGradLinear], st: dict[str, Any], gid: torch.Tensor, n: int
+    ) -> None:
         """Support changed (first step or refresh): keep the state of entries that stay, start the rest fresh
         (their ΔC is read back from the layers); the state keeps exactly k entries per layer."""
         _, where = restrict(st["index"], gid)
@@ -179,6 +189,21 @@ class SparseGradAdamW(torch.optim.Optimizer):
                     new_state["delta"][sel] = layer.delta_at(gid[sel] - pos_l * n)
         st.update(new_state)
         st["index"] = gid
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The base class's, except that integer state (coefficient indices, counters) keeps its dtype:
+        torch casts every state tensor of a floating-point parameter to that parameter's dtype."""
+        saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        integer_state = {
+            pid: {k: v for k, v in st.items() if isinstance(v, torch.Tensor) and not v.is_floating_point()}
+            for pid, st in state_dict["state"].items()
+        }
+        super().load_state_dict(state_dict)
+        by_id = dict(zip(saved_ids, params, strict=True))
+        for pid, tensors in integer_state.items():
+            for key, value in tensors.items():
+                self.state[by_id[pid]][key] = value.to(by_id[pid].device).clone()
 
     def state_entries(self, layer: SparseGradLinear) -> torch.Tensor:
         """Sorted flat coefficient indices of `layer` that hold optimizer state."""

@@ -152,14 +152,16 @@ def _load_dequantised(gguf_path: Path) -> tuple[Any, Any]:
     model_type = config_dict.pop("model_type")
     config = AutoConfig.for_model(model_type, **config_dict)
     config.dtype = torch.float32
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    # assign=True takes the loaded tensors as they are; tied lm_head/embeddings are re-tied below.
-    model.load_state_dict(state, strict=False, assign=True)
+    # Built on the CPU, not on "meta": non-persistent buffers (rotary inv_freq) must be real tensors.
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    result = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(result.missing_keys) - tied or result.unexpected_keys:
+        raise ModelSetupError(
+            f"{gguf_path.name}: weights do not match the {model_type} layout "
+            f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
     model.tie_weights()
-    missing = [n for n, p in model.named_parameters() if p.is_meta]
-    if missing:
-        raise ModelSetupError(f"{gguf_path.name}: no weights for {missing[:3]}")
     model.eval()
     return model, tokenizer
 

@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 import training
@@ -23,6 +24,7 @@ from core.settings import Settings, get_settings
 from core.states import JobStatus
 from core.storage import Storage
 from training.spec import JobSpec, TrainingError, TrainResult
+from worker import failures
 from worker.hooks import Heartbeat, JobHooks
 
 log = logging.getLogger(__name__)
@@ -74,16 +76,17 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
         _finish(job, result, settings, storage, work, recorder, worker_id)
     except jobs.LostOwnership:
         log.warning("job %s was taken from this worker (re-queued or stopped); dropping this run", job_id)
-    except TrainingError as exc:
-        log.warning("job %s failed: %s: %s", job_id, exc.code, exc.message)
-        _fail(factory, job_id, worker_id, exc.code, exc.message, exc.param)
+    except (OperationalError, InterfaceError) as exc:
+        # The database went away mid-run: nothing can be recorded now, and a failure recorded once it is
+        # back would blame the job. Its heartbeat goes stale and the reaper re-queues it from its checkpoint.
+        log.warning("job %s: database unavailable (%s); leaving it to the reaper", job_id, type(exc).__name__)
     except Exception as exc:
-        log.exception("job %s crashed", job_id)
-        message = (
-            f"The job failed unexpectedly ({type(exc).__name__}: {str(exc)[:300]}). This is likely a service "
-            "bug, not your data; retry, and report the job id if it happens again."
-        )
-        _fail(factory, job_id, worker_id, "internal_error", message, None)
+        code, message, param = failures.describe(exc)
+        if code == "internal_error":
+            log.exception("job %s crashed", job_id)
+        else:
+            log.warning("job %s failed: %s: %s", job_id, code, message)
+        _fail(factory, job_id, worker_id, code, message, param)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.web.service import SGFT, Service, sst2_slice
+from tests.web.service import SGFT, TINY_MODEL, Service, sst2_slice
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def test_upload_create_watch_list_download(service: Service, tmp_path: Path) -> 
     file_id = json.loads(up.stdout)["id"]
 
     created = sgft(
-        service, "jobs", "create", "--model", "all-MiniLM-L6-v2", "--training-file", file_id,
+        service, "jobs", "create", "--model", TINY_MODEL, "--training-file", file_id,
         "--method", "sparsegrad", "--n-epochs", "1", "--batch-size", "8", "--density", "0.05",
         "--suffix", "cli", "--seed", "7", "--json",
     )  # fmt: skip
@@ -68,7 +68,7 @@ def test_create_from_config_with_a_local_path_then_cancel(service: Service, tmp_
     sst2_slice(tmp_path / "long.jsonl", 256)
     config = tmp_path / "job.yaml"
     config.write_text(
-        "model: all-MiniLM-L6-v2\ntraining_file: long.jsonl\n"
+        f"model: {TINY_MODEL}\ntraining_file: long.jsonl\n"
         "method:\n  type: sparsegrad\n  sparsegrad:\n    hyperparameters: {n_epochs: 50, batch_size: 8}\n"
     )
     created = subprocess.run(

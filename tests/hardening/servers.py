@@ -99,13 +99,17 @@ class PostgresServer:
         data = self.root / "data"
         self._as_postgres(_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
         self.start()
-        self._as_postgres(_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "sgft")
+        self._as_postgres(
+            _pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "sgft"
+        )
 
     def start(self) -> None:
         assert self.root is not None
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
         log = str(self.root / "server.log")
-        self._as_postgres(_pg_bin("pg_ctl"), "-D", str(self.root / "data"), "-o", options, "-l", log, "-w", "start")
+        self._as_postgres(
+            _pg_bin("pg_ctl"), "-D", str(self.root / "data"), "-o", options, "-l", log, "-w", "start"
+        )
 
     def stop(self, mode: str = "immediate") -> None:
         """Stop the server; "immediate" drops every connection at once (a crash, as clients see it)."""

@@ -90,7 +90,10 @@ class FaultStack(Stack):
             step = job.checkpoint_step or 0
             return step if job.status == "running" and step > above and self.worker_running(job_id) else None
 
-        return wait_for(ready, timeout, f"a checkpoint of {job_id} past step {above}", interval=0.1)
+        try:
+            return wait_for(ready, timeout, f"a checkpoint of {job_id} past step {above}", interval=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nlast state: {self.job(job_id)}\n{self.tail()}") from None
 
     def assert_final(self, expected: dict[str, str]) -> None:
         """Every job is in its expected terminal state; a succeeded job ran to completion exactly once and
@@ -103,7 +106,9 @@ class FaultStack(Stack):
             completed = [m for m in messages if m == "The job has successfully completed"]
             with get_sessionmaker(self.db_url)() as s:
                 results = s.scalars(
-                    select(File.id).where(File.purpose == "fine-tune-results", File.filename.like(f"{job_id}-%"))
+                    select(File.id).where(
+                        File.purpose == "fine-tune-results", File.filename.like(f"{job_id}-%")
+                    )
                 ).all()
             if status == "succeeded":
                 assert len(finished) == 1 and len(completed) == 1, messages

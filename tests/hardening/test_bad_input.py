@@ -158,7 +158,10 @@ def test_one_gigabyte_line_is_refused_early_without_buffering(server: Stack) -> 
 
     pid = server.procs["api"].pid
     before = _peak_rss_kib(pid)
-    headers = {"Authorization": f"Bearer {server.key}", "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    headers = {
+        "Authorization": f"Bearer {server.key}",
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+    }
     response = httpx.post(f"{server.url}/v1/files", content=body(), headers=headers, timeout=120)
     assert response.status_code in (400, 413), response.text
     error = response.json()["error"]

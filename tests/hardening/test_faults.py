@@ -39,7 +39,9 @@ def _mount_tmpfs(target: Path, size: str) -> bool:
     target.mkdir(parents=True)
     if os.geteuid() != 0:
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)]).returncode == 0
+    return (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)]).returncode == 0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +112,9 @@ def _kill_owner(stack: FaultStack, job_id: str, above: int) -> int:
     stack.kill(victim)
     stack.start(victim, "worker")
     wait_for(
-        lambda: sum(e["message"].startswith(("Re-queued", "Job failed")) for e in stack.events(job_id))
-        > requeues,
+        lambda: (
+            sum(e["message"].startswith(("Re-queued", "Job failed")) for e in stack.events(job_id)) > requeues
+        ),
         60,
         f"the reaper to notice the dead worker of {job_id}",
     )

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import sparsegrad as sg
+from sparsegrad import layer as layer_module
 from tests.sparsegrad.tiny import tiny_batches, tiny_model
 
 
@@ -27,7 +28,11 @@ def _steps(model: nn.Module, opt: torch.optim.Optimizer, batches: list[dict]) ->
 
 
 @pytest.mark.parametrize("support", ["dynamic", "fixed"])
-def test_interrupted_run_resumes_bit_identical(support: str, tmp_path: Path) -> None:
+def test_interrupted_run_resumes_bit_identical(
+    support: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # compact the ΔC log every 2 steps: the interrupted run then compacts at other steps than the straight one
+    monkeypatch.setattr(layer_module, "_COMPACT_EVERY", 2)
     refresh = 2 if support == "fixed" else None
     cfg = sg.SparseGradConfig(density=0.05, basis_steps=2, support=support, support_refresh_every=refresh)  # type: ignore[arg-type]
     batches = tiny_batches("bert", 8)
@@ -47,6 +52,7 @@ def test_interrupted_run_resumes_bit_identical(support: str, tmp_path: Path) -> 
     resumed, opt2 = _fresh(cfg, sg.Basis.load(tmp_path / "basis.safetensors"))
     resumed.load_state_dict(saved["model"])
     opt2.load_state_dict(saved["opt"])
+    assert all(st["index"].dtype == torch.int64 for st in opt2.state.values() if "index" in st)
     _steps(resumed, opt2, batches[5:8])
 
     a, b = straight.state_dict(), resumed.state_dict()

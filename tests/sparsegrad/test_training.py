@@ -189,3 +189,13 @@ def test_bfloat16_model_trains_with_a_float32_basis() -> None:
     layer = model.model.layers[0].mlp.up_proj
     assert layer.weight.dtype == torch.bfloat16 and layer.P is not None and layer.P.dtype == torch.float32
     assert not torch.equal(before, layer.weight)
+
+
+def test_basis_takes_only_basis_steps_batches_from_an_iterator() -> None:
+    batches = tiny_batches("bert", 4)
+    it = iter(batches)
+    basis = sg.compute_basis(tiny_model("bert"), it, sg.SparseGradConfig(basis_steps=2))
+    assert basis.steps == 2
+    assert next(it) is batches[2]
+    with pytest.raises(ValueError, match="no batches"):
+        sg.compute_basis(tiny_model("bert"), [], sg.SparseGradConfig(basis_steps=2))

@@ -164,3 +164,28 @@ def test_float_labels_train_a_regressor(tmp_path: Path, sst2: tuple[Path, Path],
     assert "valid_accuracy" not in result.metrics
     merged = merge_delta("tiny-bert", result.delta_dir, tmp_path / "merged", models_dir=models_dir)  # type: ignore[arg-type]
     assert AutoModelForSequenceClassification.from_pretrained(merged).config.num_labels == 1
+
+
+def test_early_stopping_ends_the_run_with_a_delta(
+    tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
+) -> None:
+    # A learning rate this high makes the validation loss bounce: patience 1 stops at the first bad evaluation.
+    result = train(
+        tmp_path, sst2, models_dir, "full", learning_rate=0.05, eval_every=1, early_stopping_patience=1
+    )
+    evals = [r["valid_loss"] for r in result.history if "valid_loss" in r]
+    assert result.status == "completed" and result.step < result.total_steps and result.delta_dir is not None
+    # Every evaluation before the last improved on the best; the last did not.
+    assert all(a > b for a, b in zip(evals[:-1], evals[1:-1], strict=False)) and evals[-1] >= min(evals[:-1])
+
+
+@pytest.mark.slow
+def test_minilm_learns_sst2_with_sparsegrad(tmp_path: Path) -> None:
+    from training.testing import sst2_lines
+
+    (tmp_path / "t.jsonl").write_text("".join(sst2_lines("train", 256)))
+    (tmp_path / "v.jsonl").write_text("".join(sst2_lines("dev", 64)))
+    hyper = {"n_epochs": 2, "batch_size": 16, "max_seq_length": 64, "learning_rate": 1e-3}
+    spec = JobSpec(model="all-MiniLM-L6-v2", method="sparsegrad", hyperparameters=hyper, seed=3)
+    result = run_training(spec, tmp_path / "t.jsonl", tmp_path / "v.jsonl", tmp_path / "w")
+    assert result.history[0]["valid_accuracy"] < 0.6 and result.metrics["valid_accuracy"] > 0.75

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,19 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """API + worker processes on a temp data dir, shared by every test of the session."""
     yield shared_service(tmp_path_factory.mktemp("sgft-service"))
     stop_shared()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the service's log tails to a failing test's report (what the worker was doing)."""
+    report = yield
+    service = getattr(item, "funcargs", {}).get("service")
+    if report.failed and call.when == "call" and isinstance(service, Service):
+        for name in ("api", "worker"):
+            report.sections.append((f"sgft {name} log (tail)", service.log_tail(name)))
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 SST2 = Path("/work/shared/data/sst2/train.jsonl")
 SGFT = [sys.executable, "-m", "cli.main"]
+# A tiny random BERT (real tokenizer) in the service's model registry: jobs take seconds on a busy CPU.
+TINY_MODEL = "tiny-bert"
 
 
 def free_port() -> int:
@@ -80,7 +82,10 @@ class Service:
         )
 
     def start(self) -> Service:
+        from training.testing import make_tiny_model
+
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_tiny_model(self.data_dir / "models", TINY_MODEL, kind="bert")
         done = self.sgft("migrate")
         if done.returncode:
             raise RuntimeError(f"sgft migrate failed:\n{done.stdout}\n{done.stderr}")
@@ -154,7 +159,7 @@ class Service:
 
     def create_job(self, training_file: str, **hyperparameters: Any) -> dict[str, Any]:
         body = {
-            "model": "all-MiniLM-L6-v2",
+            "model": TINY_MODEL,
             "training_file": training_file,
             "method": {"type": "sparsegrad", "sparsegrad": {"hyperparameters": hyperparameters}},
         }

@@ -43,8 +43,8 @@ export function renderJob(root, jobId, notify) {
   const showMetrics = el("input", { type: "checkbox", id: "show-metric-events" });
   const checkpoints = el("tbody", { id: "checkpoints-body" });
   const hps = el("dl", { id: "hyperparameters", class: "kv" });
-  root.replaceChildren(
-    el("section", { id: "job-view", class: "stack", dataset: { jobId } },
+  // data-live turns "false" once the job is finished and all its events are drawn.
+  const view = el("section", { id: "job-view", class: "stack", dataset: { jobId, live: "true" } },
       el("a", { href: "#/jobs", class: "back" }, "← All jobs"),
       el("div", { class: "card" }, head, progress, actions, errorBox),
       el("div", { class: "grid2" },
@@ -61,7 +61,8 @@ export function renderJob(root, jobId, notify) {
             el("div", { class: "table-wrap" }, el("table", { id: "checkpoints" },
               el("thead", {}, el("tr", {}, el("th", {}, "Step"), el("th", {}, "Train loss"),
                 el("th", {}, "Valid loss"), el("th", {}, "Created"))), checkpoints))),
-          el("section", { class: "card" }, el("h3", {}, "Hyper-parameters"), hps)))));
+          el("section", { class: "card" }, el("h3", {}, "Hyper-parameters"), hps))));
+  root.replaceChildren(view);
   events.classList.toggle("hide-metrics", true);
   showMetrics.addEventListener("change", () => events.classList.toggle("hide-metrics", !showMetrics.checked));
 
@@ -189,7 +190,7 @@ export function renderJob(root, jobId, notify) {
     }
     if (stopped) return;
     // A finished job changes no more; one last pass above picked up its final events.
-    if (job && TERMINAL.has(job.status)) return;
+    if (job && TERMINAL.has(job.status)) { view.dataset.live = "false"; return; }
     timer = setTimeout(poll, POLL_MS);
   }
   poll();

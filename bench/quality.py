@@ -1,0 +1,193 @@
+"""Quality benchmark: all-MiniLM-L6-v2 fine-tuned on SST-2 with full, LoRA, MeProp and SparseGrad.
+
+Every run goes through the service's engine (`training.run_training`) on the same fixed training subset (a
+seeded sample of SST-2 train), is evaluated on the whole SST-2 dev set (872 sentences), max length 128 with
+dynamic padding. Reported per method over seeds: dev accuracy mean and spread (min-max), wall time per run,
+trainable parameters. Writes bench/out/quality.json, bench/out/quality.md and bench/out/loss_curves.png.
+
+`python -m bench.quality` (or `SGFT_BENCH=quality make bench`). Knobs (environment or flags):
+SGFT_BENCH_QUALITY_TRAIN (--train, default 2000 examples), SGFT_BENCH_QUALITY_SEEDS (--seeds, "0,1,2"),
+SGFT_BENCH_QUALITY_METHODS (--methods, "full,lora,meprop,sparsegrad"), SGFT_BENCH_QUALITY_EPOCHS
+(--epochs, 2), SGFT_BENCH_QUALITY_DEV (--dev, 872). The defaults are sized for ~40 minutes on 2 idle CPU
+cores; `--train 400 --seeds 0 --dev 200` checks the machinery in a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DATA = Path("/work/shared/data/sst2")
+OUT_DIR = Path(__file__).resolve().parent / "out"
+MODEL = "all-MiniLM-L6-v2"
+# Chosen on SST-2 (train subset / dev); the same for every seed. Methods other than full train only the MLP
+# layers (sparse coefficients or LoRA factors) and the classifier head.
+METHOD_HP: dict[str, dict[str, Any]] = {
+    "full": {"learning_rate": 1e-4},
+    "lora": {"learning_rate": 2e-3},
+    "meprop": {"learning_rate": 2e-3, "density": 0.01},
+    "sparsegrad": {"learning_rate": 2e-3, "density": 0.01, "basis_steps": 10},
+}
+COMMON: dict[str, Any] = {
+    "batch_size": 32,
+    "max_seq_length": 128,
+    "warmup_ratio": 0.1,
+    "eval_at_start": False,
+}
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"SGFT_BENCH_QUALITY_{name}", default)
+
+
+def write_data(folder: Path, n_train: int, n_dev: int, data_seed: int = 0) -> tuple[Path, Path]:
+    """A seeded sample of `n_train` SST-2 train lines and the first `n_dev` dev lines, as JSONL files."""
+    lines = (DATA / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    sample = random.Random(data_seed).sample(lines, n_train)
+    dev = (DATA / "dev.jsonl").read_text(encoding="utf-8").splitlines()[:n_dev]
+    folder.mkdir(parents=True, exist_ok=True)
+    train, valid = folder / "train.jsonl", folder / "dev.jsonl"
+    train.write_text("\n".join(sample) + "\n", encoding="utf-8")
+    valid.write_text("\n".join(dev) + "\n", encoding="utf-8")
+    return train, valid
+
+
+def run_one(method: str, seed: int, epochs: float, train: Path, valid: Path, work: Path) -> dict[str, Any]:
+    """One fine-tune; returns its row (dev metrics, wall time, trainable parameters, loss curve)."""
+    from training import JobSpec, run_training
+
+    hp = {**COMMON, **METHOD_HP[method], "n_epochs": epochs, "eval_every": 10**6, "checkpoint_every": 10**6}
+    spec = JobSpec(model=MODEL, method=method, task="classification", hyperparameters=hp, seed=seed)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    result = run_training(spec, train, valid, work)
+    wall = time.perf_counter() - started
+    curve = [(int(r["step"]), float(r["train_loss"])) for r in result.history if "train_loss" in r]
+    return {
+        "method": method,
+        "seed": seed,
+        "hyperparameters": hp,
+        "steps": result.step,
+        "accuracy": result.metrics["valid_accuracy"],
+        "f1": result.metrics.get("valid_f1"),
+        "valid_loss": result.metrics["valid_loss"],
+        "wall_s": wall,
+        "trainable_parameters": int(result.metrics["trainable_parameters"]),
+        "loss_curve": curve,
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method: accuracy mean, min, max, standard deviation; mean wall time; trainable parameters."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        acc = [100 * r["accuracy"] for r in mine]
+        out.append(
+            {
+                "method": method,
+                "runs": len(mine),
+                "accuracy_mean": statistics.mean(acc),
+                "accuracy_min": min(acc),
+                "accuracy_max": max(acc),
+                "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                "wall_s_mean": statistics.mean(r["wall_s"] for r in mine),
+                "trainable_parameters": mine[0]["trainable_parameters"],
+            }
+        )
+    return out
+
+
+def table(summary: list[dict[str, Any]]) -> str:
+    """Markdown table of the summary."""
+    head = (
+        "| method | dev accuracy % (mean) | min-max | std | runs | wall time / run (s) | trainable params |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    body = "\n".join(
+        f"| {s['method']} | {s['accuracy_mean']:.2f} | {s['accuracy_min']:.2f}-{s['accuracy_max']:.2f} "
+        f"| {s['accuracy_std']:.2f} | {s['runs']} | {s['wall_s_mean']:.0f} | {s['trainable_parameters']:,} |"
+        for s in summary
+    )
+    return head + body + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Training loss per step (moving average over 10 steps, mean over seeds), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        curves = [dict(r["loss_curve"]) for r in rows if r["method"] == method]
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        mean = [statistics.mean(c[s] for c in curves) for s in steps]
+        smooth = [statistics.mean(mean[max(0, i - 9) : i + 1]) for i in range(len(mean))]
+        ax.plot(steps, smooth, label=method)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (10-step moving average)")
+    ax.set_title(f"{MODEL} on SST-2")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the selected methods x seeds, print the table, write the JSON, Markdown and PNG outputs."""
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n")[0])
+    parser.add_argument("--train", type=int, default=int(_env("TRAIN", "2000")))
+    parser.add_argument("--dev", type=int, default=int(_env("DEV", "872")))
+    parser.add_argument("--epochs", type=float, default=float(_env("EPOCHS", "2")))
+    parser.add_argument("--seeds", default=_env("SEEDS", "0,1,2"))
+    parser.add_argument("--methods", default=_env("METHODS", "full,lora,meprop,sparsegrad"))
+    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    args = parser.parse_args(argv if argv is not None else [])
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(methods) - set(METHOD_HP)
+    if unknown:
+        raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {sorted(METHOD_HP)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="sgft-quality-") as tmp:
+        train, valid = write_data(Path(tmp) / "data", args.train, args.dev)
+        for seed in seeds:
+            for method in methods:
+                row = run_one(method, seed, args.epochs, train, valid, Path(tmp) / f"{method}-{seed}")
+                rows.append(row)
+                acc, wall = 100 * row["accuracy"], row["wall_s"]
+                print(f"{method} seed {seed}: dev accuracy {acc:.2f}% in {wall:.0f} s ({row['steps']} steps)")
+    summary = summarize(rows)
+    text = table(summary)
+    print(text)
+    report = {
+        "model": MODEL,
+        "data": {"train": args.train, "train_sample_seed": 0, "dev": args.dev, "max_seq_length": 128},
+        "epochs": args.epochs,
+        "seeds": seeds,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "summary": summary,
+        "runs": rows,
+    }
+    (args.out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "quality.md").write_text(
+        f"SST-2, {MODEL}: {args.train} training examples, {args.epochs:g} epochs, dev {args.dev}, "
+        f"seeds {seeds}\n\n" + text
+    )
+    plot(rows, args.out / "loss_curves.png")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
