@@ -86,7 +86,8 @@ def check_hyperparameters(hyper: dict[str, Any]) -> None:
             if whole and math.isfinite(value) and value != int(value):
                 raise APIError(400, f"{param} must be a whole number, got {value!r}", param=param)
             if not low <= value <= high:
-                raise APIError(400, f"{param} must be between {low:g} and {high:g}, got {value!r}", param=param)
+                message = f"{param} must be between {low:g} and {high:g}, got {value!r}"
+                raise APIError(400, message, param=param)
         elif key in CHOICES:
             if value != "auto" and value not in CHOICES[key]:
                 raise APIError(400, f"{param} must be one of {', '.join(CHOICES[key])}", param=param)

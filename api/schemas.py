@@ -49,6 +49,10 @@ class FileDeleted(BaseModel):
     deleted: bool = True
 
 
+MetaKey = Annotated[str, Field(max_length=64)]
+MetaValue = Annotated[str, Field(max_length=512)]
+
+
 class JobCreate(BaseModel):
     """POST /v1/fine_tuning/jobs (and /estimate)."""
 
@@ -62,9 +66,7 @@ class JobCreate(BaseModel):
     suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     # OpenAI's limits: 16 pairs, keys up to 64 characters, values up to 512.
-    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = Field(
-        default=None, max_length=16
-    )
+    metadata: dict[MetaKey, MetaValue] | None = Field(default=None, max_length=16)
     integrations: list[Any] | None = None  # accepted for client compatibility; none are supported
 
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from types import FrameType
 
 from core.settings import get_settings
@@ -107,10 +108,17 @@ def cmd_run(_args: argparse.Namespace) -> int:
     os.environ["SGFT_DATA_DIR"] = str(settings.data_dir)
     cmd_migrate(_args)
     me = [sys.executable, "-m", "cli.main"]
+    # Own sessions: a terminal Ctrl-C reaches only this process, which stops the children in order.
     children = {
-        "api": subprocess.Popen([*me, "serve"], start_new_session=True),
-        "worker": subprocess.Popen([*me, "worker"], start_new_session=True),
-        "reaper": subprocess.Popen([*me, "reaper"], start_new_session=True),
+        "api": subprocess.Popen(
+            [*me, "serve"], start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM)
+        ),
+        "worker": subprocess.Popen(
+            [*me, "worker"], start_new_session=True, preexec_fn=_die_with_parent(signal.SIGQUIT)
+        ),
+        "reaper": subprocess.Popen(
+            [*me, "reaper"], start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM)
+        ),
     }
     url = f"http://{settings.host}:{settings.port}"
     print(
@@ -137,6 +145,20 @@ def cmd_run(_args: argparse.Namespace) -> int:
         stopping.wait(0.5)
     _shutdown(children)
     return code
+
+
+def _die_with_parent(sig: int) -> Callable[[], None] | None:
+    """On Linux, have the kernel send `sig` to a child when `sgft run` dies (even by SIGKILL)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def set_pdeathsig() -> None:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
+
+    return set_pdeathsig
 
 
 def _shutdown(children: dict[str, subprocess.Popen[bytes]]) -> None:

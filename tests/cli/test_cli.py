@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,19 @@ def test_upload_create_watch_list_download(service: Service, tmp_path: Path) -> 
     assert [f["id"] for f in files] == final["result_files"]
     for f in files:
         assert Path(f["path"]).parent == out and Path(f["path"]).stat().st_size == f["bytes"] > 0
+
+    # --merged asks a worker to merge the delta into the base model, waits, and downloads that archive.
+    merged = sgft(service, "jobs", "download", job["id"], "--merged", "-o", str(out), "--json")
+    assert merged.returncode == 0, merged.stderr
+    (m,) = json.loads(merged.stdout)["files"]
+    after = service.api("GET", f"/v1/fine_tuning/jobs/{job['id']}")
+    assert after["merge_status"] == "succeeded" and after["result_files"] == [*final["result_files"], m["id"]]
+    names = tarfile.open(m["path"]).getnames()
+    assert any(n.endswith("config.json") for n in names) and any(n.endswith(".safetensors") for n in names)
+    again = sgft(service, "jobs", "download", job["id"], "-o", str(tmp_path / "again"), "--json")
+    assert [f["id"] for f in json.loads(again.stdout)["files"]] == final[
+        "result_files"
+    ]  # the delta, not the merge
 
 
 def test_create_from_config_with_a_local_path_then_cancel(service: Service, tmp_path: Path) -> None:

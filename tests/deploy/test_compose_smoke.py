@@ -208,7 +208,8 @@ def test_compose_services_run_a_job_end_to_end(deployment: Deployment) -> None:
         ready = httpx.get(f"{d.base_url}/readyz", timeout=10)
         assert ready.status_code == 200, f"/readyz: {ready.text}"
         # The api image's HEALTHCHECK, run as Docker would run it (inside the container's environment).
-        probe = subprocess.run(_healthcheck("api"), env={**d.api_env, "PATH": str(SGFT.parent)}, timeout=30)
+        api_env = {**d.api_env, "PATH": str(SGFT.parent)}
+        probe = subprocess.run(_healthcheck("api"), env=api_env, capture_output=True, timeout=30)
         assert probe.returncode == 0, "the api HEALTHCHECK fails against a healthy API"
 
         keys = subprocess.run(
@@ -269,9 +270,12 @@ def test_compose_services_run_a_job_end_to_end(deployment: Deployment) -> None:
 
         # The worker image's HEALTHCHECK (a Celery ping of this worker through the broker).
         check = _healthcheck("worker")
-        probe = subprocess.run(
-            check, env={**d.worker_env, "PATH": f"{SGFT.parent}:/usr/bin:/bin"}, cwd=d.tmp, timeout=60
-        )
+        worker_env = {**d.worker_env, "PATH": f"{SGFT.parent}:/usr/bin:/bin"}
+        probe = subprocess.run(check, env=worker_env, cwd=d.tmp, capture_output=True, timeout=60)
         assert probe.returncode == 0, f"the worker HEALTHCHECK fails: {shlex.join(check)}\n{procs.logs()}"
     finally:
         procs.stop()
+    # With the services gone, both health checks report unhealthy (they are not vacuous).
+    assert subprocess.run(_healthcheck("api"), env=api_env, capture_output=True, timeout=30).returncode != 0
+    probe = subprocess.run(check, env=worker_env, cwd=d.tmp, capture_output=True, timeout=60)
+    assert probe.returncode != 0, "the worker HEALTHCHECK passes with no worker running"

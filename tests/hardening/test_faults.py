@@ -32,7 +32,14 @@ WORKERS = ("worker-a", "worker-b", "worker-c")
 
 def hyper(epochs: int, **extra: int) -> dict[str, int]:
     """8 steps per epoch (64 lines, batch 8) of at most 8 x 32 = 256 tokens: inside the memory budget."""
-    return {"n_epochs": epochs, "batch_size": 8, "max_seq_length": 32, "checkpoint_every": 4, **extra}
+    base = {
+        "n_epochs": epochs,
+        "batch_size": 8,
+        "max_seq_length": 32,
+        "checkpoint_every": 4,
+        "basis_steps": 2,
+    }
+    return {**base, **extra}
 
 
 def _mount_tmpfs(target: Path, size: str) -> bool:
@@ -102,43 +109,37 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
             subprocess.run(["umount", "-l", str(artifacts)])
 
 
-def _kill_owner(stack: FaultStack, job_id: str, above: int) -> int:
-    """SIGKILL the worker (main process and pool child) that runs `job_id` once it has checkpointed past
-    step `above`, start a fresh worker under the same name, and wait for the reaper to re-queue the job."""
-    step = stack.wait_checkpoint(job_id, above)
-    victim = stack.worker_running(job_id)
-    assert victim is not None
-    requeues = sum(e["message"].startswith(("Re-queued", "Job failed")) for e in stack.events(job_id))
-    stack.kill(victim)
-    stack.start(victim, "worker")
-    wait_for(
-        lambda: (
-            sum(e["message"].startswith(("Re-queued", "Job failed")) for e in stack.events(job_id)) > requeues
-        ),
-        60,
-        f"the reaper to notice the dead worker of {job_id}",
-    )
-    return step
-
-
 def test_sigkill_mid_training_resumes_then_fails_past_the_attempt_limit(stack: FaultStack) -> None:
+    """Two jobs run side by side; each time one has checkpointed past its last kill, the worker running it
+    (main process and pool child) gets SIGKILL and a fresh worker starts under the same name. `survivor`
+    is killed twice and succeeds on attempt 3 of 3; `doomed` is killed three times and fails."""
     train = stack.train  # type: ignore[attr-defined]
-    survivor = stack.create(train, **hyper(8))  # 64 steps
-    steps = [0]
-    for _ in range(2):  # killed twice, succeeds on attempt 3 of 3
-        steps.append(_kill_owner(stack, survivor, steps[-1]))
-    done = stack.wait_terminal(survivor)
+    survivor, doomed = (stack.create(train, **hyper(8)) for _ in range(2))  # 64 steps each
+    left = {survivor: 2, doomed: 3}
+    killed_at: dict[str, list[int]] = {survivor: [0], doomed: [0]}
+
+    def kill_next() -> bool:
+        for job_id in [j for j, n in left.items() if n]:
+            row = stack.row(job_id)
+            victim = stack.worker_running(job_id)
+            if victim and row.status == "running" and (row.checkpoint_step or 0) > killed_at[job_id][-1]:
+                stack.kill(victim)
+                stack.start(victim, "worker")
+                killed_at[job_id].append(int(row.checkpoint_step or 0))
+                left[job_id] -= 1
+        return not any(left.values())
+
+    try:
+        wait_for(kill_next, 400, "five kills after fresh checkpoints", interval=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; kills left {left}\n{stack.tail()}") from None
+    done = stack.wait_terminal(survivor, timeout=180)
     assert done["status"] == "succeeded" and done["attempts"] == 3
     starts = [e["message"] for e in stack.events(survivor) if e["message"].startswith("Attempt")]
     assert len(starts) == 3
-    for attempt, ckpt in zip(starts[1:], steps[1:], strict=True):  # each resumed from its last checkpoint
+    for attempt, ckpt in zip(starts[1:], killed_at[survivor][1:], strict=True):  # resumed, never restarted
         assert "from checkpoint at step" in attempt and int(attempt.rsplit(" ", 1)[-1]) >= ckpt
-
-    doomed = stack.create(train, **hyper(8))
-    step = 0
-    for _ in range(3):  # the third loss exhausts max_attempts=3
-        step = _kill_owner(stack, doomed, step)
-    failed = stack.wait_terminal(doomed)
+    failed = stack.wait_terminal(doomed, timeout=180)
     assert failed["status"] == "failed" and failed["attempts"] == 3
     assert failed["error"]["code"] == "worker_lost"
     assert "lost 3 times (max_attempts=3)" in failed["error"]["message"]

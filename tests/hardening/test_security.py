@@ -178,10 +178,8 @@ def test_user_strings_never_reach_a_path_or_a_shell(
     assert api.client.post("/v1/fine_tuning/jobs", headers=api.h(), json=body).status_code == 400
 
 
-@pytest.fixture
-def roomy(tmp_path: Path) -> Iterator[Api]:
-    """An app whose upload cap (64 MiB) is far above what a JSON request may be."""
-    settings = make_settings(tmp_path, max_upload_bytes=64 << 20, job_rate_limit=3)
+def _app(tmp_path: Path, **overrides: int) -> Iterator[Api]:
+    settings = make_settings(tmp_path, **overrides)
     Base.metadata.create_all(get_engine(settings.database_url))
     with get_sessionmaker(settings.database_url)() as s:
         _, key_a = create_key(s, "tenant-a", settings.secret_key)
@@ -189,6 +187,17 @@ def roomy(tmp_path: Path) -> Iterator[Api]:
     with TestClient(create_app(settings)) as client:
         yield Api(client, settings, key_a, key_b)
     get_engine(settings.database_url).dispose()
+
+
+@pytest.fixture
+def roomy(tmp_path: Path) -> Iterator[Api]:
+    """An app whose upload cap (64 MiB) is far above what a JSON request may be; 3 jobs a minute."""
+    yield from _app(tmp_path, max_upload_bytes=64 << 20, job_rate_limit=3)
+
+
+@pytest.fixture
+def unlimited(tmp_path: Path) -> Iterator[Api]:
+    yield from _app(tmp_path, job_rate_limit=10_000)
 
 
 def test_request_bodies_are_capped(roomy: Api) -> None:
@@ -216,29 +225,29 @@ def test_job_creation_is_rate_limited_per_key(roomy: Api) -> None:
     assert roomy.client.get("/v1/fine_tuning/jobs", headers=roomy.h()).status_code == 200  # reads are not
 
 
-def test_hyperparameter_bounds_are_a_400_naming_the_bound(api: Api) -> None:
+def test_hyperparameter_bounds_are_a_400_naming_the_bound(unlimited: Api) -> None:
     from api.job_request import BOUNDS
     from training.hparams import NUMBER_BOUNDS
 
     assert BOUNDS == NUMBER_BOUNDS  # the API checks the engine's own bounds (it may not import training)
 
-    train = api.upload_ok(sst2_bytes("train", 8))
+    train = unlimited.upload_ok(sst2_bytes("train", 8))
     for name, (low, high, integer) in NUMBER_BOUNDS.items():
         for value in (high * 10 + 1, low - 1 if low >= 1 else -1.0):
             body = {"model": MODEL, "training_file": train, "hyperparameters": {name: value}}
-            response = api.client.post("/v1/fine_tuning/jobs", headers=api.h(), json=body)
+            response = unlimited.client.post("/v1/fine_tuning/jobs", headers=unlimited.h(), json=body)
             assert response.status_code == 400, (name, value, response.text)
             error = response.json()["error"]
             assert error["param"] == f"hyperparameters.{name}", error
             assert f"{high:g}" in error["message"] or "non-negative" in error["message"], error
         if integer:
             body = {"model": MODEL, "training_file": train, "hyperparameters": {name: low + 0.5}}
-            response = api.client.post("/v1/fine_tuning/jobs", headers=api.h(), json=body)
+            response = unlimited.client.post("/v1/fine_tuning/jobs", headers=unlimited.h(), json=body)
             assert response.status_code == 400 and "whole number" in response.json()["error"]["message"], name
     nested = {
         "model": MODEL,
         "training_file": train,
         "method": {"type": "sparsegrad", "sparsegrad": {"hyperparameters": {"density": 2.0}}},
     }
-    response = api.client.post("/v1/fine_tuning/jobs", headers=api.h(), json=nested)
+    response = unlimited.client.post("/v1/fine_tuning/jobs", headers=unlimited.h(), json=nested)
     assert response.status_code == 400 and "between 0.0001 and 1" in response.json()["error"]["message"]

@@ -17,13 +17,31 @@ import pytest
 from tests.service.evaluate import accuracies, extract
 from tests.service.helpers import PG_ADMIN, pg_admin_exec, sst2_lines
 from tests.service.stack import Stack, free_port, wait_for
+from training.testing import make_tiny_model
 
 pytestmark = pytest.mark.integration
 MODEL = "all-MiniLM-L6-v2"
-# Small but reliably learnable: 256 examples, 2 epochs of batch 16 -> 32 steps.
-LEARN = {"n_epochs": 2, "batch_size": 16, "max_seq_length": 64, "learning_rate": 1e-3, "checkpoint_every": 16}
-# A job long enough to be interrupted: many tiny steps, frequent checkpoints.
-LONG = {"n_epochs": 40, "batch_size": 8, "max_seq_length": 32, "checkpoint_every": 2}
+TINY = "tiny-bert"  # a tiny random BERT in the models folder: cheap jobs for the interruption tests
+# The learning check on all-MiniLM-L6-v2: 128 examples, one epoch of batch 16 (8 steps), short sequences.
+LEARN = {
+    "n_epochs": 1,
+    "batch_size": 16,
+    "max_seq_length": 32,
+    "basis_steps": 1,
+    "learning_rate": 3e-3,
+    "eval_at_start": False,
+    "checkpoint_every": 4,
+}
+# Jobs to interrupt: many small steps and frequent checkpoints on the tiny model.
+LONG = {
+    "n_epochs": 50,
+    "batch_size": 4,
+    "max_seq_length": 32,
+    "basis_steps": 1,
+    "eval_at_start": False,
+    "checkpoint_every": 5,
+    "eval_every": 1000,
+}
 
 
 def _base_env(tmp: Path) -> dict[str, str]:
@@ -60,6 +78,7 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env["SGFT_QUEUE_PREFIX"] = f"it-{uuid.uuid4().hex[:8]}-"
     (tmp / "logs").mkdir()
     stack = Stack(env=env, logs=tmp / "logs", url=f"http://127.0.0.1:{env['SGFT_PORT']}")
+    make_tiny_model(Path(env["SGFT_DATA_DIR"]) / "models", TINY)
     stack.sgft("migrate")
     stack.key = stack.sgft("keys", "create", "--tenant", "integration").strip()
     stack.start("api", "serve")
@@ -82,9 +101,11 @@ def _upload(stack: Stack, lines: list[str], name: str) -> str:
     return str(response.json()["id"])
 
 
-def _create(stack: Stack, train: str, hyper: dict[str, Any], valid: str | None = None, **extra: Any) -> str:
+def _create(
+    stack: Stack, train: str, hyper: dict[str, Any], valid: str | None = None, model: str = TINY, **extra: Any
+) -> str:
     body = {
-        "model": MODEL,
+        "model": model,
         "training_file": train,
         "validation_file": valid,
         "hyperparameters": hyper,
@@ -110,8 +131,8 @@ def test_openai_client_flow_and_duplicate_delivery(pg_stack: Stack, tmp_path: Pa
     from core.settings import Settings
 
     client = OpenAI(base_url=f"{pg_stack.url}/v1", api_key=pg_stack.key, max_retries=0)
-    (tmp_path / "train.jsonl").write_text("".join(sst2_lines("train", 256)))
-    (tmp_path / "dev.jsonl").write_text("".join(sst2_lines("dev", 32)))
+    (tmp_path / "train.jsonl").write_text("".join(sst2_lines("train", 128)))
+    (tmp_path / "dev.jsonl").write_text("".join(sst2_lines("dev", 16)))
     train = client.files.create(file=(tmp_path / "train.jsonl").open("rb"), purpose="fine-tune")
     dev = client.files.create(file=(tmp_path / "dev.jsonl").open("rb"), purpose="fine-tune")
     assert train.id.startswith("file-") and train.bytes > 0
@@ -172,7 +193,7 @@ def _queue_empty(stack: Stack) -> bool:
 
 def test_cancel_while_running(pg_stack: Stack) -> None:
     train = _upload(pg_stack, sst2_lines("train", 64), "t.jsonl")
-    job_id = _create(pg_stack, train, LONG)
+    job_id = _create(pg_stack, train, LONG)  # 800 steps: it will not finish first
     wait_for(lambda: pg_stack.job(job_id)["progress"]["step"] >= 2, 180, "the job to make progress")
     with pg_stack.client() as c:
         assert c.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] in ("running", "cancelled")
@@ -186,7 +207,7 @@ def test_cancel_while_running(pg_stack: Stack) -> None:
 
 def test_pause_and_resume(pg_stack: Stack) -> None:
     train = _upload(pg_stack, sst2_lines("train", 64), "t.jsonl")
-    hyper = {**LONG, "n_epochs": 2}  # 16 steps
+    hyper = {**LONG, "max_steps": 30}
     job_id = _create(pg_stack, train, hyper)
     wait_for(lambda: pg_stack.job(job_id)["progress"]["step"] >= 3, 180, "the job to make progress")
     with pg_stack.client() as c:
@@ -203,7 +224,7 @@ def test_pause_and_resume(pg_stack: Stack) -> None:
 
 def test_killed_worker_job_resumes_on_another_worker(pg_stack: Stack) -> None:
     train = _upload(pg_stack, sst2_lines("train", 64), "t.jsonl")
-    job_id = _create(pg_stack, train, {**LONG, "n_epochs": 3})  # 24 steps
+    job_id = _create(pg_stack, train, {**LONG, "max_steps": 40})
     with pg_stack.client() as c:
 
         def checkpointed() -> int:
@@ -242,13 +263,18 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         if "run" in stack.procs:
-            stack.kill("run")
+            run = stack.procs.pop("run")
+            run.send_signal(signal.SIGINT)  # graceful: it stops its children
+            try:
+                run.wait(timeout=60)
+            except Exception:
+                os.killpg(run.pid, signal.SIGKILL)  # its children die with it (parent-death signal)
 
 
 def test_embedded_default_flow(embedded: Stack, tmp_path: Path) -> None:
-    train = _upload(embedded, sst2_lines("train", 256), "train.jsonl")
-    dev = _upload(embedded, sst2_lines("dev", 32), "dev.jsonl")
-    job_id = _create(embedded, train, LEARN, dev)
+    train = _upload(embedded, sst2_lines("train", 128), "train.jsonl")
+    dev = _upload(embedded, sst2_lines("dev", 16), "dev.jsonl")
+    job_id = _create(embedded, train, LEARN, dev, model=MODEL)
     done = embedded.wait_status(job_id, {"succeeded"})
     assert done["result_files"] and done["metrics"]
     data = Path(embedded.env["SGFT_DATA_DIR"])  # everything lives in the data folder

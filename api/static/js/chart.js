@@ -34,12 +34,20 @@ export class LineChart {
   /** Append one point; a repeated x (a resumed job re-logging a step) replaces the old value. */
   add(name, x, y) {
     if (!Number.isFinite(x) || !Number.isFinite(y)) return;
-    if (!this.series.has(name)) this.series.set(name, { color: PALETTE[this.series.size % PALETTE.length], points: [] });
+    if (!this.series.has(name)) this.series.set(name, { color: this.colorFor(name), points: [] });
     const pts = this.series.get(name).points;
     const last = pts[pts.length - 1];
     if (last && last[0] === x) last[1] = y;
     else if (last && last[0] > x) { pts.push([x, y]); pts.sort((a, b) => a[0] - b[0]); }
     else pts.push([x, y]);
+  }
+
+  /** Training curves blue, validation orange, whichever arrives first; other series take the next colour. */
+  colorFor(name) {
+    const fixed = name.startsWith("train") ? PALETTE[0] : name.startsWith("valid") ? PALETTE[1] : null;
+    const used = new Set([...this.series.values()].map((s) => s.color));
+    if (fixed && !used.has(fixed)) return fixed;
+    return PALETTE.find((c) => !used.has(c)) || PALETTE[this.series.size % PALETTE.length];
   }
 
   get pointCount() {

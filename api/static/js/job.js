@@ -105,11 +105,13 @@ export function renderJob(root, jobId, notify) {
       el("h2", { class: "mono" }, job.id), badge(job.status),
       el("div", { class: "muted small" }, `${job.model} · ${(job.method || {}).type || ""} · created ${when(job.created_at)}`,
         job.fine_tuned_model ? ` · ${job.fine_tuned_model}` : ""));
-    progress.replaceChildren(progressBar(job), el("div", { class: "muted small" },
-      job.status === "running" ? el("span", { dataset: { testid: "job-eta" } }, `ETA ${duration(p.seconds_remaining)}`) : "",
-      p.epoch !== undefined ? ` · epoch ${num(p.epoch)}` : "",
-      job.trained_tokens ? ` · ${job.trained_tokens} tokens` : "",
-      job.finished_at ? ` · finished ${when(job.finished_at)}` : ""));
+    const facts = [
+      job.status === "running" ? el("span", { dataset: { testid: "job-eta" } }, `ETA ${duration(p.seconds_remaining)}`) : null,
+      p.epoch ? `epoch ${num(p.epoch)}` : null,
+      job.trained_tokens ? `${job.trained_tokens.toLocaleString()} tokens` : null,
+      job.finished_at ? `finished ${when(job.finished_at)}` : null,
+    ].filter(Boolean).flatMap((f, i) => (i ? [" · ", f] : [f]));
+    progress.replaceChildren(progressBar(job), el("div", { class: "muted small" }, ...facts));
     const s = job.status;
     const button = (name, label, enabled, cls = "") => {
       const b = el("button", { type: "button", class: cls, dataset: { testid: `${name}-button` }, disabled: !enabled }, label);
