@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from api import web
 from api.bodylimit import BodyLimit
 from api.errors import install_error_handlers
+from api.keycache import KeyCache
 from api.linelimit import LineLimit
 from api.metrics import record_request
 from api.ratelimit import RateLimiter
@@ -27,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.job_limiter = RateLimiter(settings.job_rate_limit, 60.0)
+    app.state.key_cache = KeyCache(settings.secret_key)  # a revoked key stops working within its ttl (5 s)
     install_error_handlers(app)
     app.middleware("http")(record_request)
     # Uploads may be multipart-wrapped: allow 64 KiB of envelope above the file cap.

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from api.errors import APIError
+from api.keycache import KeyCache
 from core.db import get_sessionmaker
 from core.keys import verify_key
 from core.models import ApiKey
@@ -58,10 +59,16 @@ def current_key(request: Request, session: SessionDep, settings: SettingsDep) ->
             "Missing API key: send `Authorization: Bearer <key>` (create one with `sgft keys create`).",
             code="missing_api_key",
         )
+    cache: KeyCache | None = getattr(request.app.state, "key_cache", None)
+    key = cache.get(token.strip()) if cache is not None else None
+    if key is not None:  # verified by the database less than cache.ttl seconds ago
+        return key
     key = verify_key(session, token.strip(), settings.secret_key)
     session.commit()  # end the read transaction: on SQLite an open one would hold the write lock
     if key is None:
         raise APIError(401, "Incorrect or revoked API key provided.", code="invalid_api_key")
+    if cache is not None:
+        cache.put(token.strip(), key)
     return key
 
 

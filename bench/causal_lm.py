@@ -8,7 +8,9 @@ step (model loading, SparseGrad's basis phase), peak resident memory, trainable 
 
 `python -m bench.causal_lm` (or `SGFT_BENCH=causal_lm make bench`) prints a Markdown table and writes
 bench/out/causal_lm.json. Knobs (environment): SGFT_BENCH_CAUSAL_STEPS (default 30),
-SGFT_BENCH_CAUSAL_VARIANTS (comma list, default all), SGFT_DATA_DIR (models under $SGFT_DATA_DIR/models).
+SGFT_BENCH_CAUSAL_VARIANTS (comma list or "all"; default sparsegrad,lora,full), SGFT_BENCH_CAUSAL_JOBS
+(variants run at a time, default 1), SGFT_DATA_DIR (models under $SGFT_DATA_DIR/models).
+`python -m bench.causal_lm --report` rebuilds the table and JSON from the last run's result files.
 Sized for a 2-core CPU: about 10-15 minutes.
 """
 
@@ -182,21 +184,38 @@ def _selected() -> list[Variant]:
     return [v for v in VARIANTS if v.name in wanted]
 
 
-def main() -> None:
-    """Run every selected variant in its own process; print the table; write bench/out/causal_lm.json."""
+def _command(v: Variant, first: bool, work: Path, train: Path, valid: Path, models_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "bench.causal_lm", "--variant", v.name, "--train", str(train)]
+    cmd += ["--valid", str(valid), "--work", str(work / "runs"), "--models-dir", str(models_dir)]
+    # Every variant starts from the same base model on the same data: evaluate it once, in the first run.
+    return [*cmd, "--result", str(_result_file(work, v)), "--eval-at-start", "1" if first else "0"]
+
+
+def _result_file(work: Path, v: Variant) -> Path:
+    return work / f"{v.name.replace('/', '_')}.json"
+
+
+def main(report_only: bool = False) -> None:
+    """Run every selected variant in its own process; print the table; write bench/out/causal_lm.json.
+
+    SGFT_BENCH_CAUSAL_JOBS=N runs N variants at a time (default 1: one after the other, the fair setting for
+    wall-clock step times). `report_only` rebuilds the table from the result files of an earlier run.
+    """
     variants = _selected()
     work = OUT_DIR / "causal_lm_work"
-    models_dir, train, valid = _prepare(work)
-    rows: list[dict[str, Any]] = []
-    for i, v in enumerate(variants):
-        result_file = work / f"{v.name.replace('/', '_')}.json"
-        cmd = [sys.executable, "-m", "bench.causal_lm", "--variant", v.name, "--train", str(train)]
-        cmd += ["--valid", str(valid), "--work", str(work / "runs"), "--models-dir", str(models_dir)]
-        # Every variant starts from the same base model on the same data: evaluate it once, in the first run.
-        cmd += ["--result", str(result_file), "--eval-at-start", "1" if i == 0 else "0"]
-        subprocess.run(cmd, check=True)
-        rows.append(json.loads(result_file.read_text()))
-        print(f"{v.name}: {rows[-1]['total_s']:.0f} s", flush=True)
+    if not report_only:
+        models_dir, train, valid = _prepare(work)
+        jobs = max(1, int(os.environ.get("SGFT_BENCH_CAUSAL_JOBS", "1")))
+        for start in range(0, len(variants), jobs):
+            batch = variants[start : start + jobs]
+            procs = [
+                subprocess.Popen(_command(v, start + i == 0, work, train, valid, models_dir))
+                for i, v in enumerate(batch)
+            ]
+            for v, proc in zip(batch, procs, strict=True):
+                if proc.wait() != 0:
+                    raise SystemExit(f"variant {v.name} failed (exit {proc.returncode})")
+    rows = [json.loads(_result_file(work, v).read_text()) for v in variants]
     for row in rows[1:]:
         row["valid_loss_before"] = rows[0]["valid_loss_before"]
     print(table(rows))
@@ -239,7 +258,9 @@ def _child(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
+    if sys.argv[1:] == ["--report"]:
+        main(report_only=True)
+    elif len(sys.argv) > 1:
         _child(sys.argv[1:])
     else:
         main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -15,14 +16,23 @@ from sqlalchemy import create_engine, text
 async def _burst(base: str, headers: dict[str, str], body: str, n: int, clients: int) -> dict[str, Any]:
     ids: list[list[str]] = [[] for _ in range(clients)]
     codes: list[int] = []
+    retries: list[int] = []
+    run = uuid.uuid4().hex[:8]
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
 
         async def one(c: int, count: int) -> None:
-            for _ in range(count):  # each client submits its jobs one after another, like a script
-                r = await client.post(
-                    "/v1/fine_tuning/jobs", content=body, headers={"Content-Type": "application/json"}
-                )
+            for n in range(count):  # each client submits its jobs one after another, like a script
+                # A dropped connection is retried with the same Idempotency-Key: never a second job.
+                headers = {"Content-Type": "application/json", "Idempotency-Key": f"burst-{run}-{c}-{n}"}
+                for attempt in range(3):
+                    try:
+                        r = await client.post("/v1/fine_tuning/jobs", content=body, headers=headers)
+                        break
+                    except httpx.TransportError:
+                        retries.append(c)
+                        if attempt == 2:
+                            raise
                 codes.append(r.status_code)
                 if r.status_code == 200:
                     ids[c].append(r.json()["id"])
@@ -36,6 +46,7 @@ async def _burst(base: str, headers: dict[str, str], body: str, n: int, clients:
         "accepted": sum(code == 200 for code in codes),
         "status_codes": sorted(set(codes)),
         "seconds": seconds,
+        "transport_retries": len(retries),
         "ids_by_client": ids,
     }
 

@@ -8,7 +8,8 @@ trainable parameters. Writes bench/out/quality.json, bench/out/quality.md and be
 `python -m bench.quality` (or `SGFT_BENCH=quality make bench`). Knobs (environment or flags):
 SGFT_BENCH_QUALITY_TRAIN (--train, default 2000 examples), SGFT_BENCH_QUALITY_SEEDS (--seeds, "0,1,2"),
 SGFT_BENCH_QUALITY_METHODS (--methods, "full,lora,meprop,sparsegrad"), SGFT_BENCH_QUALITY_EPOCHS
-(--epochs, 2), SGFT_BENCH_QUALITY_DEV (--dev, 872). The defaults are sized for ~40 minutes on 2 idle CPU
+(--epochs, 2), SGFT_BENCH_QUALITY_DEV (--dev, 872), SGFT_BENCH_QUALITY_THREADS (--threads, torch's
+default). The defaults are sized for ~40 minutes on 2 idle CPU
 cores; `--train 400 --seeds 0 --dev 200` checks the machinery in a few minutes.
 """
 
@@ -150,8 +151,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=float, default=float(_env("EPOCHS", "2")))
     parser.add_argument("--seeds", default=_env("SEEDS", "0,1,2"))
     parser.add_argument("--methods", default=_env("METHODS", "full,lora,meprop,sparsegrad"))
+    parser.add_argument(
+        "--threads", type=int, default=int(_env("THREADS", "0")), help="torch threads; 0: default"
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv if argv is not None else [])
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(
+            args.threads
+        )  # on a busy machine one thread per process avoids OpenMP thrashing
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(methods) - set(METHOD_HP)
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         "data": {"train": args.train, "train_sample_seed": 0, "dev": args.dev, "max_seq_length": 128},
         "epochs": args.epochs,
         "seeds": seeds,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads": args.threads or None},
         "summary": summary,
         "runs": rows,
     }

@@ -128,15 +128,30 @@ def start_api(env: dict[str, str], port: int, workers: int, logs: Path) -> subpr
     raise RuntimeError(f"API did not start:\n{logs.read_text()[-3000:]}")
 
 
+def cpu_seconds(root: int) -> float:
+    """User+system CPU of process `root` and its children (the uvicorn workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if root in (pid, ppid):
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| endpoint | clients | req/s | p50 ms | p99 ms | non-2xx |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| endpoint | clients | req/s | p50 ms | p99 ms | API CPU ms/req | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['endpoint']} | {r['clients']} | {r['requests_per_second']:.0f} | {r['p50_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | {r['non_2xx'] + r['socket_errors']} |"
+            f"{r['p99_ms']:.1f} | {r['api_cpu_ms_per_request']:.2f} | {r['non_2xx'] + r['socket_errors']} |"
         )
     return "\n".join(lines)
 
@@ -195,7 +210,9 @@ def main() -> None:
             for label, target, method, body in cells:
                 headers = {**auth, "Content-Type": "application/json"} if body else auth
                 for clients in CLIENTS:
+                    cpu = cpu_seconds(api.pid)
                     r = wrk.run(target, clients, seconds, headers, method, body).to_dict()
+                    r["api_cpu_ms_per_request"] = (cpu_seconds(api.pid) - cpu) * 1000 / max(r["requests"], 1)
                     results.append({"endpoint": label, **r})
                     print(
                         f"  {label} @ {clients}: {r['requests_per_second']:.0f} req/s, "

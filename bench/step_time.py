@@ -1,9 +1,11 @@
 """Step time and memory of SparseGrad vs LoRA (peft), MeProp and full fine-tuning.
 
 all-MiniLM-L6-v2 as a 2-class sequence classifier, batch 16 x 128 tokens of SST-2 text, CPU. Each
-(method, scenario) runs in a fresh subprocess so peak RSS (getrusage) and a sampled peak during the timed
-steps are its own. Scenarios: "padded" (SST-2 sentences padded to 128, as a fixed-length pipeline feeds them;
-most rows of dY are padding) and "packed" (each row filled with 128 real tokens: no padding, the worst case).
+(method, scenario) first runs a few steps in a fresh subprocess so that peak RSS (sampled during the steps,
+and getrusage for the whole process) is its own; then all methods of a scenario are timed in one process
+with their steps interleaved round-robin, so that background load on a shared machine hits them alike.
+Scenarios: "padded" (SST-2 sentences padded to 128, as a fixed-length pipeline feeds them; most rows of dY
+are padding) and "packed" (each row filled with 128 real tokens: no padding, the worst case).
 Prints a Markdown table and writes bench/out/step_time.json.
 
     .venv/bin/python -m bench.step_time            # everything (a few minutes on 2 cores)

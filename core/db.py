@@ -19,7 +19,10 @@ def make_engine(url: str) -> Engine:
     """An engine for `url`. SQLite gets WAL + a 30 s busy timeout; other databases get pool_pre_ping."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        # Up to 40 connections: as many as the API's thread pool has threads (anyio's default, 40). With
+        # fewer, 64 concurrent requests deadlocked for pool_timeout: every thread waited for a connection
+        # while the connections sat in finished requests whose session teardown waited for a thread.
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})

@@ -58,9 +58,10 @@ def list_files(
     if after:
         cursor = get_file(session, tenant_id, after)
         if cursor is not None:
-            query = query.where(
-                (File.created_at < cursor.created_at)
-                | ((File.created_at == cursor.created_at) & (File.id < cursor.id))
+            # `created_at <=` is an index range condition: the scan starts at the cursor instead of
+            # filtering every newer row (a page deep in 10,000 jobs reads ~21 rows, not ~5,000).
+            query = query.where(File.created_at <= cursor.created_at).where(
+                (File.created_at < cursor.created_at) | (File.id < cursor.id)
             )
     rows = list(session.scalars(query.order_by(File.created_at.desc(), File.id.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit

@@ -10,9 +10,7 @@ from core.models import Checkpoint, Job, JobEvent
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
     """The tenant's job, or None (also for another tenant's id)."""
-    job = session.get(Job, job_id)
-    if job is not None:
-        session.refresh(job)
+    job = session.get(Job, job_id, populate_existing=True)  # one fresh SELECT, also for a cached row
     return job if job is not None and job.tenant_id == tenant_id else None
 
 
@@ -34,9 +32,10 @@ def list_jobs(
     if after:
         cursor = get_job(session, tenant_id, after)
         if cursor is not None:
-            query = query.where(
-                (Job.created_at < cursor.created_at)
-                | ((Job.created_at == cursor.created_at) & (Job.id < cursor.id))
+            # `created_at <=` is an index range condition: the scan starts at the cursor instead of
+            # filtering every newer row (a page deep in 10,000 jobs reads ~21 rows, not ~5,000).
+            query = query.where(Job.created_at <= cursor.created_at).where(
+                (Job.created_at < cursor.created_at) | (Job.id < cursor.id)
             )
     rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit

@@ -48,7 +48,9 @@ class Storage:
         if self.local:
             shutil.copytree(local, target, dirs_exist_ok=True)
         else:
-            self.fs.put(str(local), target, recursive=True)
+            # A trailing slash copies the folder's contents, so a repeated upload to an existing key
+            # (a redelivered job saving the same checkpoint) overwrites instead of nesting.
+            self.fs.put(str(local).rstrip("/") + "/", target, recursive=True)
 
     def get_file(self, key: str, local: Path) -> None:
         """Download `key` to the local path."""

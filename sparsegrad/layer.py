@@ -20,7 +20,8 @@ class SparseGradLinear(nn.Module):
     - `coef`: a zero-stride (D_out, D_in) placeholder Parameter; its `.grad` is dL/dC = Pᵀ (dL/dW) Q, dense,
       accumulated by autograd (so gradient accumulation and clipping behave as usual). The optimizer picks
       the top-k entries and folds the update into `base_layer.weight` (W = P C Qᵀ).
-    - `delta_index` / `delta_value`: ΔC = C − C_init as sorted flat int64 indices + values (the adapter).
+    - `delta()`: ΔC = C − C_init as sorted flat int64 indices + values (the adapter); updates are logged
+      cheaply each step and folded into the `delta_index` / `delta_value` buffers every few steps.
     - `support_index`: the fixed support (k sorted flat indices) when support="fixed", else None.
     `P`/`Q` are None for MeProp (identity basis). The base weight never has requires_grad.
     """

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.web.service import Service, shared_service, stop_shared
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(tmp_path_factory: pytest.TempPathFactory) -> Service:
     """API + worker processes on a temp data dir (one per session, shared with tests/web)."""
-    yield shared_service(tmp_path_factory.mktemp("sgft-service"))
+    return shared_service(tmp_path_factory.mktemp("sgft-service"))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the shared service once, at the very end (a fixture teardown could run between directories)."""
     stop_shared()

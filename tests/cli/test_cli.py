@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.web.service import SGFT, TINY_MODEL, Service, sst2_slice
+from tests.web.service import REPO, SGFT, TINY_MODEL, Service, sst2_slice
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +50,16 @@ def test_upload_create_watch_list_download(service: Service, tmp_path: Path) -> 
     lines = watched.stdout.splitlines()
     assert any("train_loss=" in line for line in lines)  # one plain line per metrics event (not a tty)
     assert lines[-1].endswith("succeeded") and "100%" in lines[-1] and f"step {total}/{total}" in lines[-1]
+
+    # On a terminal the same command redraws one progress line in place.
+    master, slave = pty.openpty()
+    proc = subprocess.run([*SGFT, "jobs", "watch", job["id"]], cwd=REPO, env=service.env,
+                          stdout=slave, stderr=subprocess.PIPE, timeout=60)  # fmt: skip
+    os.close(slave)
+    screen = os.read(master, 65536).decode()
+    os.close(master)
+    assert proc.returncode == 0
+    assert f"\r\x1b[2K[{'#' * 24}] 100%  step {total}/{total}" in screen and screen.endswith("succeeded\r\n")
 
     listed = sgft(service, "jobs", "list", "--json")
     assert listed.returncode == 0

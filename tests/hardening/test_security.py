@@ -251,3 +251,16 @@ def test_hyperparameter_bounds_are_a_400_naming_the_bound(unlimited: Api) -> Non
     }
     response = unlimited.client.post("/v1/fine_tuning/jobs", headers=unlimited.h(), json=nested)
     assert response.status_code == 400 and "between 0.0001 and 1" in response.json()["error"]["message"]
+
+
+def test_a_revoked_key_stops_working_once_its_cache_entry_expires(api: Api) -> None:
+    from api.keycache import KeyCache
+
+    app = api.client.app  # type: ignore[attr-defined]
+    assert api.client.get("/v1/files", headers=api.h()).status_code == 200  # verified and cached
+    with api.session() as s:
+        assert revoke_key(s, api.key_a.split("-")[1])
+    # Within the cache's ttl (5 s in production) the process may still accept it; past it, never.
+    app.state.key_cache = KeyCache(api.settings.secret_key, ttl=0.0)
+    assert api.client.get("/v1/files", headers=api.h()).status_code == 401
+    assert app.state.key_cache.get(api.key_a) is None  # refusals are not cached either

@@ -21,8 +21,8 @@ def extract(archive: bytes, out: Path) -> Path:
     return out
 
 
-def accuracies(delta_dir: Path, lines: list[str], seed: int = 0) -> tuple[float, float]:
-    """(accuracy of the untrained model, accuracy with the delta merged) on `lines`."""
+def accuracies(delta_dir: Path, lines: list[str], seed: int = 0) -> tuple[float, float, int]:
+    """(accuracy of the untrained model, accuracy with the delta merged, predictions that changed)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -36,15 +36,15 @@ def accuracies(delta_dir: Path, lines: list[str], seed: int = 0) -> tuple[float,
     )
     labels = torch.tensor([int(r["label"]) for r in rows])
 
-    def accuracy(model: torch.nn.Module) -> float:
+    def predict(model: torch.nn.Module) -> torch.Tensor:
         model.eval()
         with torch.no_grad():
-            logits = model(**batch).logits  # (N, 2)
-        return float((logits.argmax(-1) == labels).float().mean())
+            return model(**batch).logits.argmax(-1)  # (N,)
 
     torch.manual_seed(seed)
-    untrained = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    base_acc = accuracy(untrained)
+    before = predict(AutoModelForSequenceClassification.from_pretrained(path, num_labels=2))
     tuned = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     sparsegrad.load_delta(tuned, delta_dir)
-    return base_acc, accuracy(tuned)
+    after = predict(tuned)
+    changed = int((before != after).sum())
+    return float((before == labels).float().mean()), float((after == labels).float().mean()), changed

@@ -57,3 +57,11 @@ def test_registry_and_datasets_never_import_torch() -> None:
     code = "import sys, core.registry, core.datasets; core.registry.list_models(); "
     code += "assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tiny_saved_models_are_registered_with_their_task(models_dir: Path) -> None:
+    entries = {m.name: m for m in list_models(models_dir)}
+    assert (entries["tiny-llama"].task, entries["tiny-llama"].architecture) == ("causal_lm", "llama")
+    assert (entries["tiny-gpt2"].task, entries["tiny-gpt2"].architecture) == ("causal_lm", "gpt2")
+    assert (entries["tiny-bert"].task, entries["tiny-bert"].architecture) == ("classification", "bert")
+    assert entries["tiny-llama"].path == models_dir / "tiny-llama"

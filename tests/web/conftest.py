@@ -24,9 +24,13 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(tmp_path_factory: pytest.TempPathFactory) -> Service:
     """API + worker processes on a temp data dir, shared by every test of the session."""
-    yield shared_service(tmp_path_factory.mktemp("sgft-service"))
+    return shared_service(tmp_path_factory.mktemp("sgft-service"))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the shared service once, at the very end (a fixture teardown could run between directories)."""
     stop_shared()
 
 

@@ -174,6 +174,7 @@ export function renderJob(root, jobId, notify) {
   }
 
   async function poll() {
+    if (document.hidden) { timer = setTimeout(poll, POLL_MS); return; } // background tab: wait
     try {
       job = await api.job(jobId);
       if (stopped) return;

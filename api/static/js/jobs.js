@@ -40,6 +40,8 @@ export function renderJobs(root, notify) {
   let timer = null;
   let stopped = false;
   async function poll() {
+    // A background tab keeps its place but stops asking the server.
+    if (document.hidden) { timer = setTimeout(poll, POLL_MS); return; }
     try {
       const page = await api.jobs({ limit: 50 });
       if (stopped) return;
