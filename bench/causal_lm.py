@@ -3,7 +3,8 @@
 SparseGrad (MLP up/down, and variants), LoRA on the same layers with a comparable parameter budget, and full
 fine-tuning run through the same engine (`training.run_training`) on the same chat JSONL, for the same
 optimizer steps. Each variant runs in its own process, so its peak memory is its own. Reported per variant:
-validation loss (assistant tokens only) before and after, mean optimizer-step time, time before the first
+validation loss (assistant tokens only) before and after, mean optimizer-step time (wall clock and this
+process's CPU time, which is what to compare on a machine shared with other jobs), time before the first
 step (model loading, SparseGrad's basis phase), peak resident memory, trainable parameters, delta size.
 
 `python -m bench.causal_lm` (or `SGFT_BENCH=causal_lm make bench`) prints a Markdown table and writes
@@ -11,7 +12,9 @@ bench/out/causal_lm.json. Knobs (environment): SGFT_BENCH_CAUSAL_STEPS (default 
 SGFT_BENCH_CAUSAL_VARIANTS (comma list or "all"; default sparsegrad,lora,full), SGFT_BENCH_CAUSAL_JOBS
 (variants run at a time, default 1), SGFT_DATA_DIR (models under $SGFT_DATA_DIR/models).
 `python -m bench.causal_lm --report` rebuilds the table and JSON from the last run's result files.
-Sized for a 2-core CPU: about 10-15 minutes.
+Cost: about 110 forward/backward passes of batch 2 x ~120 tokens in all (10 of them SparseGrad's basis
+steps, whose float64 Gram updates cost as much again). Not yet timed end to end: on the shared 2-core
+machine (load 15-20) one step took minutes of wall time; on an idle machine expect tens of minutes.
 """
 
 from __future__ import annotations

@@ -82,7 +82,8 @@ def make_batches(tok: Any, scenario: str, n: int) -> list[dict[str, Any]]:
     import torch
 
     with SST2.open() as fh:
-        rows = [json.loads(line) for _, line in zip(range(BATCH * n * 8), fh, strict=False)]
+        # packed rows need n·16·126 tokens; SST-2 phrases are short (often < 10 tokens)
+        rows = [json.loads(line) for _, line in zip(range(BATCH * n * 40), fh, strict=False)]
     batches = []
     if scenario == "padded":
         for i in range(n):
@@ -100,6 +101,8 @@ def make_batches(tok: Any, scenario: str, n: int) -> list[dict[str, Any]]:
     for r in rows:  # packed: sentences concatenated, every row 128 real tokens
         stream.extend(tok(r["text"], add_special_tokens=False)["input_ids"] + [tok.sep_token_id])
     per_row = SEQ - 2
+    if len(stream) < n * BATCH * per_row:
+        raise RuntimeError(f"not enough SST-2 text for {n} packed batches")
     for i in range(n):
         ids = []
         for j in range(BATCH):
