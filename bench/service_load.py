@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -158,6 +159,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     """Set up, measure every endpoint at 1/16/64 clients, run the 500-job burst, print and save."""
+    if shutil.which("wrk") is None:
+        print("service load: skipped, `wrk` is not installed (Debian: apt-get install -y wrk)", flush=True)
+        return
     seconds = float(os.environ.get("SGFT_BENCH_SECONDS", "5"))
     workers = int(os.environ.get("SGFT_BENCH_API_WORKERS", "2"))
     name = f"sgft_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"

@@ -118,7 +118,7 @@ class Stack:
             ).json()["data"]
             return data
 
-    def wait_status(self, job_id: str, statuses: set[str], timeout: float = 240) -> dict[str, Any]:
+    def wait_status(self, job_id: str, statuses: set[str], timeout: float = 480) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             job = self.job(job_id)
             if job["status"] in statuses:

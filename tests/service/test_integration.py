@@ -118,17 +118,15 @@ def _create(
 
 
 def _check_learned(delta_archive: bytes, tmp: Path) -> None:
-    """The downloaded delta loads into a fresh base model with sparsegrad.load_delta and changes it.
-
-    With the 8 steps the suite can afford, dev accuracy against the untrained model moved both ways in
-    our runs (0.61 -> 0.64 on 64 lines at lr 3e-3; 0.565 -> 0.525 on 200 lines at lr 1e-2), so the fast
-    check is "differs"; test_minilm_beats_untrained (SGFT_SLOW=1) trains longer and requires "beats".
-    """
+    """The downloaded delta loads into a fresh base model with sparsegrad.load_delta and beats the untrained
+    model on 200 dev lines. Measured with LEARN (8 steps, lr 3e-3): 0.565 -> 0.660 (PostgreSQL + Redis
+    stack, seed 3) and 0.565 -> 0.640 (embedded, seed 42); at lr 1e-2 the same 8 steps went 0.565 -> 0.525,
+    so the learning rate matters. Training is seeded, so the outcome repeats for these settings."""
     delta = extract(delta_archive, tmp / "delta")
     assert (delta / "adapter_config.json").exists() and (delta / "adapter_model.safetensors").exists()
     before, after, changed = accuracies(delta, sst2_lines("dev", 200))
     print(f"dev accuracy (200 lines): untrained {before:.3f}, fine-tuned {after:.3f}, {changed} changed")
-    assert changed > 0, f"the delta changed no prediction (accuracy {before:.3f} -> {after:.3f})"
+    assert changed > 0 and after > before, f"dev accuracy untrained {before:.3f} vs fine-tuned {after:.3f}"
 
 
 def test_openai_client_flow_and_duplicate_delivery(pg_stack: Stack, tmp_path: Path) -> None:
@@ -165,7 +163,7 @@ def test_openai_client_flow_and_duplicate_delivery(pg_stack: Stack, tmp_path: Pa
             (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("running", "succeeded")
             and getattr(j, "progress", {}).get("step", 0) > 0
         ),
-        240,
+        480,
         "progress",
     )
     assert saw_progress
