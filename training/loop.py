@@ -56,8 +56,11 @@ def _eval_batches(run: Run) -> list[dict[str, torch.Tensor]]:
     return [collate(items[i : i + size], run.pad_id, run.task) for i in range(0, len(items), size)]
 
 
-def _write_metrics(work_dir: Path, history: list[dict[str, float]]) -> None:
-    (work_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+def _write_metrics(work_dir: Path, history: list[dict[str, float]], start: int = 0) -> int:
+    """Append history[start:] to work_dir/metrics.jsonl (start=0 rewrites it); returns the rows written."""
+    with (work_dir / "metrics.jsonl").open("a" if start else "w") as fh:
+        fh.writelines(json.dumps(row) + "\n" for row in history[start:])
+    return len(history)
 
 
 def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
@@ -122,7 +125,7 @@ def run_training(
     )
     if eval_batches and hp.eval_at_start and run.step == 0:
         _evaluate(run, hooks, eval_batches)
-    _write_metrics(work_dir, run.history)
+    written = _write_metrics(work_dir, run.history)
     last_ckpt: Path | None = resume_from if resume_from is not None else None
     order = epoch_order(len(run.train), spec.seed, run.epoch)
     model.train()
@@ -187,7 +190,7 @@ def run_training(
             if 0 < hp.early_stopping_patience <= run.bad_evals and run.step < total:
                 say(f"Early stopping at step {run.step}: no better valid_loss in {run.bad_evals} evaluations")
                 early_stopped = True
-        _write_metrics(work_dir, run.history)
+        written = _write_metrics(work_dir, run.history, written)
         finished = run.step >= total or early_stopped
         if not finished and hooks.should_stop:
             stop = hooks.should_stop()

@@ -169,7 +169,7 @@ def test_float_labels_train_a_regressor(tmp_path: Path, sst2: tuple[Path, Path],
 def test_early_stopping_ends_the_run_with_a_delta(
     tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
 ) -> None:
-    # A learning rate this high makes the validation loss bounce: patience 1 stops at the first bad evaluation.
+    # A learning rate this high makes the validation loss bounce: patience 1 stops at the first bad eval.
     result = train(
         tmp_path, sst2, models_dir, "full", learning_rate=0.05, eval_every=1, early_stopping_patience=1
     )
