@@ -21,7 +21,8 @@ class Basis:
     """Orthogonal bases per group: P (D_out, D_out), Q (D_in, D_in), columns by descending singular value.
 
     `layer_group` maps each target layer name to its group key; `grad_sum` holds each layer's gradient summed
-    over the basis steps (original basis, (D_out, D_in)), used to choose a fixed support.
+    over the basis steps (original basis, (D_out, D_in)), used to choose a fixed support (kept only when the
+    config asks for support="fixed").
     """
 
     p: dict[str, torch.Tensor]
@@ -137,7 +138,9 @@ def compute_basis(
                             )
                         gram_out[key].addmm_(g, g.t())
                         gram_in[key].addmm_(g.t(), g)
-                        if name in grad_sum:
+                        if cfg.support != "fixed":
+                            pass  # the summed gradient only serves to choose a fixed support
+                        elif name in grad_sum:
                             grad_sum[name].add_(g32)
                         else:
                             grad_sum[name] = g32.float().clone()

@@ -48,7 +48,7 @@ def test_basis_orders_directions_by_energy() -> None:
     """The first column of P captures more gradient energy than the last (descending singular values)."""
     model = tiny_model("bert")
     batches = tiny_batches("bert", 4)
-    basis = sg.compute_basis(model, batches, sg.SparseGradConfig(basis_steps=4))
+    basis = sg.compute_basis(model, batches, sg.SparseGradConfig(basis_steps=4, support="fixed"))
     g = basis.grad_sum["bert.encoder.layer.0.intermediate.dense"]
     p = basis.p["up:64x32"]
     energy = (p.t() @ g).pow(2).sum(dim=1)  # per-row energy in the basis
