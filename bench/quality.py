@@ -29,7 +29,7 @@ from typing import Any
 DATA = Path("/work/shared/data/sst2")
 OUT_DIR = Path(__file__).resolve().parent / "out"
 MODEL = "all-MiniLM-L6-v2"
-# Chosen on SST-2 (train subset / dev); the same for every seed. Methods other than full train only the MLP
+# Starting values, the same for every seed (tune on SST-2 only). Methods other than full train only the MLP
 # layers (sparse coefficients or LoRA factors) and the classifier head.
 METHOD_HP: dict[str, dict[str, Any]] = {
     "full": {"learning_rate": 1e-4},

@@ -24,7 +24,8 @@
 | weight_decay | 0.0 | [0, 1] |
 | eval_at_start | true: evaluate before the first step (the "before" numbers) | bool |
 
-The base learning rates were chosen on SST-2 (all-MiniLM-L6-v2, bench/quality.py).
+The base learning rates are starting values, not a tuned optimum: bench/quality.py measures them on SST-2
+(all-MiniLM-L6-v2); only SST-2 may be used to change them.
 """
 
 from __future__ import annotations
