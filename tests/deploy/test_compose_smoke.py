@@ -30,7 +30,7 @@ from tests.deploy.project import REPO, SGFT, compose_yaml, dockerfile_stages, re
 
 pytestmark = pytest.mark.integration
 
-SST2 = REPO.parent / "shared" / "data" / "sst2"
+SST2 = Path(os.environ.get("SGFT_SST2_DIR", "/work/shared/data/sst2"))
 PG = ("127.0.0.1", 5432)
 REDIS = ("127.0.0.1", 6379)
 REDIS_DB = 13  # a spare database number on the shared Redis

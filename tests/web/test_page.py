@@ -89,7 +89,7 @@ def test_upload_train_watch_curve_and_download(
     page.locator("#model").select_option(TINY_MODEL)
     page.locator("#method").select_option("sparsegrad")
     page.locator("#validation-file").select_option(valid_id)
-    page.locator("#n-epochs").fill("2")
+    page.locator("#n-epochs").fill("20")  # long enough to watch the curve grow across polls
     page.locator("#density").fill("0.05")
     page.locator("details summary").click()
     page.locator("#batch-size").fill("8")
