@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from tests.deploy.image_env import api_image_pythonpath
-from tests.deploy.project import REPO, SGFT, compose_yaml, dockerfile_stages, read_env_file
+from tests.deploy.project import SGFT, compose_yaml, dockerfile_stages, read_env_file
 
 pytestmark = pytest.mark.integration
 
