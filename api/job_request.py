@@ -13,35 +13,17 @@ from api.errors import APIError
 from api.schemas import JobCreate
 from core.datasets import TASK_OF_FORMAT, DatasetReport, check_pair
 from core.files import get_file
+from core.hparam_bounds import BOOLS as HP_BOOLS
+from core.hparam_bounds import CHOICES, NUMBER_BOUNDS
 from core.jobs import NewJob
 from core.models import File
 from core.registry import UnknownModel, get_model, list_models
 from core.settings import Settings
 
 METHODS = ("sparsegrad", "lora", "full", "meprop")
-# name -> (low, high, whole number): the training engine's bounds (training/hparams.py NUMBER_BOUNDS; the
-# API may not import training, tests/hardening/test_security.py checks the two tables are equal), checked
-# here so an out-of-range value is a 400 at creation instead of a job that fails later.
-BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "n_epochs": (1, 50, False),
-    "batch_size": (1, 512, True),
-    "learning_rate": (1e-7, 0.1, False),
-    "learning_rate_multiplier": (0.01, 100, False),
-    "max_seq_length": (8, 8192, True),
-    "warmup_ratio": (0.0, 0.5, False),
-    "gradient_accumulation_steps": (1, 64, True),
-    "eval_every": (1, 1e6, True),
-    "checkpoint_every": (1, 1e6, True),
-    "max_steps": (1, 1e7, True),
-    "early_stopping_patience": (0, 100, True),
-    "density": (1e-4, 1.0, False),
-    "basis_steps": (1, 200, True),
-    "lora_rank": (1, 512, True),
-    "weight_decay": (0.0, 1.0, False),
-}
+BOUNDS = NUMBER_BOUNDS  # the engine's own table: out of range is a 400 here, not a failed job later
 NUMERIC = set(BOUNDS)
-CHOICES = {"support": ("dynamic", "fixed"), "lr_scheduler": ("linear", "cosine")}
-BOOLS = {"train_layernorm", "eval_at_start"}
+BOOLS = set(HP_BOOLS)
 OTHER = {"target_modules", *BOOLS}
 
 

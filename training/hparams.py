@@ -34,31 +34,13 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.hparam_bounds import BOOLS, CHOICES, NUMBER_BOUNDS
 from training.spec import HyperparameterError
 
 BASE_LR: dict[str, dict[str, float]] = {
     "classification": {"full": 5e-5, "lora": 1e-3, "sparsegrad": 1e-3, "meprop": 1e-3},
     "causal_lm": {"full": 2e-5, "lora": 2e-4, "sparsegrad": 2e-4, "meprop": 2e-4},
 }
-NUMBER_BOUNDS: dict[str, tuple[float, float, bool]] = {  # name -> (low, high, integer)
-    "n_epochs": (1, 50, False),
-    "batch_size": (1, 512, True),
-    "learning_rate": (1e-7, 0.1, False),
-    "learning_rate_multiplier": (0.01, 100, False),
-    "max_seq_length": (8, 8192, True),
-    "warmup_ratio": (0.0, 0.5, False),
-    "gradient_accumulation_steps": (1, 64, True),
-    "eval_every": (1, 1e6, True),
-    "checkpoint_every": (1, 1e6, True),
-    "max_steps": (1, 1e7, True),
-    "early_stopping_patience": (0, 100, True),
-    "density": (1e-4, 1.0, False),
-    "basis_steps": (1, 200, True),
-    "lora_rank": (1, 512, True),
-    "weight_decay": (0.0, 1.0, False),
-}
-CHOICES: dict[str, tuple[str, ...]] = {"support": ("dynamic", "fixed"), "lr_scheduler": ("linear", "cosine")}
-BOOLS = ("train_layernorm", "eval_at_start")
 KNOWN = sorted([*NUMBER_BOUNDS, *CHOICES, *BOOLS, "target_modules"])
 
 
