@@ -212,7 +212,8 @@ def test_cancel_while_running(pg_stack: Stack) -> None:
 
 def test_pause_resume_and_merge(pg_stack: Stack) -> None:
     train = _upload(pg_stack, sst2_lines("train", 64), "t.jsonl")
-    hyper = {**LONG, "max_steps": 30}
+    # Long enough that the pause lands mid-run even on an idle machine (tiny-bert steps take milliseconds).
+    hyper = {**LONG, "max_steps": 400}
     job_id = _create(pg_stack, train, hyper)
     wait_for(lambda: pg_stack.job(job_id)["progress"]["step"] >= 3, 180, "the job to make progress")
     with pg_stack.client() as c:
