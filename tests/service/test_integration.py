@@ -246,7 +246,8 @@ def test_pause_resume_and_merge(pg_stack: Stack) -> None:
 
 def test_killed_worker_job_resumes_on_another_worker(pg_stack: Stack) -> None:
     train = _upload(pg_stack, sst2_lines("train", 64), "t.jsonl")
-    job_id = _create(pg_stack, train, {**LONG, "max_steps": 40})
+    # Long enough to be still running when killed, even on an idle machine.
+    job_id = _create(pg_stack, train, {**LONG, "max_steps": 400})
     with pg_stack.client() as c:
 
         def checkpointed() -> int:
