@@ -8,6 +8,7 @@ sync by `apply_sparse_update` after each optimizer step. P or Q may be None (ide
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -72,8 +73,8 @@ def apply_group_update(
 ) -> None:
     """weights[l] += P S_l Qᵀ in place for L same-shaped layers sharing (P, Q); rows/cols/values: (L, k).
 
-    One sparse product for the whole group on the larger basis (cost L·k·D_big), one batched dense product
-    on the smaller one (L·D_out·D_in·D_small), one foreach add: few, large operations.
+    One sparse (CSR) product for the whole group on the larger basis (cost L·k·D_big), one batched dense
+    product on the smaller one (L·D_out·D_in·D_small), one foreach add: few, large operations.
     """
     n_layers = len(weights)
     if n_layers == 0:
@@ -88,17 +89,27 @@ def apply_group_update(
     if q is None or (p is not None and d_out >= d_in):
         assert p is not None
         # stacked S_lᵀ: (L·D_in, D_out) sparse; (S_lᵀ Pᵀ) = (P S_l)ᵀ
-        idx = torch.stack([(cols + off * d_in).reshape(-1), rows.reshape(-1)])
-        s_t = torch.sparse_coo_tensor(idx, vals, (n_layers * d_in, d_out), check_invariants=False)
-        ps = torch.sparse.mm(s_t, p.t()).view(n_layers, d_in, d_out).transpose(1, 2)  # (L, D_out, D_in)
+        s_t = _csr((cols + off * d_in).reshape(-1), rows.reshape(-1), vals, n_layers * d_in, d_out)
+        ps = (s_t @ p.t()).view(n_layers, d_in, d_out).transpose(1, 2)  # (L, D_out, D_in)
         delta = ps if q is None else torch.matmul(ps, q.t())
     else:
         # stacked S_l: (L·D_out, D_in) sparse; S_l Qᵀ then P ·
-        idx = torch.stack([(rows + off * d_out).reshape(-1), cols.reshape(-1)])
-        s = torch.sparse_coo_tensor(idx, vals, (n_layers * d_out, d_in), check_invariants=False)
-        sq = torch.sparse.mm(s, q.t()).view(n_layers, d_out, d_in)
+        s = _csr((rows + off * d_out).reshape(-1), cols.reshape(-1), vals, n_layers * d_out, d_in)
+        sq = (s @ q.t()).view(n_layers, d_out, d_in)
         delta = sq if p is None else torch.matmul(p, sq)
     torch._foreach_add_(weights, [d.to(w.dtype) for d, w in zip(delta.unbind(0), weights, strict=True)])
+
+
+def _csr(row: torch.Tensor, col: torch.Tensor, val: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
+    """A CSR matrix from distinct (row, col, val) entries. CSR, not COO: on CPU the COO product is about
+    8x slower on the clustered supports the HOSVD basis produces."""
+    order = torch.argsort(row * n_cols + col)
+    row, col, val = row[order], col[order], val[order]
+    crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=row.device)
+    crow[1:] = torch.cumsum(torch.bincount(row, minlength=n_rows), 0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, val, (n_rows, n_cols), check_invariants=False)
 
 
 class SparseGradFunction(torch.autograd.Function):
