@@ -9,7 +9,7 @@ sync by `apply_sparse_update` after each optimizer step. P or Q may be None (ide
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,25 +22,26 @@ _SKIP_ROWS_MIN_FRACTION = 0.05
 def coefficient_grad(
     gy: torch.Tensor, x: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None
 ) -> torch.Tensor:
-    """dL/dC = Pᵀ (gyᵀ x) Q for gy: (N, D_out), x: (N, D_in); returns (D_out, D_in).
+    """dL/dC = Pᵀ (gyᵀ x) Q for gy: (N, D_out), x: (N, D_in), P: (D_out, r), Q: (D_in, c); returns (r, c).
 
-    Two exact orders; picks the cheaper in multiply-adds:
-      factor first: (gy P)ᵀ (x Q)   ~ N·(D_out² + D_in² + D_out·D_in)
-      dW first:     Pᵀ (gyᵀ x) Q    ~ N·D_out·D_in + D_out·D_in·(D_out + D_in)
+    P and Q are the whole bases (r = D_out, c = D_in) or some of their columns (a fixed support's rows and
+    columns). Two exact orders; picks the cheaper in multiply-adds:
+      factor first: (gy P)ᵀ (x Q)   ~ N·(D_out·r + D_in·c + r·c)
+      dW first:     Pᵀ (gyᵀ x) Q    ~ N·D_out·D_in + r·D_out·D_in + r·D_in·c
     """
     n, d_out = gy.shape
     d_in = x.shape[1]
     basis_dtype = p.dtype if p is not None else (q.dtype if q is not None else gy.dtype)
     gy, x = gy.to(basis_dtype), x.to(basis_dtype)  # bf16 activations meet a float32 basis
-    rot_out = d_out * d_out if p is not None else 0
-    rot_in = d_in * d_in if q is not None else 0
-    factor_first = n * (rot_out + rot_in + d_out * d_in)
+    r = p.shape[1] if p is not None else d_out
+    c = q.shape[1] if q is not None else d_in
+    factor_first = n * ((d_out * r if p is not None else 0) + (d_in * c if q is not None else 0) + r * c)
     dense_first = (
-        n * d_out * d_in + (d_in * rot_out if p is not None else 0) + (d_out * rot_in if q is not None else 0)
+        n * d_out * d_in + (r * d_out * d_in if p is not None else 0) + (r * d_in * c if q is not None else 0)
     )
     if factor_first < dense_first:
-        a = gy @ p if p is not None else gy  # (N, D_out)
-        b = x @ q if q is not None else x  # (N, D_in)
+        a = gy @ p if p is not None else gy  # (N, r)
+        b = x @ q if q is not None else x  # (N, c)
         return a.t() @ b
     g = gy.t() @ x  # (D_out, D_in)
     if p is not None:
@@ -48,6 +49,46 @@ def coefficient_grad(
     if q is not None:
         g = g @ q
     return g
+
+
+class Support(NamedTuple):
+    """A fixed support of flat coefficient indices, split into its distinct rows and columns."""
+
+    flat: torch.Tensor  # (k,) flat indices into (D_out, D_in)
+    rows: torch.Tensor  # distinct rows, sorted
+    cols: torch.Tensor  # distinct columns, sorted
+    row_pos: torch.Tensor  # (k,) position of each entry's row in `rows`
+    col_pos: torch.Tensor  # (k,) position of each entry's column in `cols`
+
+    @classmethod
+    def of(cls, index: torch.Tensor, d_in: int) -> Support:
+        rows, row_pos = torch.unique(index // d_in, sorted=True, return_inverse=True)
+        cols, col_pos = torch.unique(index % d_in, sorted=True, return_inverse=True)
+        return cls(index, rows, cols, row_pos, col_pos)
+
+
+def support_grad(
+    gy: torch.Tensor,
+    x: torch.Tensor,
+    p: torch.Tensor | None,
+    q: torch.Tensor | None,
+    support: Support,
+    shape: tuple[int, int],
+) -> torch.Tensor:
+    """dL/dC on the support only (zeros elsewhere), (D_out, D_in): the (rows × cols) block of it through
+    the support's basis columns, which costs a fraction of the dense dL/dC when the support is clustered."""
+    if p is None:
+        gy, p_r = gy.index_select(1, support.rows), None
+    else:
+        p_r = p.index_select(1, support.rows)
+    if q is None:
+        x, q_c = x.index_select(1, support.cols), None
+    else:
+        q_c = q.index_select(1, support.cols)
+    block = coefficient_grad(gy, x, p_r, q_c)  # (|rows|, |cols|)
+    out = block.new_zeros(shape[0] * shape[1])
+    out[support.flat] = block[support.row_pos, support.col_pos]
+    return out.view(shape)
 
 
 def apply_sparse_update(
@@ -117,7 +158,8 @@ class SparseGradFunction(torch.autograd.Function):
 
     In training A is a zero-stride placeholder (`coef_is_zero=True`): the live coefficients are folded into W,
     so the forward is plain F.linear. With a real A (gradcheck) the same backward is exercised. Rows of dY
-    that are all zero (padding) are skipped in every backward product.
+    that are all zero (padding) are skipped in every backward product. With a `support`, dL/dA is computed
+    on it only (zeros elsewhere): for a fixed support that the optimizer never re-chooses.
     """
 
     @staticmethod
@@ -130,6 +172,7 @@ class SparseGradFunction(torch.autograd.Function):
         p: torch.Tensor | None,
         q: torch.Tensor | None,
         coef_is_zero: bool,
+        support: Support | None = None,
     ) -> torch.Tensor:
         w = weight
         if not coef_is_zero:
@@ -142,6 +185,7 @@ class SparseGradFunction(torch.autograd.Function):
         ctx.save_for_backward(x, w, p, q)
         ctx.has_bias = bias is not None
         ctx.coef_dtype = coef.dtype
+        ctx.support = support
         return F.linear(x, w, bias)
 
     @staticmethod
@@ -168,7 +212,10 @@ class SparseGradFunction(torch.autograd.Function):
                 gx = gxk
             gx = gx.reshape(x.shape)
         if need_coef:
-            gcoef = coefficient_grad(gy2, x2, p, q).to(ctx.coef_dtype)
+            if ctx.support is not None:
+                gcoef = support_grad(gy2, x2, p, q, ctx.support, (d_out, d_in)).to(ctx.coef_dtype)
+            else:
+                gcoef = coefficient_grad(gy2, x2, p, q).to(ctx.coef_dtype)
         if need_bias and ctx.has_bias:
             gb = gy2.sum(dim=0)  # bias gradient in the original space
-        return gx, gcoef, None, gb, None, None, None
+        return gx, gcoef, None, gb, None, None, None, None

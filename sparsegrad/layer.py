@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsegrad.function import SparseGradFunction, apply_sparse_update
+from sparsegrad.function import SparseGradFunction, Support, apply_sparse_update
 from sparsegrad.targets import is_conv1d, linear_weight, module_bias, module_weight
 
 _COMPACT_EVERY = 16  # steps of logged ΔC updates between compactions
@@ -22,7 +22,8 @@ class SparseGradLinear(nn.Module):
       the top-k entries and folds the update into `base_layer.weight` (W = P C Qᵀ).
     - `delta()`: ΔC = C − C_init as sorted flat int64 indices + values (the adapter); updates are logged
       cheaply each step and folded into the `delta_index` / `delta_value` buffers every few steps.
-    - `support_index`: the fixed support (k sorted flat indices) when support="fixed", else None.
+    - `support_index`: the fixed support (k sorted flat indices) when support="fixed", else None. With
+      `grad_on_support_only` (a fixed support that is never re-chosen) dL/dC is computed there only.
     `P`/`Q` are None for MeProp (identity basis). The base weight never has requires_grad.
     """
 
@@ -61,6 +62,8 @@ class SparseGradLinear(nn.Module):
         self.register_buffer("delta_value", torch.zeros(0, dtype=dtype, device=device))
         self.register_buffer("support_index", support_index)
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.grad_on_support_only = False
+        self._support: Support | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -71,8 +74,16 @@ class SparseGradLinear(nn.Module):
         w = linear_weight(self.base_layer)
         bias = module_bias(self.base_layer)
         if torch.is_grad_enabled() and self.coef.requires_grad:
-            return SparseGradFunction.apply(x, self.coef, w, bias, self.P, self.Q, True)
+            return SparseGradFunction.apply(x, self.coef, w, bias, self.P, self.Q, True, self._grad_support())
         return F.linear(x, w, bias)
+
+    def _grad_support(self) -> Support | None:
+        """The support to restrict dL/dC to, cached while `support_index` stays the same tensor."""
+        if not self.grad_on_support_only or self.support_index is None:
+            return None
+        if self._support is None or self._support.flat is not self.support_index:
+            self._support = Support.of(self.support_index, self.d_in)
+        return self._support
 
     @torch.no_grad()
     def apply_update(self, index: torch.Tensor, values: torch.Tensor) -> None:

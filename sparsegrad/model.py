@@ -144,6 +144,7 @@ def inject(
                 raise ValueError(f"support='fixed' needs the basis phase's gradient for layer {t.name!r}")
             support = _fixed_support(basis.grad_sum[t.name].to(base_weight.device), p, q, k)
         layer = SparseGradLinear(base, p, q, k, t.group, support)
+        layer.grad_on_support_only = support is not None and not cfg.support_refresh_every
         parent, child = get_submodule_parent(model, t.name)
         setattr(parent, child, layer)
     heads = find_head_modules(model, task)

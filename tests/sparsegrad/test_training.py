@@ -199,3 +199,35 @@ def test_basis_takes_only_basis_steps_batches_from_an_iterator() -> None:
     assert next(it) is batches[2]
     with pytest.raises(ValueError, match="no batches"):
         sg.compute_basis(tiny_model("bert"), [], sg.SparseGradConfig(basis_steps=2))
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_fixed_support_gradient_only_on_the_support_trains_the_same(kind: str) -> None:
+    """A fixed support that is never re-chosen gets dL/dC on the support only (a cheaper backward); the
+    gradient there and the trained weights equal those of the dense dL/dC."""
+    restricted, _, batches = _prepared(kind, support="fixed")
+    dense, _, _ = _prepared(kind, support="fixed")
+    layers = [sg.sparse_layers(m) for m in (restricted, dense)]
+    assert all(m.grad_on_support_only for m in layers[0].values())
+    for m in layers[1].values():
+        m.grad_on_support_only = False
+    opts = [sg.make_optimizer(m, lr=1e-2) for m in (restricted, dense)]
+    for batch in batches[3:6]:
+        for model in (restricted, dense):
+            model(**batch).loss.backward()
+        for name, m in layers[0].items():
+            g_r, g_d = m.coef.grad.reshape(-1), layers[1][name].coef.grad.reshape(-1)
+            on = torch.zeros_like(g_d, dtype=torch.bool)
+            on[m.support_index] = True
+            assert torch.count_nonzero(g_r[~on]) == 0
+            torch.testing.assert_close(g_r[on], g_d[on], rtol=1e-4, atol=1e-6)
+        for opt in opts:
+            opt.step()
+            opt.zero_grad()
+    for name, m in layers[0].items():
+        torch.testing.assert_close(m.weight, layers[1][name].weight, rtol=1e-4, atol=1e-6)
+
+
+def test_support_refresh_keeps_the_dense_gradient() -> None:
+    model, _, _ = _prepared("bert", support="fixed", support_refresh_every=2)
+    assert not any(m.grad_on_support_only for m in sg.sparse_layers(model).values())
