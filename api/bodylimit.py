@@ -25,7 +25,7 @@ class BodyLimit:
         self.upload_path = upload_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):  # no GET route reads a body
             await self.app(scope, receive, send)
             return
         upload = scope["path"] == self.upload_path

@@ -8,17 +8,19 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import APIError
 from api.keycache import KeyCache
-from core.db import get_sessionmaker
+from core.db import get_sessionmaker, session_scope
 from core.keys import verify_key
 from core.models import ApiKey
 from core.settings import Settings
 from core.storage import Storage
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
+    # async: FastAPI runs a plain `def` dependency in the thread pool, a hop that costs more than this.
     settings: Settings = request.app.state.settings
     return settings
 
@@ -49,26 +51,35 @@ def get_storage(settings: SettingsDep) -> Storage:
 StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
-def current_key(request: Request, session: SessionDep, settings: SettingsDep) -> ApiKey:
-    """The caller's API key from `Authorization: Bearer <key>`; 401 otherwise."""
+def _verify(settings: Settings, token: str) -> ApiKey | None:
+    """Check `token` against the database in a short session of its own (closed before the route runs)."""
+    with session_scope(settings.database_url) as session:
+        return verify_key(session, token, settings.secret_key)
+
+
+async def current_key(request: Request, settings: SettingsDep) -> ApiKey:
+    """The caller's API key from `Authorization: Bearer <key>`; 401 otherwise.
+
+    A key in the cache (verified by the database less than its ttl ago) costs no thread hop and no query.
+    """
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise APIError(
             401,
             "Missing API key: send `Authorization: Bearer <key>` (create one with `sgft keys create`).",
             code="missing_api_key",
         )
     cache: KeyCache | None = getattr(request.app.state, "key_cache", None)
-    key = cache.get(token.strip()) if cache is not None else None
-    if key is not None:  # verified by the database less than cache.ttl seconds ago
+    key = cache.get(token) if cache is not None else None
+    if key is not None:
         return key
-    key = verify_key(session, token.strip(), settings.secret_key)
-    session.commit()  # end the read transaction: on SQLite an open one would hold the write lock
+    key = await run_in_threadpool(_verify, settings, token)
     if key is None:
         raise APIError(401, "Incorrect or revoked API key provided.", code="invalid_api_key")
     if cache is not None:
-        cache.put(token.strip(), key)
+        cache.put(token, key)
     return key
 
 

