@@ -113,44 +113,53 @@ class JobPublic(BaseModel):
     @classmethod
     def of(cls, job: Job | JobRecord) -> JobPublic:
         """From a Job or the JobRecord of core.queries (same attribute names)."""
-        error = None
-        if job.status == "failed":
-            error = JobError(
-                code=job.error_code or "failed", message=job.error_message or "", param=job.error_param
-            )
-        finish = None
-        if job.status == "running" and job.seconds_remaining is not None and job.heartbeat_at:
-            finish = int(job.heartbeat_at + job.seconds_remaining)
-        return cls(
-            id=job.id,
-            model=job.model,
-            created_at=int(job.created_at),
-            finished_at=int(job.finished_at) if job.finished_at else None,
-            status=job.status,
-            error=error,
-            fine_tuned_model=job.fine_tuned_model,
-            hyperparameters=job.hyperparameters,
-            method=job.method,
-            seed=job.seed,
-            training_file=job.training_file,
-            validation_file=job.validation_file,
-            result_files=list(job.result_files or []),
-            trained_tokens=job.trained_tokens,
-            estimated_finish=finish,
-            metadata=job.meta,
-            organization_id=job.tenant_id,
-            user_provided_suffix=job.suffix,
-            progress=Progress(
-                step=job.step,
-                total_steps=job.total_steps,
-                epoch=job.epoch,
-                seconds_remaining=job.seconds_remaining,
-            ),
-            metrics=job.metrics or {},
-            attempts=job.attempts,
-            merge_status=job.merge_status,
-            integrations=[],  # given, not defaulted: pydantic deep-copies a mutable default per instance
-        )
+        return cls.model_validate(job_fields(job))
+
+
+def job_fields(job: Job | JobRecord) -> dict[str, Any]:
+    """JobPublic's fields for `job`, in its order and already of its types (validating them changes
+    nothing): the hot routes serialise this dict as it is (api.responses), JobPublic.of validates it."""
+    error = None
+    if job.status == "failed":
+        error = {
+            "code": job.error_code or "failed",
+            "message": job.error_message or "",
+            "param": job.error_param,
+        }
+    finish = None
+    if job.status == "running" and job.seconds_remaining is not None and job.heartbeat_at:
+        finish = int(job.heartbeat_at + job.seconds_remaining)
+    return {
+        "id": job.id,
+        "object": "fine_tuning.job",
+        "model": job.model,
+        "created_at": int(job.created_at),
+        "finished_at": int(job.finished_at) if job.finished_at else None,
+        "status": job.status,
+        "error": error,
+        "fine_tuned_model": job.fine_tuned_model,
+        "hyperparameters": job.hyperparameters,
+        "method": job.method,
+        "seed": job.seed,
+        "training_file": job.training_file,
+        "validation_file": job.validation_file,
+        "result_files": list(job.result_files or []),
+        "trained_tokens": job.trained_tokens,
+        "estimated_finish": finish,
+        "metadata": job.meta,
+        "organization_id": job.tenant_id,
+        "user_provided_suffix": job.suffix,
+        "integrations": [],
+        "progress": {
+            "step": job.step,
+            "total_steps": job.total_steps,
+            "epoch": job.epoch,
+            "seconds_remaining": job.seconds_remaining,
+        },
+        "metrics": job.metrics or {},
+        "attempts": job.attempts,
+        "merge_status": job.merge_status,
+    }
 
 
 def event_id(job_id: str, seq: int) -> str:
@@ -181,14 +190,20 @@ class EventPublic(BaseModel):
 
     @classmethod
     def of(cls, event: JobEvent | EventRecord) -> EventPublic:
-        return cls(
-            id=event_id(event.job_id, event.seq),
-            created_at=int(event.created_at),
-            level=event.level,
-            message=event.message,
-            type=event.type,
-            data=event.data,
-        )
+        return cls.model_validate(event_fields(event))
+
+
+def event_fields(event: JobEvent | EventRecord) -> dict[str, Any]:
+    """EventPublic's fields for `event`, in its order and of its types (see job_fields)."""
+    return {
+        "id": event_id(event.job_id, event.seq),
+        "object": "fine_tuning.job.event",
+        "created_at": int(event.created_at),
+        "level": event.level,
+        "message": event.message,
+        "type": event.type,
+        "data": event.data,
+    }
 
 
 class CheckpointPublic(BaseModel):

@@ -13,9 +13,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import KeyDep, SessionDep, SettingsDep
 from api.errors import APIError, not_found
-from api.responses import JSONBytes, json_response
+from api.responses import JSONBytes, page_response
 from api.routers.jobs import load_job
-from api.schemas import CheckpointPublic, EventPublic, JobPublic, ListPage, parse_event_cursor
+from api.schemas import CheckpointPublic, EventPublic, JobPublic, ListPage, event_fields, parse_event_cursor
 from core import queries
 from core.db import get_sessionmaker
 from core.jobs import fine_tuned_name
@@ -59,9 +59,7 @@ async def list_events(
     )
     if page is None:
         raise not_found("fine-tuning job", fine_tuning_job_id, "fine_tuning_job_id")
-    data = [EventPublic.of(e) for e in page[0]]
-    first, last = (data[0].id, data[-1].id) if data else (None, None)
-    return json_response(ListPage(data=data, has_more=page[1], first_id=first, last_id=last))
+    return page_response([event_fields(e) for e in page[0]], page[1])
 
 
 async def _sse(request: Request, db_url: str, job_id: str, after: int | None) -> AsyncIterator[bytes]:

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 from api.deps import KeyDep, SessionDep, SettingsDep
 from api.errors import APIError, not_found
 from api.job_request import build_new_job, request_hash
-from api.responses import JSONBytes, json_response
-from api.schemas import Estimate, JobCreate, JobPublic, ListPage
+from api.responses import JSONBytes, object_response, page_response
+from api.schemas import Estimate, JobCreate, JobPublic, ListPage, job_fields
 from core import jobs as job_ops
 from core import queries
 from core.datasets import DatasetReport
@@ -90,9 +90,7 @@ async def list_jobs(
         status=status,
         metadata=metadata,
     )
-    data = [JobPublic.of(j) for j in rows]
-    first, last = (data[0].id, data[-1].id) if data else (None, None)
-    return json_response(ListPage(data=data, has_more=more, first_id=first, last_id=last))
+    return page_response([job_fields(j) for j in rows], more)
 
 
 @router.post("/estimate", response_model=Estimate)
@@ -148,7 +146,7 @@ async def get_job(fine_tuning_job_id: str, key: KeyDep, settings: SettingsDep) -
     job = await queries.fetch_job(reader(settings.database_url), key.tenant_id, fine_tuning_job_id)
     if job is None:
         raise not_found("fine-tuning job", fine_tuning_job_id, "fine_tuning_job_id")
-    return json_response(JobPublic.of(job))
+    return object_response(job_fields(job))
 
 
 def _change(session: Session, job: Job, op: str) -> Job:

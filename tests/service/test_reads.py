@@ -19,12 +19,13 @@ from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse
 
 from api.app import create_app
-from api.responses import json_response
-from api.schemas import EventPublic, JobPublic, ListPage
+from api.responses import object_response, page_response
+from api.schemas import EventPublic, JobPublic, ListPage, event_fields, job_fields
 from core import jobs, queries
 from core.db import get_engine, get_sessionmaker
 from core.keys import create_key
 from core.models import ApiKey, Base
+from core.queries import EventRecord, JobRecord
 from core.reader import reader
 from tests.service.api_fixtures import make_settings
 from tests.service.factories import make_job
@@ -69,6 +70,7 @@ def test_fetches_answer_like_the_orm_reads(session: Session, db_url: str) -> Non
         assert orm_job is not None
         record = run(queries.fetch_job(fetch, tenant, job.id))
         assert record is not None and JobPublic.of(record) == JobPublic.of(orm_job)
+        assert object_response(job_fields(record)).body == JobPublic.of(orm_job).model_dump_json().encode()
     assert run(queries.fetch_job(fetch, tenant, other.id)) is None  # another tenant's job
     assert run(queries.fetch_job(fetch, tenant, "ftjob-nope")) is None
 
@@ -142,43 +144,67 @@ def test_pooled_connections_dropped_by_the_server_are_replaced(session: Session,
         run(queries.fetch_job(reader(down), job.tenant_id, job.id))
 
 
-def test_pre_serialised_json_is_the_response_models_json() -> None:
-    job = JobPublic.model_validate(
-        {
-            "id": "ftjob-1",
-            "model": "m",
-            "created_at": 1,
-            "finished_at": None,
-            "status": "running",
-            "error": None,
-            "fine_tuned_model": None,
-            "hyperparameters": {"learning_rate": 1e-05, "n_epochs": 3, "text": "é ✓"},
-            "method": {"type": "sparsegrad"},
-            "seed": 1,
-            "training_file": "file-1",
-            "validation_file": None,
-            "result_files": [],
-            "trained_tokens": None,
-            "estimated_finish": None,
-            "metadata": {"k": "v"},
-            "organization_id": "tenant-1",
-            "user_provided_suffix": None,
-            "progress": {"step": 1, "total_steps": 2, "epoch": 0.5, "seconds_remaining": None},
-            "metrics": {"train_loss": math.nan, "big": 1e300},
-            "attempts": 0,
-        }
+RECORDS = [
+    JobRecord(
+        id="ftjob-1",
+        tenant_id="tenant-1",
+        status=status,
+        model="m",
+        method={"type": "sparsegrad"},
+        hyperparameters={"learning_rate": 1e-05, "n_epochs": 3, "text": 'é ✓ "q"'},
+        seed=1,
+        suffix=suffix,
+        meta=meta,
+        training_file="file-1",
+        validation_file=None,
+        attempts=2,
+        heartbeat_at=1_700_000_000.5,
+        step=3,
+        total_steps=9,
+        epoch=0.5,
+        seconds_remaining=12.25,
+        metrics={"train_loss": math.nan, "big": 1e300, "inf": math.inf, "step": 3},
+        error_code="out_of_memory",
+        error_message="lower batch_size",
+        error_param=None,
+        result_files=["file-2"],
+        trained_tokens=1234,
+        fine_tuned_model=None,
+        merge_status=None,
+        created_at=1_700_000_000.9,
+        finished_at=finished,
     )
-    for model, adapter in (
-        (job, TypeAdapter(JobPublic)),
-        (
-            ListPage(data=[job, job], has_more=True, first_id="a", last_id="b"),
-            TypeAdapter(ListPage[JobPublic]),
-        ),
-    ):
-        # What FastAPI sent before: the response model dumped in JSON mode, then json.dumps'd.
-        before = JSONResponse(adapter.dump_python(model, mode="json")).body
-        assert json.loads(json_response(model).body) == json.loads(before)
-        assert json_response(model).media_type == "application/json"
+    for status, suffix, meta, finished in (
+        ("running", None, None, None),
+        ("failed", "s", {"team": "a"}, 1_700_000_100.2),
+        ("succeeded", None, {}, 0.0),
+    )
+]
+EVENTS = [
+    EventRecord("ftjob-1", n, 1_700_000_000.5, "info", "metrics", f"Step {n}", {"loss": 0.1}) for n in (3, 2)
+]
+
+
+def test_pre_serialised_json_is_the_response_models_json() -> None:
+    for record in RECORDS:
+        model = JobPublic.of(record)
+        assert object_response(job_fields(record)).body == model.model_dump_json().encode()
+        # What FastAPI sent before (the response model dumped in JSON mode, then json.dumps'd): same JSON.
+        before = JSONResponse(TypeAdapter(JobPublic).dump_python(model, mode="json")).body
+        assert json.loads(object_response(job_fields(record)).body) == json.loads(before)
+    jobs_page = ListPage(
+        data=[JobPublic.of(r) for r in RECORDS], has_more=True, first_id="ftjob-1", last_id="ftjob-1"
+    )
+    assert page_response([job_fields(r) for r in RECORDS], True).body == jobs_page.model_dump_json().encode()
+    events_page = ListPage(
+        data=[EventPublic.of(e) for e in EVENTS], has_more=False, first_id=None, last_id=None
+    )
+    events_page.first_id, events_page.last_id = events_page.data[0].id, events_page.data[-1].id
+    assert (
+        page_response([event_fields(e) for e in EVENTS], False).body == events_page.model_dump_json().encode()
+    )
+    assert page_response([], False).body == ListPage(data=[], has_more=False).model_dump_json().encode()
+    assert page_response([], False).media_type == "application/json"
 
 
 @pytest.fixture
