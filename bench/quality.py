@@ -7,7 +7,8 @@ trainable parameters. Writes bench/out/quality.json, bench/out/quality.md and be
 
 `python -m bench.quality` (or `SGFT_BENCH=quality make bench`). Knobs (environment or flags):
 SGFT_BENCH_QUALITY_TRAIN (--train, default 2000 examples), SGFT_BENCH_QUALITY_SEEDS (--seeds, "0,1,2"),
-SGFT_BENCH_QUALITY_METHODS (--methods, "full,lora,meprop,sparsegrad"), SGFT_BENCH_QUALITY_EPOCHS
+SGFT_BENCH_QUALITY_METHODS (--methods, "full,lora,meprop,sparsegrad"), SGFT_BENCH_QUALITY_LR (--lr,
+learning-rate overrides "method=value,…" for tuning), SGFT_BENCH_QUALITY_EPOCHS
 (--epochs, 2), SGFT_BENCH_QUALITY_DEV (--dev, 872), SGFT_BENCH_QUALITY_THREADS (--threads, torch's
 default). The defaults are sized for ~40 minutes on 2 idle CPU
 cores; `--train 400 --seeds 0 --dev 200` checks the machinery in a few minutes.
@@ -61,11 +62,15 @@ def write_data(folder: Path, n_train: int, n_dev: int, data_seed: int = 0) -> tu
     return train, valid
 
 
-def run_one(method: str, seed: int, epochs: float, train: Path, valid: Path, work: Path) -> dict[str, Any]:
+def run_one(
+    method: str, seed: int, epochs: float, train: Path, valid: Path, work: Path, lr: float | None = None
+) -> dict[str, Any]:
     """One fine-tune; returns its row (dev metrics, wall time, trainable parameters, loss curve)."""
     from training import JobSpec, run_training
 
     hp = {**COMMON, **METHOD_HP[method], "n_epochs": epochs, "eval_every": 10**6, "checkpoint_every": 10**6}
+    if lr is not None:
+        hp["learning_rate"] = lr
     spec = JobSpec(model=MODEL, method=method, task="classification", hyperparameters=hp, seed=seed)  # type: ignore[arg-type]
     started = time.perf_counter()
     result = run_training(spec, train, valid, work)
@@ -154,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=int(_env("THREADS", "0")), help="torch threads; 0: default"
     )
+    parser.add_argument(
+        "--lr", default=_env("LR", ""), help="learning-rate overrides, e.g. sparsegrad=3e-3,lora=1e-3"
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv if argv is not None else [])
     if args.threads > 0:
@@ -167,13 +175,15 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(methods) - set(METHOD_HP)
     if unknown:
         raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {sorted(METHOD_HP)}")
+    lrs = {m.strip(): float(v) for m, _, v in (x.partition("=") for x in args.lr.split(",") if x.strip())}
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sgft-quality-") as tmp:
         train, valid = write_data(Path(tmp) / "data", args.train, args.dev)
         for seed in seeds:
             for method in methods:
-                row = run_one(method, seed, args.epochs, train, valid, Path(tmp) / f"{method}-{seed}")
+                work = Path(tmp) / f"{method}-{seed}"
+                row = run_one(method, seed, args.epochs, train, valid, work, lrs.get(method))
                 rows.append(row)
                 acc, wall = 100 * row["accuracy"], row["wall_s"]
                 print(f"{method} seed {seed}: dev accuracy {acc:.2f}% in {wall:.0f} s ({row['steps']} steps)")
