@@ -33,6 +33,8 @@ models: install
 	$(PY) -m training.model_setup smollm2 --models-dir $(SGFT_DATA_DIR)/models
 
 bench: install
+	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk) \
+		|| echo "wrk could not be installed: the service section will be skipped"
 	$(PY) -m bench.run
 
 clean:

@@ -324,3 +324,36 @@ def test_minilm_beats_untrained(pg_stack: Stack, tmp_path: Path) -> None:
     delta = extract(archive, tmp_path / "delta")
     before, after, _ = accuracies(delta, sst2_lines("dev", 200))
     assert after > before + 0.05, f"dev accuracy untrained {before:.3f} vs fine-tuned {after:.3f}"
+
+
+@pytest.mark.slow
+def test_smollm2_chat_job_through_the_service(pg_stack: Stack, tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct (installed from PyPI once, kept under the default models folder) as a service
+    model: a chat SFT job with SparseGrad through the API, Redis and a worker on PostgreSQL, with validation
+    loss and token accuracy in its metrics; the downloaded delta merges and the merged model generates."""
+    import math
+
+    from training import merge_delta
+    from training.chitchat import convert
+    from training.model_setup import SMOLLM2_NAME, default_models_dir, generate, setup_smollm2
+
+    model_dir = setup_smollm2(default_models_dir())
+    link = Path(pg_stack.env["SGFT_DATA_DIR"]) / "models" / SMOLLM2_NAME
+    if not link.exists():
+        link.symlink_to(model_dir.resolve(), target_is_directory=True)
+    with pg_stack.client() as c:
+        assert SMOLLM2_NAME in [m["id"] for m in c.get("/v1/models").json()["data"]]
+    train_path, valid_path = convert(tmp_path / "data", 16, 4, seed=0, min_turns=2, max_chars=400)
+    train = _upload(pg_stack, train_path.read_text().splitlines(keepends=True), "chat.jsonl")
+    valid = _upload(pg_stack, valid_path.read_text().splitlines(keepends=True), "chat-valid.jsonl")
+    hyper = {"max_steps": 4, "batch_size": 2, "max_seq_length": 128, "basis_steps": 2, "learning_rate": 1e-4}
+    job_id = _create(pg_stack, train, hyper, valid, model=SMOLLM2_NAME)
+    done = pg_stack.wait_status(job_id, {"succeeded"}, timeout=1800)
+    assert math.isfinite(done["metrics"]["valid_loss"])
+    assert 0.0 <= done["metrics"]["valid_token_accuracy"] <= 1.0
+    with pg_stack.client() as c:
+        archive = c.get(f"/v1/files/{done['result_files'][0]}/content").content
+    delta = extract(archive, tmp_path / "delta")
+    merged = tmp_path / "merged"
+    merge_delta(SMOLLM2_NAME, delta, merged, models_dir=default_models_dir())
+    assert generate(merged, "Hi! How was your weekend?", max_new_tokens=16).strip()
