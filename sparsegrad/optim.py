@@ -131,13 +131,19 @@ class SparseGradAdamW(torch.optim.Optimizer):
         first = layers[0]
         n = first.d_out * first.d_in
         st = self.state[first.coef]
-        grads = torch.stack([m.coef.grad.reshape(-1) for m in layers])  # type: ignore[union-attr]  # (L, N)
+        flat = [m.coef.grad.reshape(-1) for m in layers]  # type: ignore[union-attr]
         if not st:
-            st["index"] = torch.zeros(0, dtype=torch.int64, device=grads.device)
+            st["index"] = torch.zeros(0, dtype=torch.int64, device=flat[0].device)
             for key in _SPARSE_KEYS:
-                st[key] = grads.new_zeros(0)
-        top = self._support(layers, grads, st)  # (L, k)
-        g = grads.gather(1, top).reshape(-1)  # (L·k,)
+                st[key] = flat[0].new_zeros(0)
+        if self.support == "fixed" and not self.refresh_every:
+            # the gradient is only read on the support: gather there, no (L, N) copy
+            top = torch.stack([m.support_index for m in layers])  # type: ignore[misc]  # (L, k)
+            g = torch.cat([f[t] for f, t in zip(flat, top, strict=True)])  # (L·k,)
+        else:
+            grads = torch.stack(flat)  # (L, N)
+            top = self._support(layers, grads, st)  # (L, k)
+            g = grads.gather(1, top).reshape(-1)  # (L·k,)
         gid = (top + n * torch.arange(len(layers), device=top.device).unsqueeze(1)).reshape(-1)  # sorted
         if self.support == "fixed" and not torch.equal(st["index"], gid):
             self._move_fixed_state(layers, st, gid, n)
