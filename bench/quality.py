@@ -10,7 +10,8 @@ SGFT_BENCH_QUALITY_TRAIN (--train, default 2000 examples), SGFT_BENCH_QUALITY_SE
 SGFT_BENCH_QUALITY_METHODS (--methods, "full,lora,meprop,sparsegrad"), SGFT_BENCH_QUALITY_LR (--lr,
 learning-rate overrides "method=value,…" for tuning), SGFT_BENCH_QUALITY_EPOCHS
 (--epochs, 2), SGFT_BENCH_QUALITY_DEV (--dev, 872), SGFT_BENCH_QUALITY_THREADS (--threads, torch's
-default). The defaults are sized for ~40 minutes on 2 idle CPU
+default), SGFT_BENCH_QUALITY_JOBS (--jobs, runs at a time in worker processes, default 1; on 2 cores
+`--jobs 2 --threads 1` keeps both busy). The defaults are sized for ~40 minutes on 2 idle CPU
 cores; `--train 400 --seeds 0 --dev 200` checks the machinery in a few minutes.
 """
 
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import random
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +91,22 @@ def run_one(
         "trainable_parameters": int(result.metrics["trainable_parameters"]),
         "loss_curve": curve,
     }
+
+
+def _set_threads(threads: int) -> None:
+    if threads > 0:  # on a busy machine one thread per process avoids OpenMP thrashing
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _run_and_print(args: tuple[Any, ...]) -> dict[str, Any]:
+    row = run_one(*args)
+    acc, wall = 100 * row["accuracy"], row["wall_s"]
+    print(
+        f"{row['method']} seed {row['seed']}: dev accuracy {acc:.2f}% in {wall:.0f} s ({row['steps']} steps)"
+    )
+    return row
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -162,14 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--lr", default=_env("LR", ""), help="learning-rate overrides, e.g. sparsegrad=3e-3,lora=1e-3"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=int(_env("JOBS", "1")), help="runs at a time, each in its own process"
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv if argv is not None else [])
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(
-            args.threads
-        )  # on a busy machine one thread per process avoids OpenMP thrashing
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(methods) - set(METHOD_HP)
@@ -177,16 +193,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {sorted(METHOD_HP)}")
     lrs = {m.strip(): float(v) for m, _, v in (x.partition("=") for x in args.lr.split(",") if x.strip())}
     args.out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sgft-quality-") as tmp:
         train, valid = write_data(Path(tmp) / "data", args.train, args.dev)
-        for seed in seeds:
-            for method in methods:
-                work = Path(tmp) / f"{method}-{seed}"
-                row = run_one(method, seed, args.epochs, train, valid, work, lrs.get(method))
-                rows.append(row)
-                acc, wall = 100 * row["accuracy"], row["wall_s"]
-                print(f"{method} seed {seed}: dev accuracy {acc:.2f}% in {wall:.0f} s ({row['steps']} steps)")
+        runs = [
+            (method, seed, args.epochs, train, valid, Path(tmp) / f"{method}-{seed}", lrs.get(method))
+            for seed in seeds
+            for method in methods
+        ]
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker, torch threads its own
+        with ProcessPoolExecutor(args.jobs, ctx, initializer=_set_threads, initargs=(args.threads,)) as pool:
+            rows = list(pool.map(_run_and_print, runs))
     summary = summarize(rows)
     text = table(summary)
     print(text)
@@ -195,7 +211,12 @@ def main(argv: list[str] | None = None) -> None:
         "data": {"train": args.train, "train_sample_seed": 0, "dev": args.dev, "max_seq_length": 128},
         "epochs": args.epochs,
         "seeds": seeds,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads": args.threads or None},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "threads": args.threads or None,
+            "jobs": args.jobs,
+        },
         "summary": summary,
         "runs": rows,
     }
