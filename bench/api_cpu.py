@@ -17,15 +17,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 
-from bench.service_load import PG_ADMIN, REDIS, _admin, seed, start_api
-from migrations import upgrade
+from bench.service_load import scratch_service
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -72,69 +69,41 @@ def main() -> None:
     n = int(os.environ.get("SGFT_CPU_REQUESTS", "2000"))
     profile_dir = os.environ.get("SGFT_CPU_PROFILE")
     py_spy = shutil.which("py-spy") if profile_dir else None
-    name = f"sgft_cpu_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    secret = "bench-secret-key-0123456789"
-    _admin(f"CREATE DATABASE {name}")
-    api: subprocess.Popen[bytes] | None = None
-    try:
-        upgrade(url)
-        with tempfile.TemporaryDirectory(prefix="sgft-cpu-") as tmp:
-            data = Path(tmp)
-            ids = seed(url, data, secret)
-            port = int(os.environ.get("SGFT_BENCH_PORT", "8766"))
-            env = {k: v for k, v in os.environ.items() if not k.startswith("SGFT_")}
-            env.update(
-                {
-                    "SGFT_DATA_DIR": str(data),
-                    "SGFT_DATABASE_URL": url,
-                    "SGFT_BROKER_URL": REDIS,
-                    "SGFT_QUEUE_PREFIX": f"cpu-{uuid.uuid4().hex[:8]}-",
-                    "SGFT_SECRET_KEY": secret,
-                    "SGFT_ARTIFACTS_URL": str(data / "artifacts"),
-                }
-            )
-            api = start_api(env, port, 1, data / "api.log")
-            base = f"http://127.0.0.1:{port}/v1/fine_tuning/jobs"
-            routes = {
-                "get_job": f"{base}/{ids['job']}",
-                "list_jobs": f"{base}?limit=20",
-                "list_jobs_after": f"{base}?limit=20&after={ids['mid_job']}",
-                "events": f"{base}/{ids['job']}/events?limit=20&after={ids['job']}-1000",
-            }
-            headers = {"Authorization": f"Bearer {ids['key']}"}
-            print(f"loadavg {open('/proc/loadavg').read().strip()}")
-            with httpx.Client() as client:
-                for label, target in routes.items():
-                    spy = None
-                    if py_spy and profile_dir:
-                        out = Path(profile_dir) / f"{label}.txt"
-                        cmd = [py_spy, "record", "-p", str(api.pid), "-r", "200", "--format", "raw", "--gil"]
-                        spy = subprocess.Popen(
-                            [*cmd, "-o", str(out), "--nonblocking"],
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                        )
-                        time.sleep(1.0)
-                    ms = measure(client, target, headers, n, api.pid)
-                    if spy is not None:
-                        spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
-                        spy.wait(timeout=60)
-                    print(
-                        f"{label:16s} API CPU {ms['user'] + ms['system']:.2f} ms/req (user {ms['user']:.2f}, "
-                        f"system {ms['system']:.2f}); PostgreSQL CPU {ms['postgres']:.2f} ms/req; "
-                        f"wall {ms['wall']:.2f} ms/req",
-                        flush=True,
+    port = int(os.environ.get("SGFT_BENCH_PORT", "8766"))
+    with scratch_service("cpu", port, 1) as svc:
+        api, ids = svc.api, svc.ids
+        base = f"{svc.base}/v1/fine_tuning/jobs"
+        routes = {
+            "get_job": f"{base}/{ids['job']}",
+            "list_jobs": f"{base}?limit=20",
+            "list_jobs_after": f"{base}?limit=20&after={ids['mid_job']}",
+            "events": f"{base}/{ids['job']}/events?limit=20&after={ids['job']}-1000",
+        }
+        headers = {"Authorization": f"Bearer {ids['key']}"}
+        print(f"loadavg {open('/proc/loadavg').read().strip()}")
+        with httpx.Client() as client:
+            for label, target in routes.items():
+                spy = None
+                if py_spy and profile_dir:
+                    out = Path(profile_dir) / f"{label}.txt"
+                    cmd = [py_spy, "record", "-p", str(api.pid), "-r", "200", "--format", "raw", "--gil"]
+                    spy = subprocess.Popen(
+                        [*cmd, "-o", str(out), "--nonblocking"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
                     )
-            print(f"loadavg {open('/proc/loadavg').read().strip()}")
-    finally:
-        if api is not None:
-            subprocess.run(["kill", "--", f"-{api.pid}"], check=False)
-            api.wait(timeout=30)
-        from core.db import get_engine
-
-        get_engine(url).dispose()
-        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                    time.sleep(1.0)
+                ms = measure(client, target, headers, n, api.pid)
+                if spy is not None:
+                    spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+                    spy.wait(timeout=60)
+                print(
+                    f"{label:16s} API CPU {ms['user'] + ms['system']:.2f} ms/req (user {ms['user']:.2f}, "
+                    f"system {ms['system']:.2f}); PostgreSQL CPU {ms['postgres']:.2f} ms/req; "
+                    f"wall {ms['wall']:.2f} ms/req",
+                    flush=True,
+                )
+        print(f"loadavg {open('/proc/loadavg').read().strip()}")
 
 
 if __name__ == "__main__":

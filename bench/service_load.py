@@ -19,6 +19,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +132,57 @@ def start_api(env: dict[str, str], port: int, workers: int, logs: Path) -> subpr
     raise RuntimeError(f"API did not start:\n{logs.read_text()[-3000:]}")
 
 
+@dataclass
+class Scratch:
+    """A running API on a scratch database (see `scratch_service`)."""
+
+    url: str  # database URL
+    prefix: str  # broker queue prefix
+    ids: dict[str, str]  # what `seed` created
+    api: subprocess.Popen[bytes]
+    base: str  # http://127.0.0.1:PORT
+
+
+@contextmanager
+def scratch_service(
+    tag: str, port: int, workers: int, extra_env: dict[str, str] | None = None
+) -> Iterator[Scratch]:
+    """A scratch PostgreSQL database (migrated, seeded) and the API on it; all removed on exit."""
+    name = f"sgft_{tag}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    prefix = f"{tag}-{uuid.uuid4().hex[:8]}-"
+    secret = "bench-secret-key-0123456789"
+    _admin(f"CREATE DATABASE {name}")
+    api: subprocess.Popen[bytes] | None = None
+    try:
+        upgrade(url)
+        with tempfile.TemporaryDirectory(prefix=f"sgft-{tag}-") as tmp:
+            data = Path(tmp)
+            ids = seed(url, data, secret)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SGFT_")}
+            env.update(
+                {
+                    "SGFT_DATA_DIR": str(data),
+                    "SGFT_DATABASE_URL": url,
+                    "SGFT_BROKER_URL": REDIS,
+                    "SGFT_QUEUE_PREFIX": prefix,
+                    "SGFT_SECRET_KEY": secret,
+                    "SGFT_ARTIFACTS_URL": str(data / "artifacts"),
+                    **(extra_env or {}),
+                }
+            )
+            api = start_api(env, port, workers, data / "api.log")
+            yield Scratch(url, prefix, ids, api, f"http://127.0.0.1:{port}")
+    finally:
+        if api is not None:
+            subprocess.run(["kill", "--", f"-{api.pid}"], check=False)
+            api.wait(timeout=30)
+        from core.db import get_engine
+
+        get_engine(url).dispose()
+        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def cpu_seconds(root: int) -> float:
     """User+system CPU of process `root` and its children (the uvicorn workers), from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -164,76 +218,44 @@ def main() -> None:
         return
     seconds = float(os.environ.get("SGFT_BENCH_SECONDS", "5"))
     workers = int(os.environ.get("SGFT_BENCH_API_WORKERS", "2"))
-    name = f"sgft_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    prefix = f"bench-{uuid.uuid4().hex[:8]}-"
-    secret = "bench-secret-key-0123456789"
-    _admin(f"CREATE DATABASE {name}")
-    api: subprocess.Popen[bytes] | None = None
-    try:
-        upgrade(url)
-        with tempfile.TemporaryDirectory(prefix="sgft-bench-") as tmp:
-            data = Path(tmp)
-            ids = seed(url, data, secret)
-            port = int(os.environ.get("SGFT_BENCH_PORT", "8765"))
-            env = {k: v for k, v in os.environ.items() if not k.startswith("SGFT_")}
-            env.update(
-                {
-                    "SGFT_DATA_DIR": str(data),
-                    "SGFT_DATABASE_URL": url,
-                    "SGFT_BROKER_URL": REDIS,
-                    "SGFT_QUEUE_PREFIX": prefix,
-                    "SGFT_SECRET_KEY": secret,
-                    "SGFT_JOB_RATE_LIMIT": "1000000",
-                    "SGFT_ARTIFACTS_URL": str(data / "artifacts"),
-                }
-            )
-            api = start_api(env, port, workers, data / "api.log")
-            base = f"http://127.0.0.1:{port}"
-            auth = {"Authorization": f"Bearer {ids['key']}"}
-            create_body = json.dumps({"model": "all-MiniLM-L6-v2", "training_file": ids["file"]})
-            cells = [
-                ("GET job", f"{base}/v1/fine_tuning/jobs/{ids['job']}", "GET", None),
-                ("list jobs (first page of 10,000)", f"{base}/v1/fine_tuning/jobs?limit=20", "GET", None),
-                (
-                    "list jobs (after= mid-table)",
-                    f"{base}/v1/fine_tuning/jobs?limit=20&after={ids['mid_job']}",
-                    "GET",
-                    None,
-                ),
-                (
-                    "events page (2,000 events, after=)",
-                    f"{base}/v1/fine_tuning/jobs/{ids['job']}/events?limit=20&after={ids['job']}-1000",
-                    "GET",
-                    None,
-                ),
-                ("create job", f"{base}/v1/fine_tuning/jobs", "POST", create_body),
-            ]
-            load_before = os.getloadavg()
-            results: list[dict[str, Any]] = []
-            for label, target, method, body in cells:
-                headers = {**auth, "Content-Type": "application/json"} if body else auth
-                for clients in CLIENTS:
-                    cpu = cpu_seconds(api.pid)
-                    r = wrk.run(target, clients, seconds, headers, method, body).to_dict()
-                    r["api_cpu_ms_per_request"] = (cpu_seconds(api.pid) - cpu) * 1000 / max(r["requests"], 1)
-                    results.append({"endpoint": label, **r})
-                    print(
-                        f"  {label} @ {clients}: {r['requests_per_second']:.0f} req/s, "
-                        f"p99 {r['p99_ms']:.1f} ms",
-                        flush=True,
-                    )
-            burst_result = burst(base, auth, create_body, BURST, 64)
-            order = queue_order(REDIS, f"{prefix}cpu", burst_result["ids_by_client"], url)
-            load_after = os.getloadavg()
-    finally:
-        if api is not None:
-            subprocess.run(["kill", "--", f"-{api.pid}"], check=False)
-            api.wait(timeout=30)
-        from core.db import get_engine
-
-        get_engine(url).dispose()
-        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    port = int(os.environ.get("SGFT_BENCH_PORT", "8765"))
+    with scratch_service("bench", port, workers, {"SGFT_JOB_RATE_LIMIT": "1000000"}) as svc:
+        api, ids, base = svc.api, svc.ids, svc.base
+        auth = {"Authorization": f"Bearer {ids['key']}"}
+        create_body = json.dumps({"model": "all-MiniLM-L6-v2", "training_file": ids["file"]})
+        cells = [
+            ("GET job", f"{base}/v1/fine_tuning/jobs/{ids['job']}", "GET", None),
+            ("list jobs (first page of 10,000)", f"{base}/v1/fine_tuning/jobs?limit=20", "GET", None),
+            (
+                "list jobs (after= mid-table)",
+                f"{base}/v1/fine_tuning/jobs?limit=20&after={ids['mid_job']}",
+                "GET",
+                None,
+            ),
+            (
+                "events page (2,000 events, after=)",
+                f"{base}/v1/fine_tuning/jobs/{ids['job']}/events?limit=20&after={ids['job']}-1000",
+                "GET",
+                None,
+            ),
+            ("create job", f"{base}/v1/fine_tuning/jobs", "POST", create_body),
+        ]
+        load_before = os.getloadavg()
+        results: list[dict[str, Any]] = []
+        for label, target, method, body in cells:
+            headers = {**auth, "Content-Type": "application/json"} if body else auth
+            for clients in CLIENTS:
+                cpu = cpu_seconds(api.pid)
+                r = wrk.run(target, clients, seconds, headers, method, body).to_dict()
+                r["api_cpu_ms_per_request"] = (cpu_seconds(api.pid) - cpu) * 1000 / max(r["requests"], 1)
+                results.append({"endpoint": label, **r})
+                print(
+                    f"  {label} @ {clients}: {r['requests_per_second']:.0f} req/s, p99 {r['p99_ms']:.1f} ms",
+                    flush=True,
+                )
+        burst_result = burst(base, auth, create_body, BURST, 64)
+        order = queue_order(REDIS, f"{svc.prefix}cpu", burst_result["ids_by_client"], svc.url)
+        load_after = os.getloadavg()
     summary: dict[str, Any] = {
         "config": {
             "api": f"uvicorn api.app:create_app --factory --workers {workers} (no access log)",
