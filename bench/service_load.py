@@ -268,7 +268,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "loadavg_before": load_before,
             "loadavg_after": load_after,
-            "note": "shared 2-core machine: other engineers' CPU work ran at the same time",
+            "note": "wrk and PostgreSQL share the machine with the API; the load averages show other work",
         },
         "results": results,
         "burst": {k: v for k, v in burst_result.items() if k != "ids_by_client"} | order,
