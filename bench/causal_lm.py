@@ -9,7 +9,8 @@ step (model loading, SparseGrad's basis phase), peak resident memory, trainable 
 
 `python -m bench.causal_lm` (or `SGFT_BENCH=causal_lm make bench`) prints a Markdown table and writes
 bench/out/causal_lm.json. Knobs (environment): SGFT_BENCH_CAUSAL_STEPS (default 30),
-SGFT_BENCH_CAUSAL_VARIANTS (comma list or "all"; default sparsegrad,sparsegrad-fixed,lora,full),
+SGFT_BENCH_CAUSAL_VARIANTS (comma list or "all"; default: the
+SparseGrad dynamic, fixed and 2k-block variants, lora, full),
 SGFT_BENCH_CAUSAL_JOBS (variants run at a time, default 1), SGFT_DATA_DIR (models under
 $SGFT_DATA_DIR/models). `python -m bench.causal_lm --report` rebuilds the table and JSON from the last
 run's result files. Cost: about 150 forward/backward passes of batch 2 x ~120 tokens in all (20 of them
@@ -58,6 +59,15 @@ SG = {"learning_rate": 1e-3, "density": 0.01, "basis_steps": 10}
 VARIANTS = [
     Variant("sparsegrad", "sparsegrad", SG, "MLP up+down, density 1%"),
     Variant("sparsegrad-fixed", "sparsegrad", {**SG, "support": "fixed"}, "MLP up+down, 1%, fixed support"),
+    Variant(
+        "sparsegrad-block", "sparsegrad", {**SG, "support_block": 2}, "MLP up+down, 1%, dynamic in a 2k block"
+    ),
+    Variant(
+        "sparsegrad-fixed-block",
+        "sparsegrad",
+        {**SG, "support": "fixed", "support_block": 2},
+        "MLP up+down, 1%, fixed in a 2k block",
+    ),
     Variant("lora", "lora", {"learning_rate": 1e-3, "lora_rank": 4}, "MLP up+down, rank 4"),
     Variant("full", "full", {"learning_rate": 5e-5}, "all weights"),
     # Opt-in (SGFT_BENCH_CAUSAL_VARIANTS): the paper's optional gate_proj, and a subset of blocks.
@@ -66,7 +76,14 @@ VARIANTS = [
     ),
     Variant("sparsegrad/3", "sparsegrad", {**SG, "target_modules": EVERY_THIRD}, "up+down, every 3rd block"),
 ]
-DEFAULT_VARIANTS = ["sparsegrad", "sparsegrad-fixed", "lora", "full"]
+DEFAULT_VARIANTS = [
+    "sparsegrad",
+    "sparsegrad-fixed",
+    "sparsegrad-block",
+    "sparsegrad-fixed-block",
+    "lora",
+    "full",
+]
 
 
 def _dir_bytes(path: Path | None) -> int:

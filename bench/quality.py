@@ -8,7 +8,8 @@ trainable parameters. Writes bench/out/quality.json, bench/out/quality.md and be
 `python -m bench.quality` (or `SGFT_BENCH=quality make bench`). Knobs (environment or flags):
 SGFT_BENCH_QUALITY_TRAIN (--train, default 2000 examples), SGFT_BENCH_QUALITY_SEEDS (--seeds, "0,1,2"),
 SGFT_BENCH_QUALITY_METHODS (--methods, "full,lora,meprop,sparsegrad"), SGFT_BENCH_QUALITY_LR (--lr,
-learning-rate overrides "method=value,…" for tuning), SGFT_BENCH_QUALITY_EPOCHS
+learning-rate overrides "method=value,…" for tuning), SGFT_BENCH_QUALITY_HP (--hp, any other
+hyper-parameter "method.key=value,…", e.g. sparsegrad.support=fixed), SGFT_BENCH_QUALITY_EPOCHS
 (--epochs, 2), SGFT_BENCH_QUALITY_DEV (--dev, 872), SGFT_BENCH_QUALITY_THREADS (--threads, torch's
 default), SGFT_BENCH_QUALITY_JOBS (--jobs, runs at a time in worker processes, default 1; on 2 cores
 `--jobs 2 --threads 1` keeps both busy). The defaults are sized for ~40 minutes on 2 idle CPU
@@ -66,14 +67,19 @@ def write_data(folder: Path, n_train: int, n_dev: int, data_seed: int = 0) -> tu
 
 
 def run_one(
-    method: str, seed: int, epochs: float, train: Path, valid: Path, work: Path, lr: float | None = None
+    method: str,
+    seed: int,
+    epochs: float,
+    train: Path,
+    valid: Path,
+    work: Path,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One fine-tune; returns its row (dev metrics, wall time, trainable parameters, loss curve)."""
     from training import JobSpec, run_training
 
     hp = {**COMMON, **METHOD_HP[method], "n_epochs": epochs, "eval_every": 10**6, "checkpoint_every": 10**6}
-    if lr is not None:
-        hp["learning_rate"] = lr
+    hp.update(overrides or {})
     spec = JobSpec(model=MODEL, method=method, task="classification", hyperparameters=hp, seed=seed)  # type: ignore[arg-type]
     started = time.perf_counter()
     result = run_training(spec, train, valid, work)
@@ -91,6 +97,31 @@ def run_one(
         "trainable_parameters": int(result.metrics["trainable_parameters"]),
         "loss_curve": curve,
     }
+
+
+def parse_overrides(hp: str, lr: str = "") -> dict[str, dict[str, Any]]:
+    """Per-method overrides from "method.key=value,…" (values read as JSON where they parse, else strings)
+    and the learning-rate shorthand "method=value,…"."""
+    out: dict[str, dict[str, Any]] = {}
+    items = [x.strip() for x in hp.split(",") if x.strip()]
+    items += [
+        f"{x.strip().partition('=')[0]}.learning_rate={x.partition('=')[2]}"
+        for x in lr.split(",")
+        if x.strip()
+    ]
+    for item in items:
+        name, eq, value = item.partition("=")
+        method, dot, key = name.partition(".")
+        if not eq or not dot or method not in METHOD_HP:
+            raise SystemExit(
+                f"bad override {item!r}: expected method.key=value with a method of {sorted(METHOD_HP)}"
+            )
+        try:
+            parsed: Any = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(method, {})[key] = parsed
+    return out
 
 
 def _set_threads(threads: int) -> None:
@@ -182,6 +213,11 @@ def main(argv: list[str] | None = None) -> None:
         "--lr", default=_env("LR", ""), help="learning-rate overrides, e.g. sparsegrad=3e-3,lora=1e-3"
     )
     parser.add_argument(
+        "--hp",
+        default=_env("HP", ""),
+        help="other hyper-parameter overrides, e.g. sparsegrad.support=fixed,sparsegrad.basis_steps=30",
+    )
+    parser.add_argument(
         "--jobs", type=int, default=int(_env("JOBS", "1")), help="runs at a time, each in its own process"
     )
     parser.add_argument("--out", type=Path, default=OUT_DIR)
@@ -191,12 +227,12 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(methods) - set(METHOD_HP)
     if unknown:
         raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {sorted(METHOD_HP)}")
-    lrs = {m.strip(): float(v) for m, _, v in (x.partition("=") for x in args.lr.split(",") if x.strip())}
+    overrides = parse_overrides(args.hp, args.lr)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sgft-quality-") as tmp:
         train, valid = write_data(Path(tmp) / "data", args.train, args.dev)
         runs = [
-            (method, seed, args.epochs, train, valid, Path(tmp) / f"{method}-{seed}", lrs.get(method))
+            (method, seed, args.epochs, train, valid, Path(tmp) / f"{method}-{seed}", overrides.get(method))
             for seed in seeds
             for method in methods
         ]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sparsegrad.config import SparseGradConfig
+from sparsegrad.function import column_major
 from sparsegrad.targets import Target, find_target_modules, is_conv1d, module_weight
 
 
@@ -21,8 +22,8 @@ class Basis:
     """Orthogonal bases per group: P (D_out, D_out), Q (D_in, D_in), columns by descending singular value.
 
     `layer_group` maps each target layer name to its group key; `grad_sum` holds each layer's gradient summed
-    over the basis steps (original basis, (D_out, D_in)), used to choose a fixed support (kept only when the
-    config asks for support="fixed").
+    over the basis steps (original basis, (D_out, D_in)), used to choose a fixed support or a support block
+    (kept only when the config asks for either).
     """
 
     p: dict[str, torch.Tensor]
@@ -62,7 +63,10 @@ class Basis:
             meta = f.metadata() or {}
             for key in f.keys():
                 kind, _, name = key.partition("::")
-                getattr(out, {"p": "p", "q": "q", "grad_sum": "grad_sum"}[kind])[name] = f.get_tensor(key)
+                tensor = f.get_tensor(key)
+                if kind in ("p", "q"):
+                    tensor = column_major(tensor)
+                getattr(out, {"p": "p", "q": "q", "grad_sum": "grad_sum"}[kind])[name] = tensor
         out.layer_group = {k[len("group::") :]: v for k, v in meta.items() if k.startswith("group::")}
         out.steps = int(meta.get("steps", "0"))
         out.extra_seconds = float(meta.get("extra_seconds", "0"))
@@ -72,7 +76,7 @@ class Basis:
 def _eigvecs_desc(gram: torch.Tensor) -> torch.Tensor:
     """Eigenvectors of a symmetric PSD (D, D) matrix whose upper triangle is set, by descending eigenvalue."""
     _, vecs = torch.linalg.eigh(gram, UPLO="U")
-    return vecs.flip(1).contiguous()
+    return column_major(vecs.flip(1))
 
 
 def _gram_add(acc: torch.Tensor, x: torch.Tensor, rows: bool) -> None:
@@ -148,8 +152,8 @@ def compute_basis(
                         assert grad is not None, f"no gradient reached target layer {name}"
                         g = (grad.t() if is_conv1d(m) else grad).float()  # (D_out, D_in) layout
                         by_group.setdefault(group_of[name], []).append(g)
-                        if cfg.support != "fixed":
-                            pass  # the summed gradient only serves to choose a fixed support
+                        if cfg.support != "fixed" and cfg.support_block is None:
+                            pass  # the summed gradient only serves to choose a fixed support or a block
                         elif name in grad_sum:
                             grad_sum[name].add_(g)
                         else:

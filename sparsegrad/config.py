@@ -44,6 +44,15 @@ class SparseGradConfig:
         default=None,
         metadata={"help": "Fixed support only: re-choose the support every R optimizer steps (None: never)."},
     )
+    support_block: float | None = field(
+        default=None,
+        metadata={
+            "help": "Confine every support (fixed or dynamic) to a block of support_block·k coefficients: "
+            "the rows and columns of the HOSVD basis where the basis phase's gradient has the most energy. "
+            "The backward and the weight update then cost in proportion to the block's rows and columns, "
+            "not to how far an unconfined top-k spreads. None: unconfined (the paper)."
+        },
+    )
     basis_steps: int = field(
         default=10, metadata={"help": "Gradient steps of the preliminary phase that builds the HOSVD basis."}
     )
@@ -109,6 +118,12 @@ class SparseGradConfig:
             )
         if self.support not in ("dynamic", "fixed"):
             raise ValueError(f"support must be 'dynamic' or 'fixed', got {self.support!r}")
+        if self.support_block is not None:
+            if isinstance(self.support_block, bool) or not isinstance(self.support_block, int | float):
+                raise ValueError(f"support_block must be a number >= 1 or None, got {self.support_block!r}")
+            if self.support_block < 1:
+                raise ValueError(f"support_block must be >= 1 (a block holds k), got {self.support_block}")
+            self.support_block = float(self.support_block)
         if self.support_refresh_every is not None:
             if self.support != "fixed":
                 raise ValueError("support_refresh_every applies to support='fixed' only")

@@ -24,6 +24,8 @@ class SparseGradLinear(nn.Module):
       cheaply each step and folded into the `delta_index` / `delta_value` buffers every few steps.
     - `support_index`: the fixed support (k sorted flat indices) when support="fixed", else None. With
       `grad_on_support_only` (a fixed support that is never re-chosen) dL/dC is computed there only.
+    - `block`: with config support_block, the rows × columns every support stays in; dL/dC is computed on
+      it only (on the fixed support itself when that is never re-chosen).
     `P`/`Q` are None for MeProp (identity basis). The base weight never has requires_grad.
     """
 
@@ -64,6 +66,7 @@ class SparseGradLinear(nn.Module):
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.grad_on_support_only = False
         self._support: Support | None = None
+        self.block: Support | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -74,12 +77,16 @@ class SparseGradLinear(nn.Module):
         w = linear_weight(self.base_layer)
         bias = module_bias(self.base_layer)
         if torch.is_grad_enabled() and self.coef.requires_grad:
-            return SparseGradFunction.apply(x, self.coef, w, bias, self.P, self.Q, True, self._grad_support())
+            return SparseGradFunction.apply(x, self.coef, w, bias, self.P, self.Q, True, self.grad_support())
         return F.linear(x, w, bias)
 
-    def _grad_support(self) -> Support | None:
-        """The support to restrict dL/dC to, cached while `support_index` stays the same tensor."""
-        if not self.grad_on_support_only or self.support_index is None:
+    def grad_support(self) -> Support | None:
+        """Where dL/dC is computed (None: everywhere): a fixed support never re-chosen, else the block."""
+        return self.fixed_support() if self.grad_on_support_only else self.block
+
+    def fixed_support(self) -> Support | None:
+        """`support_index` as a Support (cached while it stays the same tensor); None when not fixed."""
+        if self.support_index is None:
             return None
         if self._support is None or self._support.flat is not self.support_index:
             self._support = Support.of(self.support_index, self.d_in)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 from sparsegrad.basis import Basis
 from sparsegrad.config import SparseGradConfig
+from sparsegrad.function import Support
 from sparsegrad.layer import SparseGradLinear
 from sparsegrad.targets import Target, find_target_modules, get_submodule_parent, module_weight
 
@@ -94,16 +96,37 @@ def _set_trainable(
                 p.requires_grad_(True)
 
 
-def _fixed_support(
-    grad_sum: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None, k: int
-) -> torch.Tensor:
-    """k sorted flat indices of the largest |Pᵀ G Q| for the basis phase's summed gradient G (D_out, D_in)."""
+def _rotated(grad_sum: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None) -> torch.Tensor:
+    """Pᵀ G Q for the basis phase's summed gradient G (D_out, D_in)."""
     g = grad_sum.float()
     if p is not None:
         g = p.t() @ g
     if q is not None:
         g = g @ q
-    return torch.topk(g.abs().reshape(-1), k, sorted=False).indices.sort().values
+    return g
+
+
+def support_block(g: torch.Tensor, k: int, factor: float) -> Support:
+    """The rows × columns block of about factor·k coefficients where |g|² (the rotated basis-phase gradient)
+    has the most energy: rows and columns chosen apart, by their summed energy. Its shape R/C = D_in/D_out
+    minimises the backward's extra products N·(D_out·R + D_in·C) for a given area R·C >= k."""
+    d_out, d_in = g.shape
+    area = min(d_out * d_in, math.ceil(factor * k))
+    r = min(d_out, max(1, round(math.sqrt(area * d_in / d_out))))
+    c = min(d_in, math.ceil(area / r))
+    r = min(d_out, math.ceil(area / c))
+    energy = g.square()
+    rows = torch.topk(energy.sum(1), r, sorted=False).indices.sort().values
+    cols = torch.topk(energy.sum(0), c, sorted=False).indices.sort().values
+    return Support.block(rows, cols, d_in)
+
+
+def _fixed_support(g: torch.Tensor, k: int, block: Support | None) -> torch.Tensor:
+    """k sorted flat indices of the largest |g| (rotated basis-phase gradient), within `block` if given."""
+    if block is None:
+        return torch.topk(g.abs().reshape(-1), k, sorted=False).indices.sort().values
+    inside = g.reshape(-1)[block.flat].abs()
+    return block.flat[torch.topk(inside, k, sorted=False).indices].sort().values
 
 
 def inject(
@@ -123,6 +146,7 @@ def inject(
     targets = find_target_modules(model, cfg.target_modules, cfg.include_gate_proj, cfg.layers)
     task = cfg.task or infer_task(model)
     prints: dict[str, str] = {}
+    on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
     for t in targets:
         base = model.get_submodule(t.name)
         base_weight = module_weight(base)
@@ -136,15 +160,25 @@ def inject(
                     f"layer is ({t.d_out}, {t.d_in})"
                 )
             dev = base_weight.device
-            p, q = p.to(dev), q.to(dev)
+            key = (basis.layer_group[t.name], dev)
+            if key not in on_device:  # one copy per group and device, shared by its layers
+                on_device[key] = (p.to(dev), q.to(dev))
+            p, q = on_device[key]
         k = max(1, round(cfg.density * t.d_out * t.d_in))
-        support = None
-        if cfg.support == "fixed":
+        support = block = None
+        if cfg.support == "fixed" or cfg.support_block is not None:
             if basis is None or t.name not in basis.grad_sum:
-                raise ValueError(f"support='fixed' needs the basis phase's gradient for layer {t.name!r}")
-            support = _fixed_support(basis.grad_sum[t.name].to(base_weight.device), p, q, k)
+                raise ValueError(
+                    f"support='fixed' and support_block need the basis phase's gradient for layer {t.name!r}"
+                )
+            g = _rotated(basis.grad_sum[t.name].to(base_weight.device), p, q)
+            if cfg.support_block is not None:
+                block = support_block(g, k, cfg.support_block)
+            if cfg.support == "fixed":
+                support = _fixed_support(g, k, block)
         layer = SparseGradLinear(base, p, q, k, t.group, support)
         layer.grad_on_support_only = support is not None and not cfg.support_refresh_every
+        layer.block = block
         parent, child = get_submodule_parent(model, t.name)
         setattr(parent, child, layer)
     heads = find_head_modules(model, task)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sparsegrad._index import merge_sorted, relay, restrict
-from sparsegrad.function import apply_group_update
+from sparsegrad.function import Support, apply_support_update
 from sparsegrad.layer import SparseGradLinear
 from sparsegrad.model import get_info, sparse_layers
 
@@ -136,22 +136,35 @@ class SparseGradAdamW(torch.optim.Optimizer):
             st["index"] = torch.zeros(0, dtype=torch.int64, device=flat[0].device)
             for key in _SPARSE_KEYS:
                 st[key] = flat[0].new_zeros(0)
+        blocks = [m_.block for m_ in layers]
         if self.support == "fixed" and not self.refresh_every:
             # the gradient is only read on the support: gather there, no (L, N) copy
             top = torch.stack([m.support_index for m in layers])  # type: ignore[misc]  # (L, k)
             g = torch.cat([f[t] for f, t in zip(flat, top, strict=True)])  # (L·k,)
+            supports = [m_.fixed_support() for m_ in layers]
         else:
-            grads = torch.stack(flat)  # (L, N)
-            top = self._support(layers, grads, st)  # (L, k)
-            g = grads.gather(1, top).reshape(-1)  # (L·k,)
+            if self.support == "dynamic" and all(b is not None for b in blocks):
+                # top-k among the blocks' entries (dL/dC is zero outside them)
+                cand = torch.stack([b.flat for b in blocks])  # type: ignore[union-attr]  # (L, A), rows sorted
+                inside = torch.stack([f[c] for f, c in zip(flat, cand, strict=True)])  # (L, A)
+                pick = torch.topk(inside.abs(), first.k, dim=1, sorted=False).indices.sort(dim=1).values
+                top, g = cand.gather(1, pick), inside.gather(1, pick).reshape(-1)
+            else:
+                grads = torch.stack(flat)  # (L, N)
+                top = self._support(layers, grads, st)  # (L, k)
+                g = grads.gather(1, top).reshape(-1)  # (L·k,)
+            supports = [Support.of(t, first.d_in) for t in top]
         gid = (top + n * torch.arange(len(layers), device=top.device).unsqueeze(1)).reshape(-1)  # sorted
         if self.support == "fixed" and not torch.equal(st["index"], gid):
             self._move_fixed_state(layers, st, gid, n)
-        merged, pos, layout = merge_sorted(st["index"], gid)
-        if layout is not None:
-            for key in _SPARSE_KEYS:
-                st[key] = relay(st[key], layout)
-            st["index"] = merged
+        if self.support == "fixed":  # the state holds exactly this support, in this order
+            pos = torch.arange(gid.numel(), device=gid.device)
+        else:
+            merged, pos, layout = merge_sorted(st["index"], gid)
+            if layout is not None:
+                for key in _SPARSE_KEYS:
+                    st[key] = relay(st[key], layout)
+                st["index"] = merged
         step = st["step"][pos] + 1
         m = st["exp_avg"][pos].lerp_(g, 1 - b1)
         v = st["exp_avg_sq"][pos].mul_(b2).addcmul_(g, g, value=1 - b2)
@@ -166,9 +179,9 @@ class SparseGradAdamW(torch.optim.Optimizer):
         st["exp_avg_sq"][pos] = v
         st["delta"][pos] = delta + update
         update2 = update.view(len(layers), -1)  # (L, k)
-        apply_group_update(
-            [m_.weight for m_ in layers], top // first.d_in, top % first.d_in, update2, first.P, first.Q
-        )
+        for layer, sup, upd in zip(layers, supports, update2, strict=True):
+            # W += P S Qᵀ through the basis columns of this step's support only
+            apply_support_update(layer.weight, sup, upd, layer.P, layer.Q)  # type: ignore[arg-type]
         for layer, idx, upd in zip(layers, top, update2, strict=True):
             layer.record_update(idx, upd)
 

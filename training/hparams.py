@@ -17,6 +17,7 @@
 | density | 0.01 (SparseGrad / MeProp: share of MLP coefficients updated per step) | [1e-4, 1] |
 | basis_steps | 10 (SparseGrad's preliminary gradient steps) | [1, 200] |
 | support | "dynamic" ("fixed") | choice |
+| support_block | none: supports unconfined; a number confines them to a block of that many times k | [1, 1000] |
 | lora_rank | rank whose trainable MLP parameters match SparseGrad's k (lora_rank_for) | [1, 512] |
 | target_modules | "auto" (MLP up/down); a comma list of names / suffixes, a list, or a regex | text |
 | train_layernorm | false | bool |
@@ -61,6 +62,7 @@ class Hyper:
     density: float
     basis_steps: int
     support: str
+    support_block: float | None
     lora_rank: int | None
     target_modules: str | list[str]
     train_layernorm: bool
@@ -190,6 +192,7 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
         density=get("density", 0.01),
         basis_steps=get("basis_steps", 10),
         support=get("support", "dynamic"),
+        support_block=get("support_block", None),
         lora_rank=get("lora_rank", None),
         target_modules=_target_modules(raw.get("target_modules")),
         train_layernorm=get("train_layernorm", False),

@@ -48,6 +48,7 @@ def sparse_config(
         density=hp.density,
         target_modules=hp.target_modules,
         support="dynamic" if method == "meprop" else hp.support,  # type: ignore[arg-type]
+        support_block=hp.support_block if method == "sparsegrad" else None,
         basis_steps=hp.basis_steps,
         task=task,  # type: ignore[arg-type]
         labels=labels,

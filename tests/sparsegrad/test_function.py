@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsegrad.function import SparseGradFunction, apply_sparse_update, coefficient_grad
+from sparsegrad.function import (
+    SparseGradFunction,
+    Support,
+    apply_sparse_update,
+    apply_support_update,
+    coefficient_grad,
+)
 
 
 def _orth(n: int, seed: int) -> torch.Tensor:
@@ -78,3 +84,7 @@ def test_apply_sparse_update_matches_dense(shape: tuple[int, int], which: str) -
     wt = torch.zeros(d_in, d_out, dtype=torch.float64)  # Conv1D layout: update through the transposed view
     apply_sparse_update(wt.t(), rows, cols, vals, p, q)
     torch.testing.assert_close(wt.t(), expect)
+    # a fixed support's update goes through its own basis columns only, with the same result
+    ws = torch.zeros(d_out, d_in, dtype=torch.float64)
+    apply_support_update(ws, Support.of(flat, d_in), vals, p, q)
+    torch.testing.assert_close(ws, expect)

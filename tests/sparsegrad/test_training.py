@@ -231,3 +231,58 @@ def test_fixed_support_gradient_only_on_the_support_trains_the_same(kind: str) -
 def test_support_refresh_keeps_the_dense_gradient() -> None:
     model, _, _ = _prepared("bert", support="fixed", support_refresh_every=2)
     assert not any(m.grad_on_support_only for m in sg.sparse_layers(model).values())
+
+
+@pytest.mark.parametrize(("kind", "support"), [("bert", "dynamic"), ("gpt2", "dynamic"), ("bert", "fixed")])
+def test_support_block_confines_every_step_to_the_block(kind: str, support: str) -> None:
+    """With support_block, dL/dC is computed on the block only and every step still changes exactly k
+    coefficients, all inside the block; the optimizer never holds state outside it."""
+    model, _, batches = _prepared(kind, support=support, support_block=2.0)
+    opt = sg.make_optimizer(model, lr=1e-2)
+    layers = sg.sparse_layers(model)
+    for m in layers.values():
+        assert m.block is not None and m.block.flat.numel() >= 2 * m.k
+    for batch in batches[3:6]:
+        before = {n: m.weight.detach().double().clone() for n, m in layers.items()}
+        model(**batch).loss.backward()
+        for m in layers.values():
+            outside = torch.ones(m.d_out * m.d_in, dtype=torch.bool)
+            outside[m.block.flat] = False  # type: ignore[union-attr]
+            assert torch.count_nonzero(m.coef.grad.reshape(-1)[outside]) == 0
+        opt.step()
+        opt.zero_grad()
+        for n, m in layers.items():
+            dc = m.P.double().t() @ (m.weight.double() - before[n]) @ m.Q.double()  # ΔC of this step
+            changed = (dc.abs() > 1e-6).reshape(-1)
+            outside = torch.ones_like(changed)
+            outside[m.block.flat] = False  # type: ignore[union-attr]
+            assert int(changed.sum()) == m.k, f"{n}: {int(changed.sum())} changed, expected k={m.k}"
+            assert not changed[outside].any(), f"{n}: a coefficient outside the block changed"
+    for m in layers.values():
+        assert bool(torch.isin(opt.state_entries(m), m.block.flat).all())  # type: ignore[union-attr]
+
+
+def test_support_block_gradient_equals_the_dense_one_on_the_block() -> None:
+    blocked, _, batches = _prepared("bert", support_block=3.0)
+    dense, _, _ = _prepared("bert")
+    blocked(**batches[3]).loss.backward()
+    dense(**batches[3]).loss.backward()
+    for name, m in sg.sparse_layers(blocked).items():
+        g_d = sg.sparse_layers(dense)[name].coef.grad.reshape(-1)
+        torch.testing.assert_close(
+            m.coef.grad.reshape(-1)[m.block.flat], g_d[m.block.flat], rtol=1e-4, atol=1e-6
+        )  # type: ignore[union-attr]
+
+
+def test_support_block_takes_the_rows_and_columns_with_the_most_energy() -> None:
+    from sparsegrad.model import support_block
+
+    g = torch.full((20, 10), 0.01)
+    g[3, 1] = g[7, 4] = 5.0
+    g[3, 4] = g[7, 1] = -4.0
+    block = support_block(g, k=4, factor=2.0)
+    assert block.rows.tolist() == [3, 7]  # shape R/C = D_in/D_out: 2 rows x 4 columns for an area of 8
+    assert block.cols.numel() == 4 and {1, 4} <= set(block.cols.tolist())
+    assert block.flat.tolist() == sorted(block.flat.tolist())
+    with pytest.raises(ValueError, match="support_block must be >= 1"):
+        sg.SparseGradConfig(support_block=0.5)
