@@ -284,5 +284,3 @@ def test_support_block_takes_the_rows_and_columns_with_the_most_energy() -> None
     assert block.rows.tolist() == [3, 7]  # shape R/C = D_in/D_out: 2 rows x 4 columns for an area of 8
     assert block.cols.numel() == 4 and {1, 4} <= set(block.cols.tolist())
     assert block.flat.tolist() == sorted(block.flat.tolist())
-    with pytest.raises(ValueError, match="support_block must be >= 1"):
-        sg.SparseGradConfig(support_block=0.5)

@@ -100,11 +100,13 @@ class StopAfter:
         return self.reason if self.seen >= self.n else None
 
 
-@pytest.mark.parametrize("method", ["sparsegrad", "full"])
+@pytest.mark.parametrize(
+    ("method", "extra"), [("sparsegrad", {}), ("sparsegrad", {"support_block": 2}), ("full", {})]
+)
 def test_paused_then_resumed_equals_uninterrupted(
-    method: str, tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
+    method: str, extra: dict[str, Any], tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
 ) -> None:
-    hyper: dict[str, Any] = {"eval_every": 4, "checkpoint_every": 5}
+    hyper: dict[str, Any] = {"eval_every": 4, "checkpoint_every": 5, **extra}
     straight = train(tmp_path / "straight", sst2, models_dir, method, **hyper)
     stopper = StopAfter(7, "pause")
     saved: list[int] = []
