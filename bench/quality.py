@@ -5,6 +5,11 @@ seeded sample of SST-2 train), is evaluated on the whole SST-2 dev set (872 sent
 dynamic padding. Reported per method over seeds: dev accuracy mean and spread (min-max), wall time per run,
 trainable parameters. Writes bench/out/quality.json, bench/out/quality.md and bench/out/loss_curves.png.
 
+Two set-ups. The default is the service's: LoRA, MeProp and SparseGrad train only the MLP layers (adapters or
+sparse coefficients) and the classifier head. `--rest-dense` (SGFT_BENCH_QUALITY_REST_DENSE=1) is the
+paper's GLUE set-up: they also train every other weight (attention, embeddings, norms, head) densely, at
+full fine-tuning's learning rate (no separate tuning); outputs then go to quality_rest_dense.*.
+
 `python -m bench.quality` (or `SGFT_BENCH=quality make bench`). Knobs (environment or flags):
 SGFT_BENCH_QUALITY_TRAIN (--train, default 2000 examples), SGFT_BENCH_QUALITY_SEEDS (--seeds, "0,1,2"),
 SGFT_BENCH_QUALITY_METHODS (--methods, "full,lora,meprop,sparsegrad"), SGFT_BENCH_QUALITY_LR (--lr,
@@ -220,6 +225,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--jobs", type=int, default=int(_env("JOBS", "1")), help="runs at a time, each in its own process"
     )
+    parser.add_argument(
+        "--rest-dense",
+        action="store_true",
+        default=_env("REST_DENSE", "") not in ("", "0"),
+        help="the paper's set-up: non-target weights also train densely, at full fine-tuning's LR",
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv if argv is not None else [])
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -228,6 +239,11 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {sorted(METHOD_HP)}")
     overrides = parse_overrides(args.hp, args.lr)
+    if args.rest_dense:
+        for method in set(METHOD_HP) - {"full"}:
+            paper = {"train_rest_dense": True, "learning_rate": METHOD_HP["full"]["learning_rate"]}
+            overrides[method] = {**paper, **overrides.get(method, {})}
+    stem = "quality_rest_dense" if args.rest_dense else "quality"
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sgft-quality-") as tmp:
         train, valid = write_data(Path(tmp) / "data", args.train, args.dev)
@@ -246,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": MODEL,
         "data": {"train": args.train, "train_sample_seed": 0, "dev": args.dev, "max_seq_length": 128},
         "epochs": args.epochs,
+        "rest_dense": args.rest_dense,
         "seeds": seeds,
         "machine": {
             "cpus": os.cpu_count(),
@@ -256,12 +273,12 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "runs": rows,
     }
-    (args.out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "quality.md").write_text(
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(
         f"SST-2, {MODEL}: {args.train} training examples, {args.epochs:g} epochs, dev {args.dev}, "
         f"seeds {seeds}\n\n" + text
     )
-    plot(rows, args.out / "loss_curves.png")
+    plot(rows, args.out / ("loss_curves_rest_dense.png" if args.rest_dense else "loss_curves.png"))
 
 
 if __name__ == "__main__":

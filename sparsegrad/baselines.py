@@ -36,11 +36,14 @@ def apply_lora(
     include_gate_proj: bool = False,
     layers: list[int] | None = None,
     task: str | None = None,
+    train_rest_dense: bool = False,
 ) -> Any:
     """Wrap `model` with peft LoRA on the SparseGrad target layers; returns the PeftModel.
 
     alpha defaults to 2·rank. The task head trains densely (peft `modules_to_save`) by default for
-    classification, not for a causal LM, as for SparseGrad.
+    classification, not for a causal LM, as for SparseGrad. `train_rest_dense` (the paper's GLUE setup, as
+    SparseGradConfig.train_rest_dense): every other module with weights also trains densely and is saved
+    (`modules_to_save`), and the target layers' biases train (peft bias="lora_only").
     """
     from peft import LoraConfig, get_peft_model
 
@@ -50,12 +53,22 @@ def apply_lora(
     task = task or infer_task(model)
     train_head = train_head if train_head is not None else task != "causal_lm"
     heads = find_head_modules(model, task) if train_head else []
+    if train_rest_dense:
+        names = {t.name for t in targets}
+        heads += [
+            n
+            for n, m in model.named_modules()
+            if n not in names
+            and not any(n == h or n.startswith(h + ".") for h in heads)
+            and any(True for _ in m.parameters(recurse=False))
+        ]
     lora_cfg = LoraConfig(
         r=rank,
         lora_alpha=alpha if alpha is not None else 2 * rank,  # type: ignore[arg-type]
         lora_dropout=dropout,
         target_modules=[t.name for t in targets],
         modules_to_save=heads or None,
+        bias="lora_only" if train_rest_dense else "none",
         fan_in_fan_out=any(t.transposed for t in targets),
     )
     return get_peft_model(model, lora_cfg)

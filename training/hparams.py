@@ -17,10 +17,11 @@
 | density | 0.01 (SparseGrad / MeProp: share of MLP coefficients updated per step) | [1e-4, 1] |
 | basis_steps | 10 (SparseGrad's preliminary gradient steps) | [1, 200] |
 | support | "dynamic" ("fixed") | choice |
-| support_block | none: supports unconfined; a number confines them to a block of that many times k | [1, 1000] |
+| support_block | none (unconfined); x confines supports to a block of x·k coefficients | [1, 1000] |
 | lora_rank | rank whose trainable MLP parameters match SparseGrad's k (lora_rank_for) | [1, 512] |
 | target_modules | "auto" (MLP up/down); a comma list of names / suffixes, a list, or a regex | text |
 | train_layernorm | false | bool |
+| train_rest_dense | false (true: every non-target weight also trains, the paper's GLUE setup) | bool |
 | lr_scheduler | "linear" ("cosine"), after linear warmup | choice |
 | weight_decay | 0.0 | [0, 1] |
 | eval_at_start | true: evaluate before the first step (the "before" numbers) | bool |
@@ -66,6 +67,7 @@ class Hyper:
     lora_rank: int | None
     target_modules: str | list[str]
     train_layernorm: bool
+    train_rest_dense: bool
     lr_scheduler: str
     weight_decay: float
     eval_at_start: bool
@@ -196,6 +198,7 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
         lora_rank=get("lora_rank", None),
         target_modules=_target_modules(raw.get("target_modules")),
         train_layernorm=get("train_layernorm", False),
+        train_rest_dense=get("train_rest_dense", False),
         lr_scheduler=get("lr_scheduler", "linear"),
         weight_decay=get("weight_decay", 0.0),
         eval_at_start=get("eval_at_start", True),

@@ -54,6 +54,7 @@ def sparse_config(
         labels=labels,
         base_model_id=base_id,
         train_layernorm=hp.train_layernorm,
+        train_rest_dense=hp.train_rest_dense,
     )
 
 
@@ -74,7 +75,13 @@ def prepare(
         )
     elif method == "lora":
         lora_rank = hp.lora_rank or sg.lora_rank_for(model, hp.density, cfg.target_modules)
-        model = sg.apply_lora(model, target_modules=cfg.target_modules, rank=lora_rank, task=cfg.task)
+        model = sg.apply_lora(
+            model,
+            target_modules=cfg.target_modules,
+            rank=lora_rank,
+            task=cfg.task,
+            train_rest_dense=hp.train_rest_dense,
+        )
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
     elif method == "meprop":

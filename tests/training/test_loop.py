@@ -42,14 +42,25 @@ def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize("method", ["full", "sparsegrad", "lora", "meprop"])
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("full", {}),
+        ("sparsegrad", {}),
+        ("lora", {}),
+        ("meprop", {}),
+        # the paper's GLUE setup: everything but the target layers' base weights also trains densely
+        ("sparsegrad", {"train_rest_dense": True}),
+        ("lora", {"train_rest_dense": True}),
+    ],
+)
 def test_each_method_trains_and_merges_to_a_plain_model(
-    method: str, tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
+    method: str, extra: dict[str, Any], tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
 ) -> None:
     steps: list[StepInfo] = []
     evals: list[tuple[int, dict[str, float]]] = []
     hooks = Hooks(on_step=steps.append, on_eval=lambda s, m: evals.append((s, m)))
-    result = train(tmp_path / "run", sst2, models_dir, method, hooks=hooks)
+    result = train(tmp_path / "run", sst2, models_dir, method, hooks=hooks, **extra)
     assert result.status == "completed" and result.step == result.total_steps == 16
     assert [s.step for s in steps] == list(range(1, 17)) and steps[-1].eta_seconds == 0.0
     assert steps[0].learning_rate < steps[1].learning_rate  # warmup
@@ -74,6 +85,10 @@ def test_each_method_trains_and_merges_to_a_plain_model(
             enc = tokenizer(row["text"], truncation=True, max_length=32, return_tensors="pt")
             losses.append(float(plain(**enc, labels=torch.tensor([row["label"]])).loss))
     assert sum(losses) / len(losses) == pytest.approx(result.metrics["valid_loss"], abs=1e-4)
+    base = AutoModelForSequenceClassification.from_pretrained(models_dir / "tiny-bert")
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    attention_trained = not torch.equal(plain.state_dict()[query], base.state_dict()[query])
+    assert attention_trained == (method == "full" or bool(extra.get("train_rest_dense")))
 
 
 def test_same_seed_same_result_other_seed_differs(
