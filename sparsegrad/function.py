@@ -98,8 +98,8 @@ def support_grad(
     support: Support,
     shape: tuple[int, int],
 ) -> torch.Tensor:
-    """dL/dC on the support only (zeros elsewhere), (D_out, D_in): the (rows × cols) block of it through
-    the support's basis columns, which costs a fraction of the dense dL/dC when the support is clustered."""
+    """dL/dC on the support only, as a sparse COO (D_out, D_in): the (rows × cols) block of it through the
+    support's basis columns, which costs a fraction of the dense dL/dC when the support is clustered."""
     if p is None:
         gy, p_r = gy.index_select(1, support.rows), None
     else:
@@ -109,9 +109,26 @@ def support_grad(
     else:
         q_c = basis_columns(q, support.cols)
     block = coefficient_grad(gy, x, p_r, q_c)  # (|rows|, |cols|)
-    out = block.new_zeros(shape[0] * shape[1])
-    out[support.flat] = block[support.row_pos, support.col_pos]
-    return out.view(shape)
+    # sparse COO, not a dense (D_out, D_in) of zeros: allocating and filling one per layer and step costs
+    # more than the products above; `flat` is sorted and unique, so the entries are already coalesced
+    coo = torch.stack([support.flat // shape[1], support.flat % shape[1]])
+    values = block[support.row_pos, support.col_pos]
+    return torch.sparse_coo_tensor(coo, values, shape, is_coalesced=True, check_invariants=False)
+
+
+def values_at(grad: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """A (D_out, D_in) gradient, dense or sparse COO, at sorted flat `index` (zeros where it has none)."""
+    if not grad.is_sparse:
+        return grad.reshape(-1)[index]
+    grad = grad.coalesce()  # no-op for one backward; sums the parts of accumulated micro-batches
+    ij = grad.indices()
+    at = ij[0] * grad.shape[1] + ij[1]  # sorted: coalesced entries are in row-major order
+    if torch.equal(at, index):
+        return grad.values()
+    pos = torch.searchsorted(at, index).clamp(max=max(at.numel() - 1, 0))
+    found = at[pos] == index if at.numel() else torch.zeros_like(index, dtype=torch.bool)
+    vals = grad.values()[pos] if at.numel() else grad.values().new_zeros(index.numel())
+    return torch.where(found, vals, torch.zeros_like(vals))
 
 
 def apply_sparse_update(
@@ -176,12 +193,12 @@ def _csr(row: torch.Tensor, col: torch.Tensor, val: torch.Tensor, n_rows: int, n
 
 
 class SparseGradFunction(torch.autograd.Function):
-    """Y = X (W + P A Qᵀ)ᵀ + b with gradient dL/dA = Pᵀ (dL/dW) Q, dense (D_out, D_in).
+    """Y = X (W + P A Qᵀ)ᵀ + b with gradient dL/dA = Pᵀ (dL/dW) Q, (D_out, D_in).
 
     In training A is a zero-stride placeholder (`coef_is_zero=True`): the live coefficients are folded into W,
     so the forward is plain F.linear. With a real A (gradcheck) the same backward is exercised. Rows of dY
-    that are all zero (padding) are skipped in every backward product. With a `support`, dL/dA is computed
-    on it only (zeros elsewhere): for a fixed support that the optimizer never re-chooses.
+    that are all zero (padding) are skipped in every backward product. With a `support` (a fixed support the
+    optimizer never re-chooses, or a support block), dL/dA is computed on it only, as a sparse COO tensor.
     """
 
     @staticmethod

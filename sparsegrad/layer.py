@@ -18,7 +18,8 @@ class SparseGradLinear(nn.Module):
     """Wraps an nn.Linear / Conv1D. Forward is the original layer's (plain W, no rotation).
 
     - `coef`: a zero-stride (D_out, D_in) placeholder Parameter; its `.grad` is dL/dC = Pᵀ (dL/dW) Q, dense,
-      accumulated by autograd (so gradient accumulation and clipping behave as usual). The optimizer picks
+      or a sparse COO on `grad_support()` when there is one, accumulated by autograd (so gradient
+      accumulation behaves as usual). The optimizer picks
       the top-k entries and folds the update into `base_layer.weight` (W = P C Qᵀ).
     - `delta()`: ΔC = C − C_init as sorted flat int64 indices + values (the adapter); updates are logged
       cheaply each step and folded into the `delta_index` / `delta_value` buffers every few steps.

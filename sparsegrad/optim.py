@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sparsegrad._index import merge_sorted, relay, restrict
-from sparsegrad.function import Support, apply_support_update
+from sparsegrad.function import Support, apply_support_update, values_at
 from sparsegrad.layer import SparseGradLinear
 from sparsegrad.model import get_info, sparse_layers
 
@@ -131,26 +131,26 @@ class SparseGradAdamW(torch.optim.Optimizer):
         first = layers[0]
         n = first.d_out * first.d_in
         st = self.state[first.coef]
-        flat = [m.coef.grad.reshape(-1) for m in layers]  # type: ignore[union-attr]
+        grads_in = [m.coef.grad for m in layers]  # dense, or sparse COO on a support / block
         if not st:
-            st["index"] = torch.zeros(0, dtype=torch.int64, device=flat[0].device)
+            st["index"] = torch.zeros(0, dtype=torch.int64, device=first.weight.device)
             for key in _SPARSE_KEYS:
-                st[key] = flat[0].new_zeros(0)
+                st[key] = first.weight.new_zeros(0, dtype=first.coef.dtype)
         blocks = [m_.block for m_ in layers]
         if self.support == "fixed" and not self.refresh_every:
             # the gradient is only read on the support: gather there, no (L, N) copy
             top = torch.stack([m.support_index for m in layers])  # type: ignore[misc]  # (L, k)
-            g = torch.cat([f[t] for f, t in zip(flat, top, strict=True)])  # (L·k,)
+            g = torch.cat([values_at(f, t) for f, t in zip(grads_in, top, strict=True)])  # type: ignore[arg-type]
             supports = [m_.fixed_support() for m_ in layers]
         else:
             if self.support == "dynamic" and all(b is not None for b in blocks):
                 # top-k among the blocks' entries (dL/dC is zero outside them)
                 cand = torch.stack([b.flat for b in blocks])  # type: ignore[union-attr]  # (L, A), rows sorted
-                inside = torch.stack([f[c] for f, c in zip(flat, cand, strict=True)])  # (L, A)
+                inside = torch.stack([values_at(f, c) for f, c in zip(grads_in, cand, strict=True)])  # type: ignore[arg-type]
                 pick = torch.topk(inside.abs(), first.k, dim=1, sorted=False).indices.sort(dim=1).values
                 top, g = cand.gather(1, pick), inside.gather(1, pick).reshape(-1)
             else:
-                grads = torch.stack(flat)  # (L, N)
+                grads = torch.stack([f.to_dense().reshape(-1) for f in grads_in])  # type: ignore[union-attr]  # (L, N)
                 top = self._support(layers, grads, st)  # (L, k)
                 g = grads.gather(1, top).reshape(-1)  # (L·k,)
             supports = [Support.of(t, first.d_in) for t in top]
