@@ -180,7 +180,7 @@ def table(summary: list[dict[str, Any]]) -> str:
     return head + body + "\n"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, title: str = f"{MODEL} on SST-2") -> None:
     """Training loss per step (moving average over 10 steps, mean over seeds), one line per method."""
     import matplotlib
 
@@ -196,7 +196,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.plot(steps, smooth, label=method)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (10-step moving average)")
-    ax.set_title(f"{MODEL} on SST-2")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -278,7 +278,10 @@ def main(argv: list[str] | None = None) -> None:
         f"SST-2, {MODEL}: {args.train} training examples, {args.epochs:g} epochs, dev {args.dev}, "
         f"seeds {seeds}\n\n" + text
     )
-    plot(rows, args.out / ("loss_curves_rest_dense.png" if args.rest_dense else "loss_curves.png"))
+    if args.rest_dense:
+        plot(rows, args.out / "loss_curves_rest_dense.png", f"{MODEL} on SST-2, other weights dense")
+    else:
+        plot(rows, args.out / "loss_curves.png")
 
 
 if __name__ == "__main__":
