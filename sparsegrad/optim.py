@@ -15,8 +15,8 @@ from sparsegrad.layer import SparseGradLinear
 from sparsegrad.model import get_info, sparse_layers
 
 _SPARSE_KEYS = ("exp_avg", "exp_avg_sq", "step", "delta")
-# A fixed support whose rows or columns number at most this share of the layer's smaller side is synced
-# through its own basis columns (cost D_out·D_in·min(|rows|, |cols|)); else the group shares one update.
+# A step's support whose rows or columns number at most this share of the layer's smaller side is synced
+# through its own basis columns (cost D_out·D_in·min(|rows|, |cols|)); the others share one group update.
 _NARROW = 0.75
 
 
@@ -144,13 +144,7 @@ class SparseGradAdamW(torch.optim.Optimizer):
             # the gradient is only read on the support: gather there, no (L, N) copy
             top = torch.stack([m.support_index for m in layers])  # type: ignore[misc]  # (L, k)
             g = torch.cat([values_at(f, t) for f, t in zip(grads_in, top, strict=True)])  # type: ignore[arg-type]
-            fixed = [m_.fixed_support() for m_ in layers]
-            # through the supports' own basis columns where that is clearly less work than the whole basis
-            narrow = all(
-                min(f.rows.numel(), f.cols.numel()) <= _NARROW * min(first.d_out, first.d_in)  # type: ignore[union-attr]
-                for f in fixed
-            )
-            supports = fixed if narrow else None
+            supports = [m_.fixed_support() for m_ in layers]
         else:
             supports = None
             if self.support == "dynamic" and all(b is not None for b in blocks):
@@ -167,6 +161,8 @@ class SparseGradAdamW(torch.optim.Optimizer):
                 grads = torch.stack([f.to_dense().reshape(-1) for f in grads_in])  # type: ignore[union-attr]  # (L, N)
                 top = self._support(layers, grads, st)  # (L, k)
                 g = grads.gather(1, top).reshape(-1)  # (L·k,)
+            if supports is None:
+                supports = [Support.of(t, first.d_in) for t in top]
         gid = (top + n * torch.arange(len(layers), device=top.device).unsqueeze(1)).reshape(-1)  # sorted
         if self.support == "fixed" and not torch.equal(st["index"], gid):
             self._move_fixed_state(layers, st, gid, n)
@@ -192,12 +188,27 @@ class SparseGradAdamW(torch.optim.Optimizer):
         st["exp_avg_sq"][pos] = v
         st["delta"][pos] = delta + update
         update2 = update.view(len(layers), -1)  # (L, k)
-        if supports is None:  # supports spread over most of the basis: one batched update for the group
-            weights = [m_.weight for m_ in layers]
-            apply_group_update(weights, top // first.d_in, top % first.d_in, update2, first.P, first.Q)
-        else:
-            for layer, sup, upd in zip(layers, supports, update2, strict=True):
+        # W += P S Qᵀ: a support on few rows or columns through its own basis columns; the rest of the group
+        # (supports spread over most of the basis) in one batched update through the whole basis
+        limit = _NARROW * min(first.d_out, first.d_in)
+        wide = []
+        for i, (layer, sup, upd) in enumerate(zip(layers, supports or [], update2, strict=True)):
+            if min(sup.rows.numel(), sup.cols.numel()) <= limit:  # type: ignore[union-attr]
                 apply_support_update(layer.weight, sup, upd, layer.P, layer.Q)  # type: ignore[arg-type]
+            else:
+                wide.append(i)
+        if wide:
+            at = torch.tensor(wide, device=top.device)
+            weights = [layers[i].weight for i in wide]
+            top_w = top.index_select(0, at)
+            apply_group_update(
+                weights,
+                top_w // first.d_in,
+                top_w % first.d_in,
+                update2.index_select(0, at),
+                first.P,
+                first.Q,
+            )
         for layer, idx, upd in zip(layers, top, update2, strict=True):
             layer.record_update(idx, upd)
 
