@@ -164,43 +164,6 @@ def apply_sparse_update(
     weight.add_(delta.to(weight.dtype))
 
 
-def apply_group_update(
-    weights: list[torch.Tensor],
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    values: torch.Tensor,
-    p: torch.Tensor | None,
-    q: torch.Tensor | None,
-) -> None:
-    """weights[l] += P S_l Qᵀ in place for L same-shaped layers sharing (P, Q); rows/cols/values: (L, k).
-
-    One sparse (CSR) product for the whole group on the larger basis (cost L·k·D_big), one batched dense
-    product on the smaller one (L·D_out·D_in·D_small), one foreach add: few, large operations.
-    """
-    n_layers = len(weights)
-    if n_layers == 0:
-        return
-    if p is None and q is None:
-        for w, r, c, v in zip(weights, rows, cols, values, strict=True):
-            w.index_put_((r, c), v.to(w.dtype), accumulate=True)
-        return
-    d_out, d_in = weights[0].shape
-    off = torch.arange(n_layers, device=rows.device).unsqueeze(1)  # (L, 1)
-    vals = values.reshape(-1).to(p.dtype if p is not None else q.dtype)  # type: ignore[union-attr]
-    if q is None or (p is not None and d_out >= d_in):
-        assert p is not None
-        # stacked S_lᵀ: (L·D_in, D_out) sparse; (S_lᵀ Pᵀ) = (P S_l)ᵀ
-        s_t = _csr((cols + off * d_in).reshape(-1), rows.reshape(-1), vals, n_layers * d_in, d_out)
-        ps = (s_t @ p.t()).view(n_layers, d_in, d_out).transpose(1, 2)  # (L, D_out, D_in)
-        delta = ps if q is None else torch.matmul(ps, q.t())
-    else:
-        # stacked S_l: (L·D_out, D_in) sparse; S_l Qᵀ then P ·
-        s = _csr((rows + off * d_out).reshape(-1), cols.reshape(-1), vals, n_layers * d_out, d_in)
-        sq = (s @ q.t()).view(n_layers, d_out, d_in)
-        delta = sq if p is None else torch.matmul(p, sq)
-    torch._foreach_add_(weights, [d.to(w.dtype) for d, w in zip(delta.unbind(0), weights, strict=True)])
-
-
 def apply_support_update(
     weight: torch.Tensor,
     support: Support,

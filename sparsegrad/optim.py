@@ -10,14 +10,11 @@ import torch
 from torch import nn
 
 from sparsegrad._index import merge_sorted, relay, restrict
-from sparsegrad.function import Support, apply_group_update, apply_support_update, values_at
+from sparsegrad.function import Support, apply_support_update, values_at
 from sparsegrad.layer import SparseGradLinear
 from sparsegrad.model import get_info, sparse_layers
 
 _SPARSE_KEYS = ("exp_avg", "exp_avg_sq", "step", "delta")
-# A step's support whose rows or columns number at most this share of the layer's smaller side is synced
-# through its own basis columns (cost D_out·D_in·min(|rows|, |cols|)); the others share one group update.
-_NARROW = 0.75
 
 
 class SparseGradAdamW(torch.optim.Optimizer):
@@ -146,23 +143,17 @@ class SparseGradAdamW(torch.optim.Optimizer):
             g = torch.cat([values_at(f, t) for f, t in zip(grads_in, top, strict=True)])  # type: ignore[arg-type]
             supports = [m_.fixed_support() for m_ in layers]
         else:
-            supports = None
             if self.support == "dynamic" and all(b is not None for b in blocks):
                 # top-k among the blocks' entries (dL/dC is zero outside them)
                 cand = torch.stack([b.flat for b in blocks])  # type: ignore[union-attr]  # (L, A), rows sorted
                 inside = torch.stack([values_at(f, c) for f, c in zip(grads_in, cand, strict=True)])  # type: ignore[arg-type]
                 pick = torch.topk(inside.abs(), first.k, dim=1, sorted=False).indices.sort(dim=1).values
                 top, g = cand.gather(1, pick), inside.gather(1, pick).reshape(-1)
-                supports = [  # this step's entries, through the block's basis columns
-                    Support(t, b.rows, b.cols, b.row_pos[i], b.col_pos[i])  # type: ignore[union-attr]
-                    for t, b, i in zip(top, blocks, pick, strict=True)
-                ]
             else:
                 grads = torch.stack([f.to_dense().reshape(-1) for f in grads_in])  # type: ignore[union-attr]  # (L, N)
                 top = self._support(layers, grads, st)  # (L, k)
                 g = grads.gather(1, top).reshape(-1)  # (L·k,)
-            if supports is None:
-                supports = [Support.of(t, first.d_in) for t in top]
+            supports = [Support.of(t, first.d_in) for t in top]
         gid = (top + n * torch.arange(len(layers), device=top.device).unsqueeze(1)).reshape(-1)  # sorted
         if self.support == "fixed" and not torch.equal(st["index"], gid):
             self._move_fixed_state(layers, st, gid, n)
@@ -188,27 +179,9 @@ class SparseGradAdamW(torch.optim.Optimizer):
         st["exp_avg_sq"][pos] = v
         st["delta"][pos] = delta + update
         update2 = update.view(len(layers), -1)  # (L, k)
-        # W += P S Qᵀ: a support on few rows or columns through its own basis columns; the rest of the group
-        # (supports spread over most of the basis) in one batched update through the whole basis
-        limit = _NARROW * min(first.d_out, first.d_in)
-        wide = []
-        for i, (layer, sup, upd) in enumerate(zip(layers, supports or [], update2, strict=True)):
-            if min(sup.rows.numel(), sup.cols.numel()) <= limit:  # type: ignore[union-attr]
-                apply_support_update(layer.weight, sup, upd, layer.P, layer.Q)  # type: ignore[arg-type]
-            else:
-                wide.append(i)
-        if wide:
-            at = torch.tensor(wide, device=top.device)
-            weights = [layers[i].weight for i in wide]
-            top_w = top.index_select(0, at)
-            apply_group_update(
-                weights,
-                top_w // first.d_in,
-                top_w % first.d_in,
-                update2.index_select(0, at),
-                first.P,
-                first.Q,
-            )
+        for layer, sup, upd in zip(layers, supports, update2, strict=True):
+            # W += P S Qᵀ through the basis columns of this step's support only
+            apply_support_update(layer.weight, sup, upd, layer.P, layer.Q)  # type: ignore[arg-type]
         for layer, idx, upd in zip(layers, top, update2, strict=True):
             layer.record_update(idx, upd)
 

@@ -286,22 +286,3 @@ def test_support_block_takes_the_rows_and_columns_with_the_most_energy() -> None
     assert block.rows.tolist() == [3, 7]  # shape R/C = D_in/D_out: 2 rows x 4 columns for an area of 8
     assert block.cols.numel() == 4 and {1, 4} <= set(block.cols.tolist())
     assert block.flat.tolist() == sorted(block.flat.tolist())
-
-
-def test_fixed_support_sync_per_layer_equals_the_group_update(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The weight sync through a fixed support's own basis columns and the group's batched update through
-    the whole basis give the same weights."""
-    import sparsegrad.optim as optim_module
-
-    results = []
-    for narrow in (1.0, 0.0):  # 1.0: every support counts as narrow (per layer); 0.0: never (group)
-        monkeypatch.setattr(optim_module, "_NARROW", narrow)
-        model, _, batches = _prepared("gpt2", support="fixed")
-        opt = sg.make_optimizer(model, lr=1e-2)
-        for batch in batches[3:6]:
-            model(**batch).loss.backward()
-            opt.step()
-            opt.zero_grad()
-        results.append({n: m.weight.detach().clone() for n, m in sg.sparse_layers(model).items()})
-    for name, w in results[0].items():
-        torch.testing.assert_close(w, results[1][name], rtol=1e-4, atol=1e-6)
