@@ -123,12 +123,9 @@ def values_at(grad: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     grad = grad.coalesce()  # no-op for one backward; sums the parts of accumulated micro-batches
     ij = grad.indices()
     at = ij[0] * grad.shape[1] + ij[1]  # sorted: coalesced entries are in row-major order
-    if torch.equal(at, index):
+    if torch.equal(at, index):  # the usual case: the gradient lives exactly on `index`
         return grad.values()
-    pos = torch.searchsorted(at, index).clamp(max=max(at.numel() - 1, 0))
-    found = at[pos] == index if at.numel() else torch.zeros_like(index, dtype=torch.bool)
-    vals = grad.values()[pos] if at.numel() else grad.values().new_zeros(index.numel())
-    return torch.where(found, vals, torch.zeros_like(vals))
+    return grad.to_dense().reshape(-1)[index]
 
 
 def apply_sparse_update(

@@ -12,6 +12,7 @@ from sparsegrad.function import (
     apply_sparse_update,
     apply_support_update,
     coefficient_grad,
+    values_at,
 )
 
 
@@ -88,3 +89,14 @@ def test_apply_sparse_update_matches_dense(shape: tuple[int, int], which: str) -
     ws = torch.zeros(d_out, d_in, dtype=torch.float64)
     apply_support_update(ws, Support.of(flat, d_in), vals, p, q)
     torch.testing.assert_close(ws, expect)
+
+
+def test_values_at_reads_dense_and_sparse_gradients() -> None:
+    dense = torch.arange(12, dtype=torch.float32).view(3, 4)
+    index = torch.tensor([0, 5, 11])
+    torch.testing.assert_close(values_at(dense, index), torch.tensor([0.0, 5.0, 11.0]))
+    ij = torch.tensor([[0, 1, 2], [1, 1, 3]])  # flat 1, 5, 11
+    part = torch.sparse_coo_tensor(ij, torch.tensor([1.0, 2.0, 3.0]), (3, 4))
+    summed = part + part  # accumulated micro-batches: uncoalesced until read
+    torch.testing.assert_close(values_at(summed, torch.tensor([1, 5, 11])), torch.tensor([2.0, 4.0, 6.0]))
+    torch.testing.assert_close(values_at(summed, index), torch.tensor([0.0, 4.0, 6.0]))  # not all stored
