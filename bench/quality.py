@@ -180,7 +180,7 @@ def table(summary: list[dict[str, Any]]) -> str:
     return head + body + "\n"
 
 
-def plot(rows: list[dict[str, Any]], path: Path, title: str = f"{MODEL} on SST-2") -> None:
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Training loss per step (moving average over 10 steps, mean over seeds), one line per method."""
     import matplotlib
 
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         for method in set(METHOD_HP) - {"full"}:
             paper = {"train_rest_dense": True, "learning_rate": METHOD_HP["full"]["learning_rate"]}
             overrides[method] = {**paper, **overrides.get(method, {})}
-    stem = "quality_rest_dense" if args.rest_dense else "quality"
+    suffix = "_rest_dense" if args.rest_dense else ""  # of every output file name
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sgft-quality-") as tmp:
         train, valid = write_data(Path(tmp) / "data", args.train, args.dev)
@@ -273,15 +273,13 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "runs": rows,
     }
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(
+    (args.out / f"quality{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"quality{suffix}.md").write_text(
         f"SST-2, {MODEL}: {args.train} training examples, {args.epochs:g} epochs, dev {args.dev}, "
         f"seeds {seeds}\n\n" + text
     )
-    if args.rest_dense:
-        plot(rows, args.out / "loss_curves_rest_dense.png", f"{MODEL} on SST-2, other weights dense")
-    else:
-        plot(rows, args.out / "loss_curves.png")
+    title = f"{MODEL} on SST-2" + (", other weights dense" if args.rest_dense else "")
+    plot(rows, args.out / f"loss_curves{suffix}.png", title)
 
 
 if __name__ == "__main__":
