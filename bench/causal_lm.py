@@ -45,6 +45,8 @@ COMMON: dict[str, Any] = {
 }
 # SmolLM2 has 30 blocks; the paper's LLaMA run also tried a subset of blocks (here every third, 10 blocks).
 EVERY_THIRD = r"model\.layers\.(" + "|".join(str(i) for i in range(0, 30, 3)) + r")\.mlp\.(up|down)_proj"
+# The top third (blocks 20-29): the backward pass stops at block 20, no gradient flows through the 20 below.
+TOP_THIRD = r"model\.layers\.(" + "|".join(str(i) for i in range(20, 30)) + r")\.mlp\.(up|down)_proj"
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Variant:
 
 
 SG = {"learning_rate": 1e-3, "density": 0.01, "basis_steps": 10}
+LORA = {"learning_rate": 1e-3, "lora_rank": 4}
 VARIANTS = [
     Variant("sparsegrad", "sparsegrad", SG, "MLP up+down, density 1%"),
     Variant("sparsegrad-fixed", "sparsegrad", {**SG, "support": "fixed"}, "MLP up+down, 1%, fixed support"),
@@ -68,13 +71,21 @@ VARIANTS = [
         {**SG, "support": "fixed", "support_block": 2},
         "MLP up+down, 1%, fixed in a 2k block",
     ),
-    Variant("lora", "lora", {"learning_rate": 1e-3, "lora_rank": 4}, "MLP up+down, rank 4"),
+    Variant("lora", "lora", LORA, "MLP up+down, rank 4"),
     Variant("full", "full", {"learning_rate": 5e-5}, "all weights"),
     # Opt-in (SGFT_BENCH_CAUSAL_VARIANTS): the paper's optional gate_proj, and a subset of blocks.
     Variant(
         "sparsegrad+gate", "sparsegrad", {**SG, "target_modules": "gate_proj,up_proj,down_proj"}, "MLP all 3"
     ),
     Variant("sparsegrad/3", "sparsegrad", {**SG, "target_modules": EVERY_THIRD}, "up+down, every 3rd block"),
+    Variant("sparsegrad-top", "sparsegrad", {**SG, "target_modules": TOP_THIRD}, "up+down, blocks 20-29"),
+    Variant(
+        "sparsegrad-fixed-top",
+        "sparsegrad",
+        {**SG, "support": "fixed", "target_modules": TOP_THIRD},
+        "up+down, blocks 20-29, fixed support",
+    ),
+    Variant("lora-top", "lora", {**LORA, "target_modules": TOP_THIRD}, "rank 4, blocks 20-29"),
 ]
 DEFAULT_VARIANTS = [
     "sparsegrad",

@@ -8,7 +8,8 @@ trainable parameters. Writes bench/out/quality.json, bench/out/quality.md and be
 Two set-ups. The default is the service's: LoRA, MeProp and SparseGrad train only the MLP layers (adapters or
 sparse coefficients) and the classifier head. `--rest-dense` (SGFT_BENCH_QUALITY_REST_DENSE=1) is the
 paper's GLUE set-up: they also train every other weight (attention, embeddings, norms, head) densely, at
-full fine-tuning's learning rate (no separate tuning); outputs then go to quality_rest_dense.*.
+full fine-tuning's learning rate (`dense_learning_rate`), while the method's own parameters (sparse
+coefficients, adapters) keep the method's rate; outputs then go to quality_rest_dense.*.
 
 `python -m bench.quality` (or `SGFT_BENCH=quality make bench`). Knobs (environment or flags):
 SGFT_BENCH_QUALITY_TRAIN (--train, default 2000 examples), SGFT_BENCH_QUALITY_SEEDS (--seeds, "0,1,2"),
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         "--rest-dense",
         action="store_true",
         default=_env("REST_DENSE", "") not in ("", "0"),
-        help="the paper's set-up: non-target weights also train densely, at full fine-tuning's LR",
+        help="the paper's set-up: non-target weights also train densely (at full fine-tuning's LR)",
     )
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv if argv is not None else [])
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = parse_overrides(args.hp, args.lr)
     if args.rest_dense:
         for method in set(METHOD_HP) - {"full"}:
-            paper = {"train_rest_dense": True, "learning_rate": METHOD_HP["full"]["learning_rate"]}
+            paper = {"train_rest_dense": True, "dense_learning_rate": METHOD_HP["full"]["learning_rate"]}
             overrides[method] = {**paper, **overrides.get(method, {})}
     suffix = "_rest_dense" if args.rest_dense else ""  # of every output file name
     args.out.mkdir(parents=True, exist_ok=True)

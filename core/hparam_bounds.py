@@ -12,6 +12,7 @@ NUMBER_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "batch_size": (1, 512, True),
     "learning_rate": (1e-7, 0.1, False),
     "learning_rate_multiplier": (0.01, 100, False),
+    "dense_learning_rate": (1e-7, 0.1, False),
     "max_seq_length": (8, 8192, True),
     "warmup_ratio": (0.0, 0.5, False),
     "gradient_accumulation_steps": (1, 64, True),

@@ -8,6 +8,7 @@
 | batch_size | classification: 8 (n < 500), 16 (n < 5,000), else 32; causal_lm: 2 (n < 50), 4 | [1, 512] |
 | learning_rate | table `BASE_LR[task][method]` × learning_rate_multiplier | [1e-7, 0.1] |
 | learning_rate_multiplier | 1 (scales the auto LR; not allowed together with learning_rate) | [0.01, 100] |
+| dense_learning_rate | learning_rate; what trains densely beside SG/MeProp/LoRA (head, rest) | [1e-7, 0.1] |
 | max_seq_length | classification 128, causal_lm 512; never above the model's position limit | [8, 8192] |
 | warmup_ratio | 0.1 of the optimizer steps | [0, 0.5] |
 | gradient_accumulation_steps | 1 (a step's batch_size examples split into this many parts) | [1, 64] |
@@ -53,6 +54,7 @@ class Hyper:
     n_epochs: float
     batch_size: int
     learning_rate: float
+    dense_learning_rate: float
     max_seq_length: int
     warmup_ratio: float
     gradient_accumulation_steps: int
@@ -180,10 +182,17 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
     if lr is None:
         lr = BASE_LR[task][method] * get("learning_rate_multiplier", 1.0)
         lr = check_number("learning_rate", lr)
+    if method == "full" and not _is_auto(raw.get("dense_learning_rate")):
+        raise HyperparameterError(
+            "dense_learning_rate applies to sparsegrad, meprop and lora; "
+            "full trains every weight at learning_rate",
+            param="dense_learning_rate",
+        )
     return Hyper(
         n_epochs=float(epochs),
         batch_size=batch_size,
         learning_rate=lr,
+        dense_learning_rate=get("dense_learning_rate", lr),
         max_seq_length=max_len,
         warmup_ratio=get("warmup_ratio", 0.1),
         gradient_accumulation_steps=accum,

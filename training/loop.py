@@ -142,9 +142,11 @@ def run_training(
         run.index += hp.batch_size
         batches = [collate(m, run.pad_id, run.task) for m in micro]
         units = [loss_units(b, run.task) for b in batches]
-        lr = get_lr(run.step, hp.learning_rate, warmup, total, hp.lr_scheduler)
+        scale = get_lr(run.step, 1.0, warmup, total, hp.lr_scheduler)
+        lr = hp.learning_rate * scale
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            # A checkpoint from before per-group rates had one rate for all groups.
+            group["lr"] = group.get("base_lr", hp.learning_rate) * scale
         loss_sum = 0.0
         with guard(run.hp, f"step {run.step + 1}"):
             for batch, n in zip(batches, units, strict=True):

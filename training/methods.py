@@ -82,8 +82,12 @@ def prepare(
             task=cfg.task,
             train_rest_dense=hp.train_rest_dense,
         )
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        adapter = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+        rest = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+        groups = [{"params": adapter, "lr": hp.learning_rate}, {"params": rest, "lr": hp.dense_learning_rate}]
+        optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=hp.learning_rate, weight_decay=hp.weight_decay
+        )
     elif method == "meprop":
         model = sg.apply_meprop(model, cfg)
         optimizer = sg.make_optimizer(model, lr=hp.learning_rate, weight_decay=hp.weight_decay)
@@ -95,6 +99,12 @@ def prepare(
         optimizer = sg.make_optimizer(model, lr=hp.learning_rate, weight_decay=hp.weight_decay)
     else:
         raise ValueError(f"unknown method {method!r}")
+    if method in ("sparsegrad", "meprop"):
+        for group in optimizer.param_groups:
+            if group["kind"] == "dense":
+                group["lr"] = hp.dense_learning_rate
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]  # the schedule scales each group's own rate (loop.py)
     if method in ("sparsegrad", "meprop"):
         count = sg.count_trainable_parameters(model)
     else:

@@ -44,12 +44,21 @@ def test_auto_values_follow_data_size_and_method() -> None:
         ({"max_seq_length": 1024}, "max_seq_length must be at most 512 for this model"),
         ({"epochs": 3}, "unknown hyperparameter 'epochs'"),
         ({"n_epochs": True}, "n_epochs must be a number"),
+        ({"dense_learning_rate": 0.5}, "dense_learning_rate must be between 1e-07 and 0.1"),
     ],
 )
 def test_out_of_range_is_refused_with_the_bound(raw: dict[str, object], needle: str) -> None:
     with pytest.raises(HyperparameterError) as err:
         resolve(raw, 100, "classification", "sparsegrad", 512)
     assert needle in err.value.message and err.value.code == "invalid_hyperparameters"
+
+
+def test_dense_learning_rate_defaults_to_learning_rate_and_is_refused_for_full() -> None:
+    assert resolve({"learning_rate": 3e-3}, 100, "classification", "lora", 512).dense_learning_rate == 3e-3
+    own = resolve({"dense_learning_rate": 1e-4}, 100, "classification", "sparsegrad", 512)
+    assert own.dense_learning_rate == 1e-4 and own.learning_rate == BASE_LR["classification"]["sparsegrad"]
+    with pytest.raises(HyperparameterError, match="full trains every weight at learning_rate"):
+        resolve({"dense_learning_rate": 1e-4}, 100, "classification", "full", 512)
 
 
 def test_target_modules_forms() -> None:

@@ -91,6 +91,25 @@ def test_each_method_trains_and_merges_to_a_plain_model(
     assert attention_trained == (method == "full" or bool(extra.get("train_rest_dense")))
 
 
+@pytest.mark.parametrize("method", ["sparsegrad", "lora"])
+def test_dense_learning_rate_drives_only_the_dense_part(
+    method: str, tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
+) -> None:
+    # Near-zero rate for the dense rest: attention stays (Adam moves a weight ~lr per step), the MLP moves.
+    result = train(
+        tmp_path / "run", sst2, models_dir, method, train_rest_dense=True, dense_learning_rate=1e-7
+    )
+    merged = merge_delta("tiny-bert", result.delta_dir, tmp_path / "merged", models_dir=models_dir)  # type: ignore[arg-type]
+    after = AutoModelForSequenceClassification.from_pretrained(merged).state_dict()
+    base = AutoModelForSequenceClassification.from_pretrained(models_dir / "tiny-bert").state_dict()
+
+    def moved(name: str) -> float:
+        return float((after[name] - base[name]).abs().max())
+
+    assert moved("bert.encoder.layer.0.attention.self.query.weight") < 1e-5
+    assert moved("bert.encoder.layer.0.intermediate.dense.weight") > 1e-4
+
+
 def test_same_seed_same_result_other_seed_differs(
     tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
 ) -> None:
