@@ -78,6 +78,12 @@ VARIANTS = [
         "sparsegrad+gate", "sparsegrad", {**SG, "target_modules": "gate_proj,up_proj,down_proj"}, "MLP all 3"
     ),
     Variant("sparsegrad/3", "sparsegrad", {**SG, "target_modules": EVERY_THIRD}, "up+down, every 3rd block"),
+    Variant(
+        "sparsegrad-fixed-block/3",
+        "sparsegrad",
+        {**SG, "support": "fixed", "support_block": 2, "target_modules": EVERY_THIRD},
+        "up+down, every 3rd block, fixed in a 2k block",
+    ),
     Variant("sparsegrad-top", "sparsegrad", {**SG, "target_modules": TOP_THIRD}, "up+down, blocks 20-29"),
     Variant(
         "sparsegrad-fixed-top",

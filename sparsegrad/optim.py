@@ -149,11 +149,16 @@ class SparseGradAdamW(torch.optim.Optimizer):
                 inside = torch.stack([values_at(f, c) for f, c in zip(grads_in, cand, strict=True)])  # type: ignore[arg-type]
                 pick = torch.topk(inside.abs(), first.k, dim=1, sorted=False).indices.sort(dim=1).values
                 top, g = cand.gather(1, pick), inside.gather(1, pick).reshape(-1)
+                # synced through the block's rows and columns: no per-step `unique` of the picked entries
+                supports = [
+                    Support(t, b.rows, b.cols, b.row_pos[p], b.col_pos[p])  # type: ignore[union-attr]
+                    for t, b, p in zip(top, blocks, pick, strict=True)
+                ]
             else:
                 grads = torch.stack([f.to_dense().reshape(-1) for f in grads_in])  # type: ignore[union-attr]  # (L, N)
                 top = self._support(layers, grads, st)  # (L, k)
                 g = grads.gather(1, top).reshape(-1)  # (L·k,)
-            supports = [Support.of(t, first.d_in) for t in top]
+                supports = [Support.of(t, first.d_in) for t in top]
         gid = (top + n * torch.arange(len(layers), device=top.device).unsqueeze(1)).reshape(-1)  # sorted
         if self.support == "fixed" and not torch.equal(st["index"], gid):
             self._move_fixed_state(layers, st, gid, n)
