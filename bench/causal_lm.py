@@ -11,6 +11,7 @@ step (model loading, SparseGrad's basis phase), peak resident memory, trainable 
 bench/out/causal_lm.json. Knobs (environment): SGFT_BENCH_CAUSAL_STEPS (default 30),
 SGFT_BENCH_CAUSAL_VARIANTS (comma list or "all"; default: the
 SparseGrad dynamic, fixed and 2k-block variants, lora, full),
+SGFT_BENCH_CAUSAL_LR (learning rates per variant, "lora=5e-3,sparsegrad=2e-3"; defaults 1e-3 and full 5e-5),
 SGFT_BENCH_CAUSAL_JOBS (variants run at a time, default 1), SGFT_DATA_DIR (models under
 $SGFT_DATA_DIR/models). `python -m bench.causal_lm --report` rebuilds the table and JSON from the last
 run's result files. Cost: about 150 forward/backward passes of batch 2 x ~120 tokens in all (20 of them
@@ -218,7 +219,15 @@ def _selected() -> list[Variant]:
         raise SystemExit(
             f"unknown variant(s) {sorted(unknown)}; choose from {[v.name for v in VARIANTS]} or 'all'"
         )
-    return [v for v in VARIANTS if v.name in wanted]
+    return [_with_rate(v) for v in VARIANTS if v.name in wanted]
+
+
+def _with_rate(v: Variant) -> Variant:
+    """SGFT_BENCH_CAUSAL_LR="lora=5e-3,sparsegrad=2e-3": learning-rate grid points (the name stays)."""
+    rates = dict(x.strip().split("=", 1) for x in os.environ.get("SGFT_BENCH_CAUSAL_LR", "").split(",") if x)
+    if v.name not in rates:
+        return v
+    return Variant(v.name, v.method, {**v.hyperparameters, "learning_rate": float(rates[v.name])}, v.note)
 
 
 def _command(v: Variant, first: bool, work: Path, train: Path, valid: Path, models_dir: Path) -> list[str]:
@@ -285,7 +294,7 @@ def _child(argv: list[str]) -> None:
     for flag in ("--variant", "--train", "--valid", "--work", "--models-dir", "--result", "--eval-at-start"):
         parser.add_argument(flag, required=True)
     args = parser.parse_args(argv)
-    variant = next(v for v in VARIANTS if v.name == args.variant)
+    variant = _with_rate(next(v for v in VARIANTS if v.name == args.variant))
     work = Path(args.work) / variant.name.replace("/", "_")
     shutil.rmtree(work, ignore_errors=True)  # a fresh run, never a leftover checkpoint or delta
     row = run_variant(
