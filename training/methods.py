@@ -82,9 +82,13 @@ def prepare(
             task=cfg.task,
             train_rest_dense=hp.train_rest_dense,
         )
-        adapter = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
-        rest = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
-        groups = [{"params": adapter, "lr": hp.learning_rate}, {"params": rest, "lr": hp.dense_learning_rate}]
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for _, p in trainable], "lr": hp.learning_rate}]
+        if hp.dense_learning_rate != hp.learning_rate:  # one group otherwise, as older checkpoints hold
+            groups = [
+                {"params": [p for n, p in trainable if "lora_" in n], "lr": hp.learning_rate},
+                {"params": [p for n, p in trainable if "lora_" not in n], "lr": hp.dense_learning_rate},
+            ]
         optimizer = torch.optim.AdamW(
             [g for g in groups if g["params"]], lr=hp.learning_rate, weight_decay=hp.weight_decay
         )
