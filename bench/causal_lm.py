@@ -224,10 +224,10 @@ def _selected() -> list[Variant]:
 
 def _with_rate(v: Variant) -> Variant:
     """SGFT_BENCH_CAUSAL_LR="lora=5e-3,sparsegrad=2e-3": learning-rate grid points (the name stays)."""
-    rates = dict(x.strip().split("=", 1) for x in os.environ.get("SGFT_BENCH_CAUSAL_LR", "").split(",") if x)
-    if v.name not in rates:
-        return v
-    return Variant(v.name, v.method, {**v.hyperparameters, "learning_rate": float(rates[v.name])}, v.note)
+    from bench.quality import parse_overrides
+
+    rates = parse_overrides("", os.environ.get("SGFT_BENCH_CAUSAL_LR", ""), names=[x.name for x in VARIANTS])
+    return Variant(v.name, v.method, {**v.hyperparameters, **rates.get(v.name, {})}, v.note)
 
 
 def _command(v: Variant, first: bool, work: Path, train: Path, valid: Path, models_dir: Path) -> list[str]:

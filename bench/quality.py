@@ -33,6 +33,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,10 @@ def run_one(
     }
 
 
-def parse_overrides(hp: str, lr: str = "") -> dict[str, dict[str, Any]]:
+def parse_overrides(hp: str, lr: str = "", names: Iterable[str] = METHOD_HP) -> dict[str, dict[str, Any]]:
     """Per-method overrides from "method.key=value,…" (values read as JSON where they parse, else strings)
-    and the learning-rate shorthand "method=value,…"."""
+    and the learning-rate shorthand "method=value,…"; `names`: the methods (or bench variants) allowed."""
+    names = sorted(names)
     out: dict[str, dict[str, Any]] = {}
     items = [x.strip() for x in hp.split(",") if x.strip()]
     items += [
@@ -118,10 +120,8 @@ def parse_overrides(hp: str, lr: str = "") -> dict[str, dict[str, Any]]:
     for item in items:
         name, eq, value = item.partition("=")
         method, dot, key = name.partition(".")
-        if not eq or not dot or method not in METHOD_HP:
-            raise SystemExit(
-                f"bad override {item!r}: expected method.key=value with a method of {sorted(METHOD_HP)}"
-            )
+        if not eq or not dot or method not in names:
+            raise SystemExit(f"bad override {item!r}: expected method.key=value with a method of {names}")
         try:
             parsed: Any = json.loads(value)
         except json.JSONDecodeError:

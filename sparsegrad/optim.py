@@ -41,10 +41,13 @@ class SparseGradAdamW(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         dense_params: list[nn.Parameter] | None = None,
+        dense_lr: float | None = None,
     ) -> None:
-        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
+        dense_lr = lr if dense_lr is None else dense_lr
+        if min(lr, dense_lr) < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(
-                f"bad AdamW hyperparameters: lr={lr}, betas={betas}, eps={eps}, wd={weight_decay}"
+                f"bad AdamW hyperparameters: lr={lr}, dense_lr={dense_lr}, betas={betas}, eps={eps}, "
+                f"wd={weight_decay}"
             )
         info = get_info(model)
         self.support = info.cfg.support
@@ -61,7 +64,7 @@ class SparseGradAdamW(torch.optim.Optimizer):
         if layers:
             param_groups.append({"params": [m.coef for m in layers], "kind": "sparse"})
         if dense_params:
-            param_groups.append({"params": dense_params, "kind": "dense"})
+            param_groups.append({"params": dense_params, "kind": "dense", "lr": dense_lr})
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         super().__init__(param_groups, defaults)
 
@@ -249,9 +252,11 @@ def make_optimizer(
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    dense_lr: float | None = None,
 ) -> SparseGradAdamW:
-    """Optimizer for an injected model: sparse AdamW on the coefficients, AdamW on dense trainables."""
-    return SparseGradAdamW(model, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    """Optimizer for an injected model: sparse AdamW on the coefficients, AdamW on dense trainables (at
+    `dense_lr` when given, else `lr`)."""
+    return SparseGradAdamW(model, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, dense_lr=dense_lr)
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:

@@ -94,19 +94,19 @@ def prepare(
         )
     elif method == "meprop":
         model = sg.apply_meprop(model, cfg)
-        optimizer = sg.make_optimizer(model, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        optimizer = sg.make_optimizer(
+            model, lr=hp.learning_rate, weight_decay=hp.weight_decay, dense_lr=hp.dense_learning_rate
+        )
     elif method == "sparsegrad":
         if basis is None:
             assert basis_batches is not None
             basis = sg.compute_basis(model, basis_batches, cfg)
         model = sg.inject(model, cfg, basis)
-        optimizer = sg.make_optimizer(model, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        optimizer = sg.make_optimizer(
+            model, lr=hp.learning_rate, weight_decay=hp.weight_decay, dense_lr=hp.dense_learning_rate
+        )
     else:
         raise ValueError(f"unknown method {method!r}")
-    if method in ("sparsegrad", "meprop"):
-        for group in optimizer.param_groups:
-            if group["kind"] == "dense":
-                group["lr"] = hp.dense_learning_rate
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]  # the schedule scales each group's own rate (loop.py)
     if method in ("sparsegrad", "meprop"):
