@@ -27,4 +27,4 @@ NUMBER_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "weight_decay": (0.0, 1.0, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"support": ("dynamic", "fixed"), "lr_scheduler": ("linear", "cosine")}
-BOOLS: tuple[str, ...] = ("train_layernorm", "train_rest_dense", "eval_at_start")
+BOOLS: tuple[str, ...] = ("train_layernorm", "train_rest_dense", "eval_at_start", "per_layer_basis")

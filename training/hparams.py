@@ -17,6 +17,7 @@
 | early_stopping_patience | 0 = off (evaluations without a better valid_loss before stopping) | [0, 100] |
 | density | 0.01 (SparseGrad / MeProp: share of MLP coefficients updated per step) | [1e-4, 1] |
 | basis_steps | 10 (SparseGrad's preliminary gradient steps) | [1, 200] |
+| per_layer_basis | false (one HOSVD basis per role, shared by all blocks); true: one per layer | bool |
 | support | "dynamic" ("fixed") | choice |
 | support_block | none (unconfined); x confines supports to a block of x·k coefficients | [1, 1000] |
 | lora_rank | rank whose trainable MLP parameters match SparseGrad's k (lora_rank_for) | [1, 512] |
@@ -64,6 +65,7 @@ class Hyper:
     early_stopping_patience: int
     density: float
     basis_steps: int
+    per_layer_basis: bool
     support: str
     support_block: float | None
     lora_rank: int | None
@@ -202,6 +204,7 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
         early_stopping_patience=get("early_stopping_patience", 0),
         density=get("density", 0.01),
         basis_steps=get("basis_steps", 10),
+        per_layer_basis=get("per_layer_basis", False),
         support=get("support", "dynamic"),
         support_block=get("support_block", None),
         lora_rank=get("lora_rank", None),

@@ -50,6 +50,7 @@ def sparse_config(
         support="dynamic" if method == "meprop" else hp.support,  # type: ignore[arg-type]
         support_block=hp.support_block if method == "sparsegrad" else None,
         basis_steps=hp.basis_steps,
+        per_layer_basis=hp.per_layer_basis,
         task=task,  # type: ignore[arg-type]
         labels=labels,
         base_model_id=base_id,

@@ -52,6 +52,7 @@ def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         # the paper's GLUE setup: everything but the target layers' base weights also trains densely
         ("sparsegrad", {"train_rest_dense": True}),
         ("lora", {"train_rest_dense": True}),
+        ("sparsegrad", {"per_layer_basis": True}),
     ],
 )
 def test_each_method_trains_and_merges_to_a_plain_model(
@@ -135,7 +136,13 @@ class StopAfter:
 
 
 @pytest.mark.parametrize(
-    ("method", "extra"), [("sparsegrad", {}), ("sparsegrad", {"support_block": 2}), ("full", {})]
+    ("method", "extra"),
+    [
+        ("sparsegrad", {}),
+        ("sparsegrad", {"support_block": 2}),
+        ("sparsegrad", {"per_layer_basis": True}),
+        ("full", {}),
+    ],
 )
 def test_paused_then_resumed_equals_uninterrupted(
     method: str, extra: dict[str, Any], tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
