@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -167,6 +168,46 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def paired(rows: list[dict[str, Any]], method: str, against: str) -> dict[str, Any] | None:
+    """Per-seed accuracy difference `method` - `against` (points) over the seeds both ran: mean, standard
+    error of the mean, and on how many seeds `method` was at least as good. None where no seed is shared."""
+    acc = {(r["method"], r["seed"]): 100 * r["accuracy"] for r in rows}
+    seeds = sorted(s for m, s in acc if m == method and (against, s) in acc)
+    if not seeds:
+        return None
+    diffs = [acc[method, s] - acc[against, s] for s in seeds]
+    sem = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    wins = sum(d >= 0 for d in diffs)
+    return {
+        "method": method,
+        "against": against,
+        "seeds": seeds,
+        "mean": statistics.mean(diffs),
+        "sem": sem,
+        "wins": wins,
+    }
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    """The issue's target, judged on paired seeds: SparseGrad at least LoRA and within 0.5 points of full."""
+    lines, met = [], []
+    for against, floor in (("lora", 0.0), ("full", -0.5)):
+        d = paired(rows, "sparsegrad", against)
+        if d is None:
+            continue
+        met.append(d["mean"] >= floor)
+        lines.append(
+            f"sparsegrad - {against}: {d['mean']:+.2f} ± {d['sem']:.2f} points (per-seed mean ± standard "
+            f"error, {d['wins']} of {len(d['seeds'])} seeds >= 0; target >= {floor:+.1f})"
+        )
+    if len(met) < 2:  # the verdict needs both comparisons
+        return "".join(f"{line}\n" for line in lines)
+    return (
+        "\n".join(lines)
+        + f"\ntarget (sparsegrad >= lora, within 0.5 of full): {'met' if all(met) else 'missed'}\n"
+    )
+
+
 def table(summary: list[dict[str, Any]]) -> str:
     """Markdown table of the summary."""
     head = (
@@ -257,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         with ProcessPoolExecutor(args.jobs, ctx, initializer=_set_threads, initargs=(args.threads,)) as pool:
             rows = list(pool.map(_run_and_print, runs))
     summary = summarize(rows)
-    text = table(summary)
+    text = table(summary) + "\n" + verdict(rows)
     print(text)
     report = {
         "model": MODEL,
@@ -272,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
             "jobs": args.jobs,
         },
         "summary": summary,
+        "paired": [paired(rows, "sparsegrad", other) for other in ("lora", "full", "meprop")],
         "runs": rows,
     }
     (args.out / f"quality{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
