@@ -3,7 +3,9 @@
 Every run goes through the service's engine (`training.run_training`) on the same fixed training subset (a
 seeded sample of SST-2 train), is evaluated on the whole SST-2 dev set (872 sentences), max length 128 with
 dynamic padding. Reported per method over seeds: dev accuracy mean and spread (min-max), wall time per run,
-trainable parameters. Writes bench/out/quality.json, bench/out/quality.md and bench/out/loss_curves.png.
+trainable parameters; then SparseGrad's per-seed difference to LoRA and to full fine-tuning (mean ± standard
+error over the seeds both ran) and the target's verdict (at least LoRA, within 0.5 points of full). Writes
+bench/out/quality.json, bench/out/quality.md and bench/out/loss_curves.png.
 
 Two set-ups. The default is the service's: LoRA, MeProp and SparseGrad train only the MLP layers (adapters or
 sparse coefficients) and the classifier head. `--rest-dense` (SGFT_BENCH_QUALITY_REST_DENSE=1) is the

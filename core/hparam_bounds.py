@@ -26,5 +26,9 @@ NUMBER_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "lora_rank": (1, 512, True),
     "weight_decay": (0.0, 1.0, False),
 }
-CHOICES: dict[str, tuple[str, ...]] = {"support": ("dynamic", "fixed"), "lr_scheduler": ("linear", "cosine")}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "support": ("dynamic", "fixed"),
+    "bias_correction": ("global", "entry"),
+    "lr_scheduler": ("linear", "cosine"),
+}
 BOOLS: tuple[str, ...] = ("train_layernorm", "train_rest_dense", "eval_at_start", "per_layer_basis")

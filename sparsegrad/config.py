@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Support = Literal["dynamic", "fixed"]
+BiasCorrection = Literal["global", "entry"]
 Task = Literal["classification", "causal_lm"]
 
 
@@ -38,6 +39,15 @@ class SparseGradConfig:
             "help": "'dynamic': top-k of dL/dC re-selected every step (the paper). 'fixed': k coefficients "
             "per "
             "layer chosen once from the basis phase's accumulated gradient (optionally refreshed)."
+        },
+    )
+    bias_correction: BiasCorrection = field(
+        default="global",
+        metadata={
+            "help": "Adam bias correction of the sparse coefficients. 'global': by the count of optimizer "
+            "steps, as torch.optim.SparseAdam in the reference code: an entry that joins the support late "
+            "takes a damped first step. 'entry': by the entry's own count of updates: every newcomer's first "
+            "step is a full lr."
         },
     )
     support_refresh_every: int | None = field(
@@ -118,6 +128,8 @@ class SparseGradConfig:
             )
         if self.support not in ("dynamic", "fixed"):
             raise ValueError(f"support must be 'dynamic' or 'fixed', got {self.support!r}")
+        if self.bias_correction not in ("global", "entry"):
+            raise ValueError(f"bias_correction must be 'global' or 'entry', got {self.bias_correction!r}")
         if self.support_block is not None:
             if isinstance(self.support_block, bool) or not isinstance(self.support_block, int | float):
                 raise ValueError(f"support_block must be a number >= 1 or None, got {self.support_block!r}")

@@ -25,8 +25,9 @@ class SparseGradAdamW(torch.optim.Optimizer):
     (support="dynamic") or the fixed support, updates Adam moments only there and folds the update into the
     weights (W += P S Qᵀ). State per group, stored under its first layer's `coef`: a sorted int64 `index` of
     (layer position · D_out·D_in + flat coefficient) and, on those entries only, `exp_avg`, `exp_avg_sq`,
-    `step` (per-entry count, for exact bias correction of entries that join late) and `delta` (ΔC, for weight
-    decay). Entries: the union of ever-selected ones (dynamic) or exactly k per layer (fixed). Entries not
+    `step` (per-entry count of updates) and `delta` (ΔC, for weight decay), plus `global_step`. Bias
+    correction (cfg.bias_correction) counts optimizer steps ("global", as SparseAdam) or each entry's updates
+    ("entry"). Entries: the union of ever-selected ones (dynamic) or exactly k per layer (fixed). Entries not
     selected in a step do not move (lazy, as SparseAdam). Weight decay acts on ΔC (towards the base model).
     With support_refresh_every=R a dense Σ|dL/dC| over the last R steps re-chooses the fixed support.
     Dense part: plain AdamW, the formula of torch.optim.AdamW.
@@ -52,6 +53,7 @@ class SparseGradAdamW(torch.optim.Optimizer):
         info = get_info(model)
         self.support = info.cfg.support
         self.refresh_every = info.cfg.support_refresh_every
+        self.global_bias_correction = info.cfg.bias_correction == "global"
         layers = [m for m in sparse_layers(model).values() if m.coef.requires_grad]
         groups: dict[tuple[int, int, int, int], list[SparseGradLinear]] = {}
         for m in layers:
@@ -176,8 +178,16 @@ class SparseGradAdamW(torch.optim.Optimizer):
         step = st["step"][pos] + 1
         m = st["exp_avg"][pos].lerp_(g, 1 - b1)
         v = st["exp_avg_sq"][pos].mul_(b2).addcmul_(g, g, value=1 - b2)
-        bc1 = 1 - torch.pow(b1, step)
-        bc2 = 1 - torch.pow(b2, step)
+        t = step
+        if self.global_bias_correction:
+            if (
+                "global_step" not in st
+            ):  # a checkpoint from before the counter: its most-updated entry's count
+                st["global_step"] = st["step"].max() if st["step"].numel() else st["step"].new_zeros(())
+            st["global_step"] = st["global_step"] + 1
+            t = st["global_step"]
+        bc1 = 1 - torch.pow(b1, t)
+        bc2 = 1 - torch.pow(b2, t)
         update = (m / bc1).div_(v.sqrt().div_(bc2.sqrt()).add_(eps)).mul_(-lr)
         delta = st["delta"][pos]
         if wd:

@@ -19,6 +19,7 @@
 | basis_steps | 10 (SparseGrad's preliminary gradient steps) | [1, 200] |
 | per_layer_basis | false (one HOSVD basis per role, shared by all blocks); true: one per layer | bool |
 | support | "dynamic" ("fixed") | choice |
+| bias_correction | "global" (sparse entries' Adam bias correction counts optimizer steps); "entry" | choice |
 | support_block | none (unconfined); x confines supports to a block of x·k coefficients | [1, 1000] |
 | lora_rank | rank whose trainable MLP parameters match SparseGrad's k (lora_rank_for) | [1, 512] |
 | target_modules | "auto" (MLP up/down); a comma list of names / suffixes, a list, or a regex | text |
@@ -67,6 +68,7 @@ class Hyper:
     basis_steps: int
     per_layer_basis: bool
     support: str
+    bias_correction: str
     support_block: float | None
     lora_rank: int | None
     target_modules: str | list[str]
@@ -206,6 +208,7 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
         basis_steps=get("basis_steps", 10),
         per_layer_basis=get("per_layer_basis", False),
         support=get("support", "dynamic"),
+        bias_correction=get("bias_correction", "global"),
         support_block=get("support_block", None),
         lora_rank=get("lora_rank", None),
         target_modules=_target_modules(raw.get("target_modules")),

@@ -49,6 +49,7 @@ def sparse_config(
         target_modules=hp.target_modules,
         support="dynamic" if method == "meprop" else hp.support,  # type: ignore[arg-type]
         support_block=hp.support_block if method == "sparsegrad" else None,
+        bias_correction=hp.bias_correction,  # type: ignore[arg-type]
         basis_steps=hp.basis_steps,
         per_layer_basis=hp.per_layer_basis,
         task=task,  # type: ignore[arg-type]

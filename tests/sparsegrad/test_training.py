@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -140,6 +142,30 @@ def test_optimizer_state_fixed_is_k_and_dynamic_is_the_union() -> None:
         entries = dynamic_opt.state_entries(m)
         assert entries.numel() == len(seen[id(m)]) > m.k
         assert set(entries.tolist()) == seen[id(m)] == set(m.delta()[0].tolist())
+
+
+@pytest.mark.parametrize("mode", ["global", "entry"])
+def test_bias_correction_of_an_entry_that_joins_late(mode: str) -> None:
+    # An entry first selected at step 3 has first-step moments m = 0.1 g, v = 0.001 g²: corrected by its own
+    # count it moves a full lr; by the optimizer's count (SparseAdam) lr·0.1·sqrt(1-b2³)/((1-b1³)·sqrt(0.001)).
+    model, _, batches = _prepared("bert", bias_correction=mode)
+    lr, b1, b2 = 1e-2, 0.9, 0.999
+    opt = sg.make_optimizer(model, lr=lr)
+    layer = next(iter(sg.sparse_layers(model).values()))
+    chosen = []
+    for batch in batches[3:6]:
+        model(**batch).loss.backward()
+        assert layer.coef.grad is not None
+        chosen.append(set(torch.topk(layer.coef.grad.abs().reshape(-1), layer.k).indices.tolist()))
+        opt.step()
+        opt.zero_grad()
+    late = sorted(chosen[2] - chosen[1] - chosen[0])
+    assert late
+    index, value = layer.delta()
+    moved = dict(zip(index.tolist(), value.abs().tolist(), strict=True))
+    damped = lr * (1 - b1) * math.sqrt(1 - b2**3) / ((1 - b1**3) * math.sqrt(1 - b2))
+    expect = lr if mode == "entry" else damped
+    assert [moved[i] for i in late] == pytest.approx([expect] * len(late), rel=1e-3)
 
 
 def test_fixed_support_refresh_keeps_k_entries() -> None:

@@ -39,6 +39,8 @@ def test_auto_values_follow_data_size_and_method() -> None:
         ({"warmup_ratio": "lots"}, "warmup_ratio must be a number or 'auto'"),
         ({"support": "sometimes"}, "support must be one of ('dynamic', 'fixed')"),
         ({"lr_scheduler": "step"}, "lr_scheduler must be one of"),
+        ({"bias_correction": "adam"}, "bias_correction must be one of ('global', 'entry')"),
+        ({"per_layer_basis": 1}, "per_layer_basis must be true or false"),
         ({"train_layernorm": "yes"}, "train_layernorm must be true or false"),
         ({"gradient_accumulation_steps": 16, "batch_size": 8}, "must not exceed batch_size (8)"),
         ({"max_seq_length": 1024}, "max_seq_length must be at most 512 for this model"),
