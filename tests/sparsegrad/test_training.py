@@ -147,7 +147,7 @@ def test_optimizer_state_fixed_is_k_and_dynamic_is_the_union() -> None:
 @pytest.mark.parametrize("mode", ["global", "entry"])
 def test_bias_correction_of_an_entry_that_joins_late(mode: str) -> None:
     # An entry first selected at step 3 has first-step moments m = 0.1 g, v = 0.001 g²: corrected by its own
-    # count it moves a full lr; by the optimizer's count (SparseAdam) lr·0.1·sqrt(1-b2³)/((1-b1³)·sqrt(0.001)).
+    # count it moves a full lr; by the optimizer's count (SparseAdam) lr·0.1·√(1-b2³)/((1-b1³)·√0.001).
     model, _, batches = _prepared("bert", bias_correction=mode)
     lr, b1, b2 = 1e-2, 0.9, 0.999
     opt = sg.make_optimizer(model, lr=lr)
