@@ -180,9 +180,8 @@ class SparseGradAdamW(torch.optim.Optimizer):
         v = st["exp_avg_sq"][pos].mul_(b2).addcmul_(g, g, value=1 - b2)
         t = step
         if self.global_bias_correction:
-            if (
-                "global_step" not in st
-            ):  # a checkpoint from before the counter: its most-updated entry's count
+            # a checkpoint from before the counter resumes at its most-updated entry's count
+            if "global_step" not in st:
                 st["global_step"] = st["step"].max() if st["step"].numel() else st["step"].new_zeros(())
             st["global_step"] = st["global_step"] + 1
             t = st["global_step"]
