@@ -62,3 +62,24 @@ def test_interrupted_run_resumes_bit_identical(
     for p_a, p_b in zip(opt.state.values(), opt2.state.values(), strict=True):
         for key in p_a:
             assert torch.equal(p_a[key], p_b[key]), key
+
+
+def test_checkpoint_without_the_step_counter_resumes_at_its_entries_count() -> None:
+    # State saved before `global_step` existed: on a fixed support every entry is updated every step,
+    # so the most-updated entry's count is the optimizer's and the resumed run matches a straight one.
+    cfg = sg.SparseGradConfig(density=0.05, basis_steps=2, support="fixed")
+    batches = tiny_batches("bert", 8)
+    basis = sg.compute_basis(tiny_model("bert"), batches[:2], cfg)
+    straight, opt = _fresh(cfg, basis)
+    _steps(straight, opt, batches[2:8])
+    first, opt1 = _fresh(cfg, basis)
+    _steps(first, opt1, batches[2:5])
+    saved = opt1.state_dict()
+    for st in saved["state"].values():
+        assert st.pop("global_step", None) is not None or "index" not in st
+    resumed, opt2 = _fresh(cfg, basis)
+    resumed.load_state_dict(first.state_dict())
+    opt2.load_state_dict(saved)
+    _steps(resumed, opt2, batches[5:8])
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
