@@ -22,6 +22,7 @@ NUMBER_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "early_stopping_patience": (0, 100, True),
     "density": (1e-4, 1.0, False),
     "basis_steps": (1, 200, True),
+    "basis_probe_steps": (0, 1000, True),
     "support_block": (1.0, 1000.0, False),
     "lora_rank": (1, 512, True),
     "weight_decay": (0.0, 1.0, False),

@@ -101,6 +101,30 @@ def _move(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def _fit_head(
+    model: nn.Module, batches: list[Mapping[str, Any]], cfg: SparseGradConfig, device: torch.device
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Train the task head alone (Adam, lr 1e-3) for cfg.basis_probe_steps steps over `batches`; returns
+    its parameters' values from before, for the caller to restore. Every parameter is frozen on entry."""
+    from sparsegrad.model import find_head_modules, infer_task
+
+    heads = find_head_modules(model, cfg.task or infer_task(model))
+    head = [p for h in heads for p in model.get_submodule(h).parameters()]
+    if not head or not batches:
+        return {}
+    saved = {p: p.detach().clone() for p in head}
+    for p in head:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(head, lr=1e-3)
+    for i in range(cfg.basis_probe_steps):
+        model(**_move(batches[i % len(batches)], device)).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    for p in head:
+        p.requires_grad_(False)
+    return saved
+
+
 def compute_basis(
     model: nn.Module,
     batches: Iterable[Mapping[str, Any]],
@@ -129,16 +153,20 @@ def compute_basis(
     grad_sum: dict[str, torch.Tensor] = {}
     extra = 0.0
     steps = 0
+    head_saved: dict[nn.Parameter, torch.Tensor] = {}
     try:
         for p in params:
             p.requires_grad_(False)
             p.grad = None
-        for m in modules.values():
-            module_weight(m).requires_grad_(True)
         model.train()
         rng_devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=rng_devices):
-            for batch in itertools.islice(batches, cfg.basis_steps):  # never pulls a batch it won't use
+            chosen = list(itertools.islice(batches, cfg.basis_steps))  # never pulls a batch it won't use
+            if cfg.basis_probe_steps:
+                head_saved = _fit_head(model, chosen, cfg, device)
+            for m in modules.values():
+                module_weight(m).requires_grad_(True)
+            for batch in chosen:
                 loss = model(**_move(batch, device)).loss
                 if loss is None:
                     raise ValueError("model(**batch).loss is None: the batches must carry labels")
@@ -176,6 +204,9 @@ def compute_basis(
         q_out = {k: _eigvecs_desc(v) for k, v in gram_in.items()}
         extra += time.perf_counter() - t0
     finally:
+        with torch.no_grad():
+            for p, value in head_saved.items():
+                p.copy_(value)
         for p, flag, grad in zip(params, saved_flags, saved_grads, strict=True):
             p.requires_grad_(flag)
             p.grad = grad

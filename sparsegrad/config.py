@@ -66,6 +66,14 @@ class SparseGradConfig:
     basis_steps: int = field(
         default=10, metadata={"help": "Gradient steps of the preliminary phase that builds the HOSVD basis."}
     )
+    basis_probe_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Before the basis phase, fit the task head alone (Adam, lr 1e-3) for this many steps on "
+            "the basis batches, so the basis gradients come through a fitted head instead of a random one; "
+            "the head's weights are restored afterwards. 0: off (the paper)."
+        },
+    )
     per_layer_basis: bool = field(
         default=False,
         metadata={"help": "One (P, Q) per layer instead of one per group (all up layers, all down layers)."},
@@ -147,6 +155,10 @@ class SparseGradConfig:
             or self.basis_steps < 1
         ):
             raise ValueError(f"basis_steps must be an integer >= 1, got {self.basis_steps!r}")
+        if isinstance(self.basis_probe_steps, bool) or not isinstance(self.basis_probe_steps, int):
+            raise ValueError(f"basis_probe_steps must be an integer >= 0, got {self.basis_probe_steps!r}")
+        if self.basis_probe_steps < 0:
+            raise ValueError(f"basis_probe_steps must be >= 0, got {self.basis_probe_steps}")
         if self.layers is not None:
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers):
                 raise ValueError(f"layers must be non-negative block indices, got {self.layers!r}")

@@ -17,6 +17,7 @@
 | early_stopping_patience | 0 = off (evaluations without a better valid_loss before stopping) | [0, 100] |
 | density | 0.01 (SparseGrad / MeProp: share of MLP coefficients updated per step) | [1e-4, 1] |
 | basis_steps | 10 (SparseGrad's preliminary gradient steps) | [1, 200] |
+| basis_probe_steps | 0 (off); n: fit the head alone n steps for the basis phase, then restore it | [0, 1000] |
 | per_layer_basis | false (one HOSVD basis per role, shared by all blocks); true: one per layer | bool |
 | support | "dynamic" ("fixed") | choice |
 | bias_correction | "global" (sparse entries' Adam bias correction counts optimizer steps); "entry" | choice |
@@ -66,6 +67,7 @@ class Hyper:
     early_stopping_patience: int
     density: float
     basis_steps: int
+    basis_probe_steps: int
     per_layer_basis: bool
     support: str
     bias_correction: str
@@ -206,6 +208,7 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
         early_stopping_patience=get("early_stopping_patience", 0),
         density=get("density", 0.01),
         basis_steps=get("basis_steps", 10),
+        basis_probe_steps=get("basis_probe_steps", 0),
         per_layer_basis=get("per_layer_basis", False),
         support=get("support", "dynamic"),
         bias_correction=get("bias_correction", "global"),

@@ -51,6 +51,7 @@ def sparse_config(
         support_block=hp.support_block if method == "sparsegrad" else None,
         bias_correction=hp.bias_correction,  # type: ignore[arg-type]
         basis_steps=hp.basis_steps,
+        basis_probe_steps=hp.basis_probe_steps,
         per_layer_basis=hp.per_layer_basis,
         task=task,  # type: ignore[arg-type]
         labels=labels,

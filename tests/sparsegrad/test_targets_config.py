@@ -66,6 +66,8 @@ def test_no_match_is_a_clear_error() -> None:
         ({"support_refresh_every": 5}, "support='fixed'"),
         ({"support": "fixed", "support_refresh_every": 0}, "support_refresh_every"),
         ({"basis_steps": 0}, "basis_steps"),
+        ({"basis_probe_steps": -1}, "basis_probe_steps"),
+        ({"basis_probe_steps": 1.5}, "basis_probe_steps"),
         ({"support_block": 0.5}, "support_block must be >= 1"),
         ({"support_block": True}, "support_block"),
         ({"target_modules": "(unclosed"}, "regex"),

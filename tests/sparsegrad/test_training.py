@@ -46,6 +46,22 @@ def test_basis_is_orthogonal_and_leaves_the_model_alone() -> None:
     assert len(per_layer.p) == 4
 
 
+def test_basis_probe_fits_the_head_for_the_basis_then_restores_it() -> None:
+    """basis_probe_steps: the basis comes from gradients through a fitted head (so it differs from the plain
+    basis), and the model leaves the phase exactly as it came in."""
+    model = tiny_model("bert")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batches = tiny_batches("bert", 3)
+    plain = sg.compute_basis(model, batches, sg.SparseGradConfig(basis_steps=3))
+    probed = sg.compute_basis(model, batches, sg.SparseGradConfig(basis_steps=3, basis_probe_steps=20))
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) and p.grad is None, n
+    lead_plain, lead_probed = plain.p["down:32x64"][:, 0].abs(), probed.p["down:32x64"][:, 0].abs()
+    assert not torch.allclose(lead_plain, lead_probed, atol=1e-3)
+    again = sg.compute_basis(model, batches, sg.SparseGradConfig(basis_steps=3))
+    assert all(torch.equal(plain.p[g], again.p[g]) for g in plain.p)
+
+
 def test_basis_orders_directions_by_energy() -> None:
     """The first column of P captures more gradient energy than the last (descending singular values)."""
     model = tiny_model("bert")
