@@ -17,7 +17,7 @@
 | early_stopping_patience | 0 = off (evaluations without a better valid_loss before stopping) | [0, 100] |
 | density | 0.01 (SparseGrad / MeProp: share of MLP coefficients updated per step) | [1e-4, 1] |
 | basis_steps | 10 (SparseGrad's preliminary gradient steps) | [1, 200] |
-| basis_probe_steps | 0 (off); n: fit the head alone n steps for the basis phase, then restore it | [0, 1000] |
+| basis_probe_steps | 0 (off); n: fit the head n steps for the basis phase, then restore it | [0, 1000] |
 | per_layer_basis | false (one HOSVD basis per role, shared by all blocks); true: one per layer | bool |
 | support | "dynamic" ("fixed") | choice |
 | bias_correction | "global" (sparse entries' Adam bias correction counts optimizer steps); "entry" | choice |
