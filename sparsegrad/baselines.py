@@ -7,8 +7,8 @@ from typing import Any
 from torch import nn
 
 from sparsegrad.config import SparseGradConfig
-from sparsegrad.model import find_head_modules, infer_task, inject
-from sparsegrad.targets import find_target_modules
+from sparsegrad.model import inject
+from sparsegrad.targets import find_head_modules, find_target_modules, infer_task
 
 
 def lora_rank_for(

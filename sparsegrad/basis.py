@@ -14,7 +14,14 @@ from torch import nn
 
 from sparsegrad.config import SparseGradConfig
 from sparsegrad.function import column_major
-from sparsegrad.targets import Target, find_target_modules, is_conv1d, module_weight
+from sparsegrad.targets import (
+    Target,
+    find_head_modules,
+    find_target_modules,
+    infer_task,
+    is_conv1d,
+    module_weight,
+)
 
 
 @dataclass
@@ -106,8 +113,6 @@ def _fit_head(
 ) -> dict[nn.Parameter, torch.Tensor]:
     """Train the task head alone (Adam, lr 1e-3) for cfg.basis_probe_steps steps over `batches`; returns
     its parameters' values from before, for the caller to restore. Every parameter is frozen on entry."""
-    from sparsegrad.model import find_head_modules, infer_task
-
     heads = find_head_modules(model, cfg.task or infer_task(model))
     head = [p for h in heads for p in model.get_submodule(h).parameters()]
     if not head or not batches:

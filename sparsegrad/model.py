@@ -13,10 +13,16 @@ from sparsegrad.basis import Basis
 from sparsegrad.config import SparseGradConfig
 from sparsegrad.function import Support
 from sparsegrad.layer import SparseGradLinear
-from sparsegrad.targets import Target, find_target_modules, get_submodule_parent, module_weight
+from sparsegrad.targets import (
+    Target,
+    find_head_modules,
+    find_target_modules,
+    get_submodule_parent,
+    infer_task,
+    module_weight,
+)
 
 INFO_ATTR = "sparsegrad_info"
-_HEAD_NAMES = {"classification": ("classifier", "score", "qa_outputs", "pooler"), "causal_lm": ("lm_head",)}
 
 
 @dataclass
@@ -44,22 +50,6 @@ def combined_fingerprint(layer_fingerprints: dict[str, str]) -> str:
     """sha256 over the sorted (name, layer fingerprint) pairs."""
     text = "\n".join(f"{n}={f}" for n, f in sorted(layer_fingerprints.items()))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def infer_task(model: nn.Module) -> str:
-    """'causal_lm' for *ForCausalLM / *LMHeadModel classes, else 'classification'."""
-    name = type(model).__name__
-    return "causal_lm" if name.endswith("ForCausalLM") or name.endswith("LMHeadModel") else "classification"
-
-
-def find_head_modules(model: nn.Module, task: str) -> list[str]:
-    """Top-most modules named like a task head (classifier / score / pooler, or lm_head for a causal LM)."""
-    names = _HEAD_NAMES.get(task, ())
-    found: list[str] = []
-    for n, _ in model.named_modules():
-        if n and n.rpartition(".")[2] in names and not any(n.startswith(f + ".") for f in found):
-            found.append(n)
-    return found
 
 
 def _is_norm(module: nn.Module) -> bool:

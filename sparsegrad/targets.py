@@ -1,4 +1,5 @@
-"""Which modules SparseGrad targets, and their role (up / down / gate); replacement lives elsewhere."""
+"""Which modules SparseGrad targets and their role (up / down / gate), and which form the task head;
+replacement lives elsewhere."""
 
 from __future__ import annotations
 
@@ -159,3 +160,22 @@ def get_submodule_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     """(parent module, attribute name) of the module called `name`."""
     parent_name, _, child = name.rpartition(".")
     return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+_HEAD_NAMES = {"classification": ("classifier", "score", "qa_outputs", "pooler"), "causal_lm": ("lm_head",)}
+
+
+def infer_task(model: nn.Module) -> str:
+    """'causal_lm' for *ForCausalLM / *LMHeadModel classes, else 'classification'."""
+    name = type(model).__name__
+    return "causal_lm" if name.endswith("ForCausalLM") or name.endswith("LMHeadModel") else "classification"
+
+
+def find_head_modules(model: nn.Module, task: str) -> list[str]:
+    """Top-most modules named like a task head (classifier / score / pooler, or lm_head for a causal LM)."""
+    names = _HEAD_NAMES.get(task, ())
+    found: list[str] = []
+    for n, _ in model.named_modules():
+        if n and n.rpartition(".")[2] in names and not any(n.startswith(f + ".") for f in found):
+            found.append(n)
+    return found
