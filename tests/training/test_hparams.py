@@ -41,6 +41,7 @@ def test_auto_values_follow_data_size_and_method() -> None:
         ({"lr_scheduler": "step"}, "lr_scheduler must be one of"),
         ({"bias_correction": "adam"}, "bias_correction must be one of ('global', 'entry')"),
         ({"per_layer_basis": 1}, "per_layer_basis must be true or false"),
+        ({"basis_probe_steps": 2000}, "basis_probe_steps must be between 0 and 1000"),
         ({"train_layernorm": "yes"}, "train_layernorm must be true or false"),
         ({"gradient_accumulation_steps": 16, "batch_size": 8}, "must not exceed batch_size (8)"),
         ({"max_seq_length": 1024}, "max_seq_length must be at most 512 for this model"),

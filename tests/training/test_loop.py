@@ -52,7 +52,7 @@ def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         # the paper's GLUE setup: everything but the target layers' base weights also trains densely
         ("sparsegrad", {"train_rest_dense": True}),
         ("lora", {"train_rest_dense": True}),
-        ("sparsegrad", {"per_layer_basis": True}),
+        ("sparsegrad", {"per_layer_basis": True, "basis_probe_steps": 5}),
     ],
 )
 def test_each_method_trains_and_merges_to_a_plain_model(
@@ -140,7 +140,7 @@ class StopAfter:
     [
         ("sparsegrad", {}),
         ("sparsegrad", {"support_block": 2}),
-        ("sparsegrad", {"per_layer_basis": True}),
+        ("sparsegrad", {"per_layer_basis": True, "basis_probe_steps": 5}),
         ("full", {}),
     ],
 )
