@@ -108,6 +108,13 @@ def _move(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def _loss(model: nn.Module, batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
+    loss = model(**_move(batch, device)).loss
+    if loss is None:
+        raise ValueError("model(**batch).loss is None: the batches must carry labels")
+    return loss
+
+
 def _fit_head(
     model: nn.Module, batches: list[Mapping[str, Any]], cfg: SparseGradConfig, device: torch.device
 ) -> dict[nn.Parameter, torch.Tensor]:
@@ -122,7 +129,7 @@ def _fit_head(
         p.requires_grad_(True)
     opt = torch.optim.Adam(head, lr=1e-3)
     for i in range(cfg.basis_probe_steps):
-        model(**_move(batches[i % len(batches)], device)).loss.backward()
+        _loss(model, batches[i % len(batches)], device).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     for p in head:
@@ -140,9 +147,10 @@ def compute_basis(
 
     Streaming form: per group, accumulate Σ G Gᵀ (D_out, D_out) and Σ Gᵀ G (D_in, D_in) in float32 over
     every layer and step (one upper-triangle product per group and step), then one `eigh` each (P, Q =
-    eigenvectors by descending eigenvalue). With `cfg.per_layer_basis` each layer is its own group. No weight
-    changes: only gradients are read; the trainable flags, train/eval mode, existing grads and the global RNG
-    state are restored afterwards.
+    eigenvectors by descending eigenvalue). With `cfg.per_layer_basis` each layer is its own group; with
+    `cfg.basis_probe_steps` the head is first fitted alone on the same batches. No weight changes in the end:
+    the head (if fitted), the trainable flags, train/eval mode, existing grads and the global RNG state are
+    restored afterwards.
     """
     if targets is None:
         targets = find_target_modules(model, cfg.target_modules, cfg.include_gate_proj, cfg.layers)
@@ -172,10 +180,7 @@ def compute_basis(
             for m in modules.values():
                 module_weight(m).requires_grad_(True)
             for batch in chosen:
-                loss = model(**_move(batch, device)).loss
-                if loss is None:
-                    raise ValueError("model(**batch).loss is None: the batches must carry labels")
-                loss.backward()
+                _loss(model, batch, device).backward()
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     by_group: dict[str, list[torch.Tensor]] = {}

@@ -62,6 +62,14 @@ def test_basis_probe_fits_the_head_for_the_basis_then_restores_it() -> None:
     assert all(torch.equal(plain.p[g], again.p[g]) for g in plain.p)
 
 
+@pytest.mark.parametrize("probe", [0, 2])
+def test_basis_batches_without_labels_are_refused(probe: int) -> None:
+    batches = [_inputs(b) for b in tiny_batches("bert", 2)]
+    cfg = sg.SparseGradConfig(basis_steps=2, basis_probe_steps=probe)
+    with pytest.raises(ValueError, match="must carry labels"):
+        sg.compute_basis(tiny_model("bert"), batches, cfg)
+
+
 def test_basis_orders_directions_by_energy() -> None:
     """The first column of P captures more gradient energy than the last (descending singular values)."""
     model = tiny_model("bert")
