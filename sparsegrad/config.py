@@ -155,10 +155,9 @@ class SparseGradConfig:
             or self.basis_steps < 1
         ):
             raise ValueError(f"basis_steps must be an integer >= 1, got {self.basis_steps!r}")
-        if isinstance(self.basis_probe_steps, bool) or not isinstance(self.basis_probe_steps, int):
-            raise ValueError(f"basis_probe_steps must be an integer >= 0, got {self.basis_probe_steps!r}")
-        if self.basis_probe_steps < 0:
-            raise ValueError(f"basis_probe_steps must be >= 0, got {self.basis_probe_steps}")
+        probe = self.basis_probe_steps
+        if isinstance(probe, bool) or not isinstance(probe, int) or probe < 0:
+            raise ValueError(f"basis_probe_steps must be an integer >= 0, got {probe!r}")
         if self.layers is not None:
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers):
                 raise ValueError(f"layers must be non-negative block indices, got {self.layers!r}")
