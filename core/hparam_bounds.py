@@ -29,6 +29,7 @@ NUMBER_BOUNDS: dict[str, tuple[float, float, bool]] = {
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "support": ("dynamic", "fixed"),
+    "selection": ("gradient", "adam"),
     "bias_correction": ("global", "entry"),
     "lr_scheduler": ("linear", "cosine"),
 }

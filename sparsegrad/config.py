@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 Support = Literal["dynamic", "fixed"]
 BiasCorrection = Literal["global", "entry"]
+Selection = Literal["gradient", "adam"]
 Task = Literal["classification", "causal_lm"]
 
 
@@ -39,6 +40,16 @@ class SparseGradConfig:
             "help": "'dynamic': top-k of dL/dC re-selected every step (the paper). 'fixed': k coefficients "
             "per "
             "layer chosen once from the basis phase's accumulated gradient (optionally refreshed)."
+        },
+    )
+    selection: Selection = field(
+        default="gradient",
+        metadata={
+            "help": "Dynamic support only: how each step's k coefficients are chosen. 'gradient': the top-k "
+            "|dL/dC| of the step (the paper); Adam moments live only on entries ever selected and move only "
+            "when selected. 'adam': Adam moments of every coefficient follow dL/dC every step (dense "
+            "Adam in the HOSVD basis) and the k coefficients whose Adam step is largest move; the moments "
+            "cost 2·D_out·D_in floats per layer, as the reference code's SparseAdam buffers."
         },
     )
     bias_correction: BiasCorrection = field(
@@ -136,6 +147,10 @@ class SparseGradConfig:
             )
         if self.support not in ("dynamic", "fixed"):
             raise ValueError(f"support must be 'dynamic' or 'fixed', got {self.support!r}")
+        if self.selection not in ("gradient", "adam"):
+            raise ValueError(f"selection must be 'gradient' or 'adam', got {self.selection!r}")
+        if self.selection == "adam" and self.support != "dynamic":
+            raise ValueError("selection='adam' applies to support='dynamic' only")
         if self.bias_correction not in ("global", "entry"):
             raise ValueError(f"bias_correction must be 'global' or 'entry', got {self.bias_correction!r}")
         if self.support_block is not None:

@@ -29,6 +29,9 @@ class SparseGradAdamW(torch.optim.Optimizer):
     correction (cfg.bias_correction) counts optimizer steps ("global", as SparseAdam) or each entry's updates
     ("entry"). Entries: the union of ever-selected ones (dynamic) or exactly k per layer (fixed). Entries not
     selected in a step do not move (lazy, as SparseAdam). Weight decay acts on ΔC (towards the base model).
+    With cfg.selection="adam" (dynamic support) the moments are dense instead, (L, D_out·D_in) or (L, block),
+    updated every step as plain Adam in the basis would, and the k entries with the largest step move
+    (`_adam_selection_step`).
     With support_refresh_every=R a dense Σ|dL/dC| over the last R steps re-chooses the fixed support.
     Dense part: plain AdamW, the formula of torch.optim.AdamW.
     state_dict()/load_state_dict() are the base class's: all state is tensors keyed by parameter.
@@ -54,6 +57,7 @@ class SparseGradAdamW(torch.optim.Optimizer):
         self.support = info.cfg.support
         self.refresh_every = info.cfg.support_refresh_every
         self.global_bias_correction = info.cfg.bias_correction == "global"
+        self.adam_selection = info.cfg.selection == "adam"
         layers = [m for m in sparse_layers(model).values() if m.coef.requires_grad]
         groups: dict[tuple[int, int, int, int], list[SparseGradLinear]] = {}
         for m in layers:
@@ -137,11 +141,14 @@ class SparseGradAdamW(torch.optim.Optimizer):
         n = first.d_out * first.d_in
         st = self.state[first.coef]
         grads_in = [m.coef.grad for m in layers]  # dense, or sparse COO on a support / block
+        blocks = [m_.block for m_ in layers]
+        if self.adam_selection:
+            self._adam_selection_step(layers, grads_in, blocks, group, st)
+            return
         if not st:
             st["index"] = torch.zeros(0, dtype=torch.int64, device=first.weight.device)
             for key in _SPARSE_KEYS:
                 st[key] = first.weight.new_zeros(0, dtype=first.coef.dtype)
-        blocks = [m_.block for m_ in layers]
         if self.support == "fixed" and not self.refresh_every:
             # the gradient is only read on the support: gather there, no (L, N) copy
             top = torch.stack([m.support_index for m in layers])  # type: ignore[misc]  # (L, k)
@@ -203,6 +210,54 @@ class SparseGradAdamW(torch.optim.Optimizer):
             layer.record_update(idx, upd)
 
     @staticmethod
+    def _adam_selection_step(
+        layers: list[SparseGradLinear],
+        grads_in: list[torch.Tensor | None],
+        blocks: list[Support | None],
+        group: dict[str, Any],
+        st: dict[str, Any],
+    ) -> None:
+        """selection="adam": every candidate coefficient (all of them, or the block's) has Adam moments that
+        follow dL/dC every step; only the k entries with the largest AdamW step move. A coefficient whose
+        gradient keeps its sign gathers momentum until it is picked, where the paper's rule picks the step's
+        largest |dL/dC|, a sample that favours batch noise. State: exp_avg, exp_avg_sq (and with weight decay
+        delta, ΔC) of shape (L, candidates), global_step."""
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        first = layers[0]
+        if all(b is not None for b in blocks):
+            cand: torch.Tensor | None = torch.stack([b.flat for b in blocks])  # type: ignore[union-attr]
+            g = torch.stack([values_at(f, c) for f, c in zip(grads_in, cand, strict=True)])  # type: ignore[arg-type]
+        else:
+            cand = None
+            g = torch.stack([f.to_dense().reshape(-1) for f in grads_in])  # type: ignore[union-attr]
+        if "exp_avg" not in st:
+            st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(g), torch.zeros_like(g)
+            st["global_step"] = g.new_zeros(())
+            if wd:
+                st["delta"] = torch.zeros_like(g)
+        st["global_step"] = st["global_step"] + 1
+        t = st["global_step"]
+        st["exp_avg"].lerp_(g, 1 - b1)
+        st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (st["exp_avg_sq"] / (1 - torch.pow(b2, t))).sqrt_().add_(eps)
+        step = (st["exp_avg"] / (1 - torch.pow(b1, t))).div_(denom)
+        if wd:
+            step.add_(st["delta"], alpha=wd)
+        pick = torch.topk(step.abs(), first.k, dim=1, sorted=False).indices.sort(dim=1).values  # (L, k)
+        update = step.gather(1, pick).mul_(-lr)
+        if wd:
+            st["delta"].scatter_add_(1, pick, update)
+        top = pick if cand is None else cand.gather(1, pick)
+        for layer, idx, where, upd, block in zip(layers, top, pick, update, blocks, strict=True):
+            sup = (
+                Support.of(idx, first.d_in)
+                if block is None
+                else Support(idx, block.rows, block.cols, block.row_pos[where], block.col_pos[where])
+            )
+            apply_support_update(layer.weight, sup, upd, layer.P, layer.Q)  # type: ignore[arg-type]
+            layer.record_update(idx, upd)
+
+    @staticmethod
     def _move_fixed_state(
         layers: list[SparseGradLinear], st: dict[str, Any], gid: torch.Tensor, n: int
     ) -> None:
@@ -246,9 +301,11 @@ class SparseGradAdamW(torch.optim.Optimizer):
         for layers in self._groups.values():
             if layer in layers:
                 st = self.state.get(layers[0].coef, {})
+                n = layer.d_out * layer.d_in
+                if self.adam_selection and "exp_avg" in st:  # dense moments: every candidate
+                    return layer.block.flat if layer.block is not None else torch.arange(n)
                 if "index" not in st:
                     return torch.zeros(0, dtype=torch.int64)
-                n = layer.d_out * layer.d_in
                 pos = layers.index(layer)
                 idx = st["index"]
                 return idx[(idx >= pos * n) & (idx < (pos + 1) * n)] - pos * n

@@ -20,6 +20,7 @@
 | basis_probe_steps | 0 (off); n: fit the head n steps for the basis phase, then restore it | [0, 1000] |
 | per_layer_basis | false (one HOSVD basis per role, shared by all blocks); true: one per layer | bool |
 | support | "dynamic" ("fixed") | choice |
+| selection | "gradient" (top-k of the step's dL/dC, the paper); "adam" (top-k of dense-Adam steps) | choice |
 | bias_correction | "global" (sparse entries' Adam bias correction counts optimizer steps); "entry" | choice |
 | support_block | none (unconfined); x confines supports to a block of x·k coefficients | [1, 1000] |
 | lora_rank | rank whose trainable MLP parameters match SparseGrad's k (lora_rank_for) | [1, 512] |
@@ -70,6 +71,7 @@ class Hyper:
     basis_probe_steps: int
     per_layer_basis: bool
     support: str
+    selection: str
     bias_correction: str
     support_block: float | None
     lora_rank: int | None
@@ -134,6 +136,12 @@ def validate(raw: dict[str, Any]) -> None:
             raise HyperparameterError(f"{name} must be true or false, got {value!r}", param=name)
         elif name == "target_modules":
             _target_modules(value)
+    if raw.get("selection") == "adam" and raw.get("support") == "fixed":
+        raise HyperparameterError(
+            "selection 'adam' applies to support 'dynamic' only (a fixed support moves the same k entries "
+            "every step)",
+            param="selection",
+        )
     if not _is_auto(raw.get("learning_rate")) and not _is_auto(raw.get("learning_rate_multiplier")):
         raise HyperparameterError(
             "give learning_rate or learning_rate_multiplier, not both (the multiplier scales the auto rate)",
@@ -211,6 +219,7 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
         basis_probe_steps=get("basis_probe_steps", 0),
         per_layer_basis=get("per_layer_basis", False),
         support=get("support", "dynamic"),
+        selection=get("selection", "gradient"),
         bias_correction=get("bias_correction", "global"),
         support_block=get("support_block", None),
         lora_rank=get("lora_rank", None),

@@ -49,6 +49,7 @@ def sparse_config(
         target_modules=hp.target_modules,
         support="dynamic" if method == "meprop" else hp.support,  # type: ignore[arg-type]
         support_block=hp.support_block if method == "sparsegrad" else None,
+        selection=hp.selection if method == "sparsegrad" else "gradient",  # type: ignore[arg-type]
         bias_correction=hp.bias_correction,  # type: ignore[arg-type]
         basis_steps=hp.basis_steps,
         basis_probe_steps=hp.basis_probe_steps,

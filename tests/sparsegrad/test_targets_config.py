@@ -64,6 +64,8 @@ def test_no_match_is_a_clear_error() -> None:
         ({"density": 1.5}, "density"),
         ({"support": "sometimes"}, "support"),
         ({"support_refresh_every": 5}, "support='fixed'"),
+        ({"selection": "momentum"}, "selection"),
+        ({"selection": "adam", "support": "fixed"}, "support='dynamic' only"),
         ({"support": "fixed", "support_refresh_every": 0}, "support_refresh_every"),
         ({"basis_steps": 0}, "basis_steps"),
         ({"basis_probe_steps": -1}, "basis_probe_steps"),

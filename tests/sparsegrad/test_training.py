@@ -192,6 +192,45 @@ def test_bias_correction_of_an_entry_that_joins_late(mode: str) -> None:
     assert [moved[i] for i in late] == pytest.approx([expect] * len(late), rel=1e-3)
 
 
+@pytest.mark.parametrize("block", [None, 4.0])
+def test_adam_selection_moves_the_largest_steps_of_dense_moments(block: float | None) -> None:
+    # selection="adam": moments of every candidate follow dL/dC every step; the k entries with the largest
+    # AdamW step move, by exactly that step. Replayed here in closed form from the recorded gradients.
+    model, _, batches = _prepared("bert", selection="adam", support_block=block)
+    lr, b1, b2, eps, wd = 1e-2, 0.9, 0.999, 1e-8, 0.1
+    opt = sg.make_optimizer(model, lr=lr, weight_decay=wd)
+    layer = next(iter(sg.sparse_layers(model).values()))
+    w0 = layer.weight.detach().clone()
+    n = layer.d_out * layer.d_in
+    cand = layer.block.flat if layer.block is not None else torch.arange(n)
+    m, v, delta = (torch.zeros(cand.numel()) for _ in range(3))
+    differs = False
+    for t, batch in enumerate(batches[3:8], start=1):
+        model(**batch).loss.backward()
+        assert layer.coef.grad is not None
+        g = layer.coef.grad.to_dense().reshape(-1)[cand]
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        step = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps) + wd * delta
+        pick = torch.topk(step.abs(), layer.k).indices
+        delta[pick] -= lr * step[pick]
+        differs |= set(pick.tolist()) != set(torch.topk(g.abs(), layer.k).indices.tolist())
+        opt.step()
+        opt.zero_grad()
+    assert differs  # not the paper's rule (the step's largest |dL/dC|)
+    index, value = layer.delta()
+    expect = torch.zeros(n)
+    expect[cand] = delta
+    got = torch.zeros(n)
+    got[index] = value
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-7)
+    assert layer.k < index.numel() <= 5 * layer.k and bool(torch.isin(index, cand).all())
+    torch.testing.assert_close(layer.weight - w0, layer.get_delta_weight(), rtol=1e-4, atol=1e-6)
+    assert torch.equal(opt.state_entries(layer), cand)
+    sparse = [opt.state[p] for g in opt.param_groups if g["kind"] == "sparse" for p in g["params"]]
+    moments = [st["exp_avg"] for st in sparse if st]
+    assert len(moments) == 2 and all(m.shape[1] == cand.numel() for m in moments)  # one per group
+
+
 def test_fixed_support_refresh_keeps_k_entries() -> None:
     model, _, batches = _prepared("bert", support="fixed", support_refresh_every=2)
     opt = sg.make_optimizer(model, lr=1e-2)

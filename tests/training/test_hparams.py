@@ -40,6 +40,8 @@ def test_auto_values_follow_data_size_and_method() -> None:
         ({"support": "sometimes"}, "support must be one of ('dynamic', 'fixed')"),
         ({"lr_scheduler": "step"}, "lr_scheduler must be one of"),
         ({"bias_correction": "adam"}, "bias_correction must be one of ('global', 'entry')"),
+        ({"selection": "momentum"}, "selection must be one of ('gradient', 'adam')"),
+        ({"selection": "adam", "support": "fixed"}, "selection 'adam' applies to support 'dynamic' only"),
         ({"per_layer_basis": 1}, "per_layer_basis must be true or false"),
         ({"basis_probe_steps": 2000}, "basis_probe_steps must be between 0 and 1000"),
         ({"train_layernorm": "yes"}, "train_layernorm must be true or false"),

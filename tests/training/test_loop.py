@@ -53,6 +53,7 @@ def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         ("sparsegrad", {"train_rest_dense": True}),
         ("lora", {"train_rest_dense": True}),
         ("sparsegrad", {"per_layer_basis": True, "basis_probe_steps": 5}),
+        ("sparsegrad", {"selection": "adam"}),
     ],
 )
 def test_each_method_trains_and_merges_to_a_plain_model(
@@ -141,6 +142,7 @@ class StopAfter:
         ("sparsegrad", {}),
         ("sparsegrad", {"support_block": 2}),
         ("sparsegrad", {"per_layer_basis": True, "basis_probe_steps": 5}),
+        ("sparsegrad", {"selection": "adam", "weight_decay": 0.1}),
         ("full", {}),
     ],
 )
