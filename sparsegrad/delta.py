@@ -16,7 +16,7 @@ from sparsegrad.model import get_info, sparse_layers, weight_fingerprint
 from sparsegrad.targets import is_linear_like, linear_weight, module_weight
 
 FORMAT = "sparsegrad"
-VERSION = 1
+VERSION = 2  # 2: a layer may be stored as a dense weight_delta
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
@@ -30,39 +30,50 @@ def _plain_name(param_name: str) -> str:
     return param_name.replace(".base_layer.", ".")
 
 
-def save_delta(model: nn.Module, out_dir: str | Path) -> Path:
+def save_delta(model: nn.Module, out_dir: str | Path, encoding: str = "auto") -> Path:
     """Write the delta of an injected model to `out_dir` (created) and return it.
 
     Per target layer: int32 COO (row, col) of ΔC and its values; per basis group only the columns of P and Q
-    that some layer's entries reference (stored once per group). Plus every trained dense parameter (head,
-    norms, biases) in full, and a config naming the base model, its target-weight fingerprints and labels.
+    that some layer's entries reference (stored once per group). A group whose COO entries (12 bytes each)
+    and basis columns would outweigh its dense ΔW = P ΔC Qᵀ (a long dynamic run touches a large share of the
+    coefficients) is stored as ΔW instead; `encoding` "coo" or "dense" forces one form for every group.
+    Plus every trained dense parameter (head, norms, biases) in full, and a config naming the base model,
+    its target-weight fingerprints and labels.
     """
+    if encoding not in ("auto", "coo", "dense"):
+        raise ValueError(f"encoding must be 'auto', 'coo' or 'dense', got {encoding!r}")
     info = get_info(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     layers = sparse_layers(model)
-    used_rows: dict[str, list[torch.Tensor]] = {}
-    used_cols: dict[str, list[torch.Tensor]] = {}
-    group_of: dict[str, str] = {}
+    groups: dict[str, list[str]] = {}  # layers sharing one P/Q pair share their stored basis columns
     for name, layer in layers.items():
-        idx, values = layer.delta()
-        idx = idx.cpu()
-        rows, cols = idx // layer.d_in, idx % layer.d_in
-        tensors[f"{name}.indices"] = torch.stack([rows, cols]).to(torch.int32).contiguous()  # (2, nnz)
-        tensors[f"{name}.values"] = values.detach().float().cpu().contiguous()
-        key = f"{layer.group}@{id(layer.P)}"  # layers sharing one P/Q pair share their columns
-        group_of[name] = key
-        used_rows.setdefault(key, []).append(rows)
-        used_cols.setdefault(key, []).append(cols)
-    basis_keys: dict[str, str] = {}
-    for i, (key, rows_list) in enumerate(used_rows.items()):
-        first = next(layers[n] for n, k in group_of.items() if k == key)
-        short = f"basis{i}"
-        basis_keys[key] = short
-        if first.P is not None and first.Q is not None:
-            r = torch.unique(torch.cat(rows_list))
-            c = torch.unique(torch.cat(used_cols[key]))
+        groups.setdefault(f"{layer.group}@{id(layer.P)}", []).append(name)
+    basis_of: dict[str, str | None] = {}
+    for i, names in enumerate(groups.values()):
+        members = [layers[n] for n in names]
+        first, short = members[0], f"basis{i}"
+        idx = [m.delta()[0].cpu() for m in members]
+        rows = [ix // m.d_in for ix, m in zip(idx, members, strict=True)]
+        cols = [ix % m.d_in for ix, m in zip(idx, members, strict=True)]
+        r, c = torch.unique(torch.cat(rows)), torch.unique(torch.cat(cols))
+        rotated = first.P is not None and first.Q is not None
+        coo_bytes = 12 * sum(ix.numel() for ix in idx) + (
+            4 * (first.d_out * r.numel() + first.d_in * c.numel()) if rotated else 0
+        )
+        dense_smaller = coo_bytes > 4 * sum(m.d_out * m.d_in for m in members)
+        if encoding == "dense" or (encoding == "auto" and dense_smaller):
+            for n, m in zip(names, members, strict=True):
+                tensors[f"{n}.weight_delta"] = m.get_delta_weight().float().cpu().contiguous()
+                basis_of[n] = None
+            continue
+        for n, m, rr, cc in zip(names, members, rows, cols, strict=True):
+            tensors[f"{n}.indices"] = torch.stack([rr, cc]).to(torch.int32).contiguous()  # (2, nnz)
+            tensors[f"{n}.values"] = m.delta()[1].detach().float().cpu().contiguous()
+            basis_of[n] = short
+        if rotated:
+            assert first.P is not None and first.Q is not None
             tensors[f"{short}.p_cols"] = r.to(torch.int32)
             tensors[f"{short}.p"] = first.P.detach().float().cpu()[:, r].contiguous()  # (D_out, |R|)
             tensors[f"{short}.q_cols"] = c.to(torch.int32)
@@ -87,7 +98,7 @@ def save_delta(model: nn.Module, out_dir: str | Path) -> Path:
                 "shape": [m.d_out, m.d_in],
                 "k": m.k,
                 "group": m.group,
-                "basis": basis_keys[group_of[n]],
+                "basis": basis_of[n],
                 "transposed": m.transposed,
             }
             for n, m in layers.items()
@@ -152,6 +163,10 @@ def load_delta(model: nn.Module, delta_dir: str | Path, check_fingerprint: bool 
         keys = set(f.keys())
         for name, spec in config["layers"].items():
             m = model.get_submodule(name)
+            w = linear_weight(m)
+            if f"{name}.weight_delta" in keys:  # stored dense (see save_delta)
+                w.add_(f.get_tensor(f"{name}.weight_delta").to(device=w.device, dtype=w.dtype))
+                continue
             idx = f.get_tensor(f"{name}.indices").long()
             values = f.get_tensor(f"{name}.values")
             b = spec["basis"]
@@ -162,7 +177,6 @@ def load_delta(model: nn.Module, delta_dir: str | Path, check_fingerprint: bool 
                 p, q = f.get_tensor(f"{b}.p"), f.get_tensor(f"{b}.q")
                 rows = torch.searchsorted(f.get_tensor(f"{b}.p_cols").long(), rows)
                 cols = torch.searchsorted(f.get_tensor(f"{b}.q_cols").long(), cols)
-            w = linear_weight(m)
             if p is None or q is None:
                 dw = torch.zeros(w.shape, dtype=torch.float32)
                 apply_sparse_update(dw, rows, cols, values, None, None)

@@ -136,7 +136,7 @@ class SparseGradLinear(nn.Module):
     def get_delta_weight(self) -> torch.Tensor:
         """ΔW = P ΔC Qᵀ, dense (D_out, D_in), from the stored sparse ΔC."""
         self.compact()
-        out = torch.zeros(self.d_out, self.d_in, dtype=self.delta_value.dtype)
+        out = self.delta_value.new_zeros(self.d_out, self.d_in)
         idx = self.delta_index
         apply_sparse_update(out, idx // self.d_in, idx % self.d_in, self.delta_value, self.P, self.Q)
         return out

@@ -303,7 +303,11 @@ class SparseGradAdamW(torch.optim.Optimizer):
                 st = self.state.get(layers[0].coef, {})
                 n = layer.d_out * layer.d_in
                 if self.adam_selection and "exp_avg" in st:  # dense moments: every candidate
-                    return layer.block.flat if layer.block is not None else torch.arange(n)
+                    return (
+                        layer.block.flat
+                        if layer.block is not None
+                        else torch.arange(n, device=layer.weight.device)
+                    )
                 if "index" not in st:
                     return torch.zeros(0, dtype=torch.int64)
                 pos = layers.index(layer)

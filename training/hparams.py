@@ -20,7 +20,7 @@
 | basis_probe_steps | 0 (off); n: fit the head n steps for the basis phase, then restore it | [0, 1000] |
 | per_layer_basis | false (one HOSVD basis per role, shared by all blocks); true: one per layer | bool |
 | support | "dynamic" ("fixed") | choice |
-| selection | "gradient" (top-k of the step's dL/dC, the paper); "adam" (top-k of dense-Adam steps) | choice |
+| selection | "adam" (top-k of dense-Adam steps): classification, 100+ steps; else "gradient" | choice |
 | bias_correction | "global" (sparse entries' Adam bias correction counts optimizer steps); "entry" | choice |
 | support_block | none (unconfined); x confines supports to a block of x·k coefficients | [1, 1000] |
 | lora_rank | rank whose trainable MLP parameters match SparseGrad's k (lora_rank_for) | [1, 512] |
@@ -192,6 +192,7 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
     if max_steps is not None:
         total = min(total, max_steps)
     every = max(10, math.ceil(total / 5))
+    support = get("support", "dynamic")
     lr = get("learning_rate", None)
     if lr is None:
         lr = BASE_LR[task][method] * get("learning_rate_multiplier", 1.0)
@@ -218,8 +219,8 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
         basis_steps=get("basis_steps", 10),
         basis_probe_steps=get("basis_probe_steps", 0),
         per_layer_basis=get("per_layer_basis", False),
-        support=get("support", "dynamic"),
-        selection=get("selection", "gradient"),
+        support=support,
+        selection=get("selection", auto_selection(task, support, total)),
         bias_correction=get("bias_correction", "global"),
         support_block=get("support_block", None),
         lora_rank=get("lora_rank", None),
@@ -232,6 +233,14 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
         total_steps=total,
         steps_per_epoch=steps_per_epoch,
     )
+
+
+def auto_selection(task: str, support: str, total_steps: int) -> str:
+    """ "adam" (dense moments, the k largest Adam steps move) for classification runs long enough for the
+    moments to tell steady gradients from noise, else the paper's "gradient". SST-2 on MiniLM: over 126 steps
+    "adam" gained 0.9 points (README); over 8 steps it learned less (0.565 against 0.66 on 200 dev lines)."""
+    long_enough = total_steps >= 100
+    return "adam" if task == "classification" and support == "dynamic" and long_enough else "gradient"
 
 
 def get_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, kind: str = "linear") -> float:

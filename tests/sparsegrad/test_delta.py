@@ -54,9 +54,9 @@ def test_save_load_merge_round_trip(kind: str, method: str, tmp_path: Path) -> N
     tuned = _logits(model, batch)
     base_out = _logits(tiny_model(kind), batch)
     assert (tuned - base_out).abs().max() > 1e-3  # training did change the model
-    sg.save_delta(model, tmp_path)
+    sg.save_delta(model, tmp_path, encoding="coo")
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert config["format"] == "sparsegrad" and config["version"] == 1
+    assert config["format"] == "sparsegrad" and config["version"] == 2
     assert config["base_model_id"] == f"tiny-{kind}" and len(config["base_fingerprint"]) == 64
     assert config["target_modules"] == [t.name for t in sg.get_info(model).targets]
     assert config["labels"] == ["a", "b", "c"] and config["support"] == "dynamic"
@@ -65,6 +65,9 @@ def test_save_load_merge_round_trip(kind: str, method: str, tmp_path: Path) -> N
         assert f.get_tensor(f"{first}.indices").dtype == torch.int32
     loaded = sg.load_delta(tiny_model(kind), tmp_path)
     assert not any(isinstance(m, sg.SparseGradLinear) for m in loaded.modules())
+    assert (_logits(loaded, batch) - tuned).abs().max().item() < 1e-4
+    sg.save_delta(model, tmp_path / "dense", encoding="dense")  # ΔW per layer instead of COO + basis
+    loaded = sg.load_delta(tiny_model(kind), tmp_path / "dense")
     assert (_logits(loaded, batch) - tuned).abs().max().item() < 1e-4
     merged = sg.merge(model)
     assert not any(isinstance(m, sg.SparseGradLinear) for m in merged.modules())
@@ -75,7 +78,7 @@ def test_save_load_merge_round_trip(kind: str, method: str, tmp_path: Path) -> N
 
 def test_delta_stores_only_used_basis_columns(tmp_path: Path) -> None:
     model = _trained("bert")
-    sg.save_delta(model, tmp_path)
+    sg.save_delta(model, tmp_path, encoding="coo")
     with safe_open(str(tmp_path / "adapter_model.safetensors"), framework="pt") as f:
         keys = set(f.keys())
         p_keys = sorted(k for k in keys if k.endswith(".p"))
@@ -83,6 +86,24 @@ def test_delta_stores_only_used_basis_columns(tmp_path: Path) -> None:
         for key in p_keys:
             cols = f.get_tensor(key[:-2] + ".p_cols")
             assert f.get_tensor(key).shape[1] == cols.numel()
+
+
+@pytest.mark.parametrize(("method", "form"), [("sparsegrad", "dense"), ("meprop", "coo")])
+def test_auto_encoding_stores_the_smaller_form(method: str, form: str, tmp_path: Path) -> None:
+    # tiny SparseGrad: the basis columns alone outweigh ΔW, so the group goes dense; MeProp (no basis, 5%
+    # of the entries per step, three steps) stays COO
+    model = _trained("bert", method)
+    sizes = {}
+    for encoding in ("coo", "dense", "auto"):
+        sg.save_delta(model, tmp_path / encoding, encoding=encoding)
+        sizes[encoding] = (tmp_path / encoding / "adapter_model.safetensors").stat().st_size
+    assert sizes["auto"] == sizes[form] == min(sizes["coo"], sizes["dense"])
+    with safe_open(str(tmp_path / "auto" / "adapter_model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    for name in sg.sparse_layers(model):
+        assert (f"{name}.weight_delta" in keys) == (form == "dense") != (f"{name}.indices" in keys)
+    with pytest.raises(ValueError, match="encoding must be"):
+        sg.save_delta(model, tmp_path / "x", encoding="zip")
 
 
 def test_mismatched_base_is_refused(tmp_path: Path) -> None:

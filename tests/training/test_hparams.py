@@ -13,6 +13,10 @@ def test_auto_values_follow_data_size_and_method() -> None:
     assert small.n_epochs == 10 and small.batch_size == 8 and small.max_seq_length == 128
     assert small.learning_rate == BASE_LR["classification"]["sparsegrad"]
     assert small.total_steps == 25 * 10 and small.eval_every == small.checkpoint_every == 50
+    assert small.selection == "adam"  # 250 steps; a short run, a fixed support or a causal LM: the paper's
+    assert resolve({"max_steps": 99}, 200, "classification", "sparsegrad", 512).selection == "gradient"
+    assert resolve({"support": "fixed"}, 200, "classification", "sparsegrad", 512).selection == "gradient"
+    assert resolve({}, 2000, "causal_lm", "sparsegrad", 512).selection == "gradient"
     big = resolve({"learning_rate_multiplier": 2}, 30_000, "classification", "full", 512)
     assert (
         big.n_epochs == 1
