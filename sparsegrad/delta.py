@@ -54,7 +54,8 @@ def save_delta(model: nn.Module, out_dir: str | Path, encoding: str = "auto") ->
     for i, names in enumerate(groups.values()):
         members = [layers[n] for n in names]
         first, short = members[0], f"basis{i}"
-        idx = [m.delta()[0].cpu() for m in members]
+        deltas = [m.delta() for m in members]  # (sorted flat indices, values) of ΔC
+        idx = [ix.cpu() for ix, _ in deltas]
         rows = [ix // m.d_in for ix, m in zip(idx, members, strict=True)]
         cols = [ix % m.d_in for ix, m in zip(idx, members, strict=True)]
         r, c = torch.unique(torch.cat(rows)), torch.unique(torch.cat(cols))
@@ -68,9 +69,9 @@ def save_delta(model: nn.Module, out_dir: str | Path, encoding: str = "auto") ->
                 tensors[f"{n}.weight_delta"] = m.get_delta_weight().float().cpu().contiguous()
                 basis_of[n] = None
             continue
-        for n, m, rr, cc in zip(names, members, rows, cols, strict=True):
+        for n, (_, values), rr, cc in zip(names, deltas, rows, cols, strict=True):
             tensors[f"{n}.indices"] = torch.stack([rr, cc]).to(torch.int32).contiguous()  # (2, nnz)
-            tensors[f"{n}.values"] = m.delta()[1].detach().float().cpu().contiguous()
+            tensors[f"{n}.values"] = values.detach().float().cpu().contiguous()
             basis_of[n] = short
         if rotated:
             assert first.P is not None and first.Q is not None

@@ -220,7 +220,7 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
         basis_probe_steps=get("basis_probe_steps", 0),
         per_layer_basis=get("per_layer_basis", False),
         support=support,
-        selection=get("selection", auto_selection(task, support, total)),
+        selection=get("selection", auto_selection(method, task, support, total)),
         bias_correction=get("bias_correction", "global"),
         support_block=get("support_block", None),
         lora_rank=get("lora_rank", None),
@@ -235,12 +235,13 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
     )
 
 
-def auto_selection(task: str, support: str, total_steps: int) -> str:
-    """ "adam" (dense moments, the k largest Adam steps move) for classification runs long enough for the
-    moments to tell steady gradients from noise, else the paper's "gradient". SST-2 on MiniLM: over 126 steps
-    "adam" gained 0.9 points (README); over 8 steps it learned less (0.565 against 0.66 on 200 dev lines)."""
-    long_enough = total_steps >= 100
-    return "adam" if task == "classification" and support == "dynamic" and long_enough else "gradient"
+def auto_selection(method: str, task: str, support: str, total_steps: int) -> str:
+    """SparseGrad's selection rule: "adam" (dense moments, the k largest Adam steps move) for classification
+    runs long enough for the moments to tell steady gradients from noise, else the paper's "gradient".
+    SST-2 on MiniLM: over 126 steps "adam" gained 0.9 points (README); over 8 steps it learned less (0.565
+    against 0.66 on 200 dev lines)."""
+    sparsegrad_dynamic = method == "sparsegrad" and support == "dynamic"
+    return "adam" if sparsegrad_dynamic and task == "classification" and total_steps >= 100 else "gradient"
 
 
 def get_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, kind: str = "linear") -> float:

@@ -17,6 +17,7 @@ def test_auto_values_follow_data_size_and_method() -> None:
     assert resolve({"max_steps": 99}, 200, "classification", "sparsegrad", 512).selection == "gradient"
     assert resolve({"support": "fixed"}, 200, "classification", "sparsegrad", 512).selection == "gradient"
     assert resolve({}, 2000, "causal_lm", "sparsegrad", 512).selection == "gradient"
+    assert resolve({}, 200, "classification", "meprop", 512).selection == "gradient"
     big = resolve({"learning_rate_multiplier": 2}, 30_000, "classification", "full", 512)
     assert (
         big.n_epochs == 1
