@@ -104,16 +104,13 @@ DEFAULT_VARIANTS = [
 ]
 
 
-def _dir_bytes(path: Path | None) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path else 0
-
-
 def run_variant(
     variant: Variant, train: Path, valid: Path, work: Path, models_dir: Path, eval_at_start: bool
 ) -> dict[str, Any]:
     """Train one variant in this process and measure it; returns one row of the results table."""
     import torch
 
+    from bench.step_time import dir_bytes
     from training import run_training
     from training.model_setup import SMOLLM2_NAME
     from training.spec import Hooks, JobSpec, StepInfo
@@ -170,7 +167,7 @@ def run_variant(
         "total_s": total,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         "trainable_params": int(result.metrics.get("trainable_parameters", 0)) or None,
-        "delta_bytes": _dir_bytes(result.delta_dir),
+        "delta_bytes": dir_bytes(result.delta_dir) if result.delta_dir else 0,
     }
     if torch.cuda.is_available():
         row["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20

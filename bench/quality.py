@@ -88,6 +88,7 @@ def run_one(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One fine-tune; returns its row (dev metrics, wall time, trainable parameters, loss curve)."""
+    from bench.step_time import dir_bytes
     from training import JobSpec, run_training
 
     hp = {**COMMON, **METHOD_HP[method], "n_epochs": epochs, "eval_every": 10**6, "checkpoint_every": 10**6}
@@ -98,7 +99,6 @@ def run_one(
     wall = time.perf_counter() - started
     curve = [(int(r["step"]), float(r["train_loss"])) for r in result.history if "train_loss" in r]
     assert result.delta_dir is not None
-    delta = sum(f.stat().st_size for f in result.delta_dir.rglob("*") if f.is_file())
     return {
         "method": method,
         "seed": seed,
@@ -109,7 +109,7 @@ def run_one(
         "valid_loss": result.metrics["valid_loss"],
         "wall_s": wall,
         "trainable_parameters": int(result.metrics["trainable_parameters"]),
-        "delta_bytes": delta,
+        "delta_bytes": dir_bytes(result.delta_dir),
         "loss_curve": curve,
     }
 
