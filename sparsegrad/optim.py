@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -141,7 +141,9 @@ class SparseGradAdamW(torch.optim.Optimizer):
         n = first.d_out * first.d_in
         st = self.state[first.coef]
         grads_in = [m.coef.grad for m in layers]  # dense, or sparse COO on a support / block
-        blocks = [m_.block for m_ in layers]
+        # every layer's block (dL/dC is zero outside them), or None unless all have one
+        present = [m_.block for m_ in layers if m_.block is not None]
+        blocks = present if len(present) == len(layers) else None
         if self.adam_selection:
             self._adam_selection_step(layers, grads_in, blocks, group, st)
             return
@@ -153,21 +155,16 @@ class SparseGradAdamW(torch.optim.Optimizer):
             # the gradient is only read on the support: gather there, no (L, N) copy
             top = torch.stack([m.support_index for m in layers])  # type: ignore[misc]  # (L, k)
             g = torch.cat([values_at(f, t) for f, t in zip(grads_in, top, strict=True)])  # type: ignore[arg-type]
-            supports = [m_.fixed_support() for m_ in layers]
+            supports: Sequence[Support | None] = [m_.fixed_support() for m_ in layers]
         else:
-            if self.support == "dynamic" and all(b is not None for b in blocks):
-                # top-k among the blocks' entries (dL/dC is zero outside them)
-                cand = torch.stack([b.flat for b in blocks])  # type: ignore[union-attr]  # (L, A), rows sorted
-                inside = torch.stack([values_at(f, c) for f, c in zip(grads_in, cand, strict=True)])  # type: ignore[arg-type]
+            if self.support == "dynamic" and blocks is not None:
+                # top-k among the blocks' entries
+                cand, inside = _block_grads(grads_in, blocks)
                 pick = torch.topk(inside.abs(), first.k, dim=1, sorted=False).indices.sort(dim=1).values
                 top, g = cand.gather(1, pick), inside.gather(1, pick).reshape(-1)
-                # synced through the block's rows and columns: no per-step `unique` of the picked entries
-                supports = [
-                    Support(t, b.rows, b.cols, b.row_pos[p], b.col_pos[p])  # type: ignore[union-attr]
-                    for t, b, p in zip(top, blocks, pick, strict=True)
-                ]
+                supports = _block_supports(top, pick, blocks)
             else:
-                grads = torch.stack([f.to_dense().reshape(-1) for f in grads_in])  # type: ignore[union-attr]  # (L, N)
+                grads = _dense_grads(grads_in)  # (L, N)
                 top = self._support(layers, grads, st)  # (L, k)
                 g = grads.gather(1, top).reshape(-1)  # (L·k,)
                 supports = [Support.of(t, first.d_in) for t in top]
@@ -213,7 +210,7 @@ class SparseGradAdamW(torch.optim.Optimizer):
     def _adam_selection_step(
         layers: list[SparseGradLinear],
         grads_in: list[torch.Tensor | None],
-        blocks: list[Support | None],
+        blocks: list[Support] | None,
         group: dict[str, Any],
         st: dict[str, Any],
     ) -> None:
@@ -224,12 +221,7 @@ class SparseGradAdamW(torch.optim.Optimizer):
         delta, ΔC) of shape (L, candidates), global_step."""
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         first = layers[0]
-        if all(b is not None for b in blocks):
-            cand: torch.Tensor | None = torch.stack([b.flat for b in blocks])  # type: ignore[union-attr]
-            g = torch.stack([values_at(f, c) for f, c in zip(grads_in, cand, strict=True)])  # type: ignore[arg-type]
-        else:
-            cand = None
-            g = torch.stack([f.to_dense().reshape(-1) for f in grads_in])  # type: ignore[union-attr]
+        cand, g = _block_grads(grads_in, blocks) if blocks is not None else (None, _dense_grads(grads_in))
         if "exp_avg" not in st:
             st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(g), torch.zeros_like(g)
             st["global_step"] = g.new_zeros(())
@@ -247,13 +239,12 @@ class SparseGradAdamW(torch.optim.Optimizer):
         update = step.gather(1, pick).mul_(-lr)
         if wd:
             st["delta"].scatter_add_(1, pick, update)
-        top = pick if cand is None else cand.gather(1, pick)
-        for layer, idx, where, upd, block in zip(layers, top, pick, update, blocks, strict=True):
-            sup = (
-                Support.of(idx, first.d_in)
-                if block is None
-                else Support(idx, block.rows, block.cols, block.row_pos[where], block.col_pos[where])
-            )
+        if blocks is None:
+            top, supports = pick, [Support.of(t, first.d_in) for t in pick]
+        else:
+            top = cand.gather(1, pick)  # type: ignore[union-attr]
+            supports = _block_supports(top, pick, blocks)
+        for layer, idx, upd, sup in zip(layers, top, update, supports, strict=True):
             apply_support_update(layer.weight, sup, upd, layer.P, layer.Q)  # type: ignore[arg-type]
             layer.record_update(idx, upd)
 
@@ -314,6 +305,28 @@ class SparseGradAdamW(torch.optim.Optimizer):
                 idx = st["index"]
                 return idx[(idx >= pos * n) & (idx < (pos + 1) * n)] - pos * n
         raise KeyError("layer is not handled by this optimizer")
+
+
+def _dense_grads(grads_in: list[torch.Tensor | None]) -> torch.Tensor:
+    """Each layer's dL/dC (dense or sparse COO) as one dense row: (L, D_out·D_in)."""
+    return torch.stack([f.to_dense().reshape(-1) for f in grads_in])  # type: ignore[union-attr]
+
+
+def _block_grads(
+    grads_in: list[torch.Tensor | None], blocks: list[Support]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocks' flat indices (L, A) (rows sorted) and each layer's dL/dC there (L, A)."""
+    cand = torch.stack([b.flat for b in blocks])
+    return cand, torch.stack([values_at(f, c) for f, c in zip(grads_in, cand, strict=True)])  # type: ignore[arg-type]
+
+
+def _block_supports(top: torch.Tensor, pick: torch.Tensor, blocks: list[Support]) -> list[Support]:
+    """Supports of the picked entries `top` (L, k), `pick` their positions among the blocks' entries: synced
+    through the block's rows and columns, no per-step `unique` of the picked entries."""
+    return [
+        Support(t, b.rows, b.cols, b.row_pos[p], b.col_pos[p])
+        for t, b, p in zip(top, blocks, pick, strict=True)
+    ]
 
 
 def make_optimizer(
