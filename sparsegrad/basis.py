@@ -146,8 +146,9 @@ def compute_basis(
     """Run `cfg.basis_steps` forward/backward steps (`model(**batch).loss`) and build the HOSVD bases.
 
     Streaming form: per group, accumulate Σ G Gᵀ (D_out, D_out) and Σ Gᵀ G (D_in, D_in) in float32 over
-    every layer and step (one upper-triangle product per group and step), then one `eigh` each (P, Q =
-    eigenvectors by descending eigenvalue). With `cfg.per_layer_basis` each layer is its own group; with
+    every layer and step (an upper-triangle product per layer, one layer's float32 gradient alive at a
+    time; the summed gradients a fixed support or block needs are kept in host memory), then one `eigh`
+    each (P, Q = eigenvectors by descending eigenvalue). With `cfg.per_layer_basis` each layer is its own group; with
     `cfg.basis_probe_steps` the head is first fitted alone on the same batches. No weight changes in the end:
     the head (if fitted), the trainable flags, train/eval mode, existing grads and the global RNG state are
     restored afterwards.
@@ -183,28 +184,26 @@ def compute_basis(
                 _loss(model, batch, device).backward()
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    by_group: dict[str, list[torch.Tensor]] = {}
                     for name, m in modules.items():
                         weight = module_weight(m)
                         grad = weight.grad
                         assert grad is not None, f"no gradient reached target layer {name}"
                         g = (grad.t() if is_conv1d(m) else grad).float()  # (D_out, D_in) layout
-                        by_group.setdefault(group_of[name], []).append(g)
-                        if cfg.support != "fixed" and cfg.support_block is None:
-                            pass  # the summed gradient only serves to choose a fixed support or a block
-                        elif name in grad_sum:
-                            grad_sum[name].add_(g)
-                        else:
-                            grad_sum[name] = g.clone()
                         weight.grad = None
-                    for key, gs in by_group.items():
+                        key = group_of[name]
                         if key not in gram_out:
-                            d_out, d_in = gs[0].shape
-                            gram_out[key] = torch.zeros(d_out, d_out, device=device)
-                            gram_in[key] = torch.zeros(d_in, d_in, device=device)
-                        # Σ_l G_l G_lᵀ and Σ_l G_lᵀ G_l of the whole group as one product each
-                        _gram_add(gram_out[key], torch.cat(gs, dim=1), rows=True)
-                        _gram_add(gram_in[key], torch.cat(gs, dim=0), rows=False)
+                            gram_out[key] = torch.zeros(g.shape[0], g.shape[0], device=device)
+                            gram_in[key] = torch.zeros(g.shape[1], g.shape[1], device=device)
+                        # streamed: Σ_l G_l G_lᵀ and Σ_l G_lᵀ G_l, one layer's gradient alive at a time
+                        _gram_add(gram_out[key], g, rows=True)
+                        _gram_add(gram_in[key], g, rows=False)
+                        if cfg.support == "fixed" or cfg.support_block is not None:
+                            # only to choose a fixed support or a block; kept in host memory
+                            if name in grad_sum:
+                                grad_sum[name].add_(g.cpu())
+                            else:
+                                grad_sum[name] = g.cpu().clone()
+                        del g
                 extra += time.perf_counter() - t0
                 steps += 1
         if steps == 0:

@@ -12,17 +12,21 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sparsegrad.function import apply_sparse_update
-from sparsegrad.model import get_info, sparse_layers, weight_fingerprint
+from sparsegrad.model import FINGERPRINT_KIND, get_info, sparse_layers, weight_fingerprint
 from sparsegrad.targets import is_linear_like, linear_weight, module_weight
 
 FORMAT = "sparsegrad"
-VERSION = 2  # 2: a layer may be stored as a dense weight_delta
+VERSION = 3  # 2: a layer may be stored as a dense weight_delta; 3: fingerprints of bf16-rounded values
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 class DeltaMismatch(ValueError):
     """The delta does not fit this base model (names the layer)."""
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _plain_name(param_name: str) -> str:
@@ -93,6 +97,10 @@ def save_delta(model: nn.Module, out_dir: str | Path, encoding: str = "auto") ->
         "base_model_id": info.cfg.base_model_id,
         "base_fingerprint": info.fingerprint,
         "layer_fingerprints": info.layer_fingerprints,
+        "fingerprint_kind": FINGERPRINT_KIND,
+        "base_dtype": str(next(iter(layers.values())).weight.dtype).removeprefix("torch.")
+        if layers
+        else None,
         "target_modules": [t.name for t in info.targets],
         "layers": {
             n: {
@@ -142,12 +150,28 @@ def check_base(model: nn.Module, config: dict[str, Any], check_fingerprint: bool
             raise DeltaMismatch(
                 f"layer {name!r}: base weight is {shape}, the delta was trained on {spec['shape']}"
             )
-        if check_fingerprint and weight_fingerprint(module_weight(m)) != config["layer_fingerprints"][name]:
+        kind = config.get("fingerprint_kind", "exact")
+        weight = module_weight(m)
+        if check_fingerprint and weight_fingerprint(weight, kind) != config["layer_fingerprints"][name]:
+            was = config.get("base_dtype")
+            dtype_note = (
+                f"; the delta was made on {was} weights, these are {_dtype_name(weight.dtype)}"
+                if was and was != _dtype_name(weight.dtype)
+                else ""
+            )
+            compare = "values rounded to bf16" if kind == FINGERPRINT_KIND else "dtype and raw bytes"
             raise DeltaMismatch(
                 f"layer {name!r}: base weights differ from the ones the delta was trained on "
-                "(sha256 mismatch); "
+                f"(sha256 of the {compare} mismatch{dtype_note}); "
                 f"load the same base model ({config.get('base_model_id')!r})"
             )
+
+
+def _add_rounded_once(w: torch.Tensor, dw: torch.Tensor) -> None:
+    """w += dw, the sum taken in float32 (at least) and rounded once to w's dtype: a bf16 base gets
+    round(W + ΔW), not round(W + round(ΔW)), the same as `merge` of the trained model."""
+    dw = dw.to(w.device)
+    w.copy_((w.to(torch.promote_types(w.dtype, dw.dtype)) + dw).to(w.dtype))
 
 
 @torch.no_grad()
@@ -166,7 +190,7 @@ def load_delta(model: nn.Module, delta_dir: str | Path, check_fingerprint: bool 
             m = model.get_submodule(name)
             w = linear_weight(m)
             if f"{name}.weight_delta" in keys:  # stored dense (see save_delta)
-                w.add_(f.get_tensor(f"{name}.weight_delta").to(device=w.device, dtype=w.dtype))
+                _add_rounded_once(w, f.get_tensor(f"{name}.weight_delta"))
                 continue
             idx = f.get_tensor(f"{name}.indices").long()
             values = f.get_tensor(f"{name}.values")
@@ -185,7 +209,7 @@ def load_delta(model: nn.Module, delta_dir: str | Path, check_fingerprint: bool 
                 small = torch.zeros(p.shape[1], q.shape[1])  # ΔC restricted to the used (|R|, |C|)
                 small.index_put_((rows, cols), values, accumulate=True)
                 dw = p @ small @ q.t()  # (D_out, D_in)
-            w.add_(dw.to(device=w.device, dtype=w.dtype))
+            _add_rounded_once(w, dw)
         for plain in config["dense_params"]:
             if plain not in params:
                 raise DeltaMismatch(f"base model has no parameter {plain!r} that the delta trained")

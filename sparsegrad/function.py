@@ -9,10 +9,13 @@ sync by `apply_sparse_update` after each optimizer step. P or Q may be None (ide
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from sparsegrad.sidepath import DeltaPath
 
 # Slice out all-zero rows of dY (padding tokens) only when at least this fraction of rows is zero: the
 # gather costs a copy, which pays off only when it removes real work.
@@ -45,8 +48,10 @@ def coefficient_grad(
     """
     n, d_out = gy.shape
     d_in = x.shape[1]
-    basis_dtype = p.dtype if p is not None else (q.dtype if q is not None else gy.dtype)
-    gy, x = gy.to(basis_dtype), x.to(basis_dtype)  # bf16 activations meet a float32 basis
+    # bf16 activations (autocast, low-precision weights) meet a float32 basis; at least float32 without one
+    basis_dtype = p.dtype if p is not None else (q.dtype if q is not None else torch.float32)
+    basis_dtype = torch.promote_types(basis_dtype, gy.dtype)
+    gy, x = gy.to(basis_dtype), x.to(basis_dtype)
     r = p.shape[1] if p is not None else d_out
     c = q.shape[1] if q is not None else d_in
     factor_first = n * ((d_out * r if p is not None else 0) + (d_in * c if q is not None else 0) + r * c)
@@ -189,13 +194,24 @@ def _csr(row: torch.Tensor, col: torch.Tensor, val: torch.Tensor, n_rows: int, n
         return torch.sparse_csr_tensor(crow, col, val, (n_rows, n_cols), check_invariants=False)
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for `device_type`, or None."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
 class SparseGradFunction(torch.autograd.Function):
     """Y = X (W + P A Qᵀ)ᵀ + b with gradient dL/dA = Pᵀ (dL/dW) Q, (D_out, D_in).
 
     In training A is a zero-stride placeholder (`coef_is_zero=True`): the live coefficients are folded into W,
-    so the forward is plain F.linear. With a real A (gradcheck) the same backward is exercised. Rows of dY
-    that are all zero (padding) are skipped in every backward product. With a `support` (a fixed support the
-    optimizer never re-chooses, or a support block), dL/dA is computed on it only, as a sparse COO tensor.
+    or, for a frozen low-precision W, carried by `side` (a DeltaPath adding x ΔWᵀ), so the forward is plain
+    F.linear (+ the side path). With a real A (gradcheck) the same backward is exercised. Rows of dY that are
+    all zero (padding) are skipped in every backward product. With a `support` (a fixed support the optimizer
+    never re-chooses, or a support block), dL/dA is computed on it only, as a sparse COO tensor.
+
+    Mixed precision: under autocast the forward product runs in the autocast dtype (as nn.Linear's would), the
+    input is saved in that dtype, dL/dX is computed in it, and dL/dA in float32 through the float32 basis.
     """
 
     @staticmethod
@@ -209,6 +225,7 @@ class SparseGradFunction(torch.autograd.Function):
         q: torch.Tensor | None,
         coef_is_zero: bool,
         support: Support | None = None,
+        side: DeltaPath | None = None,
     ) -> torch.Tensor:
         w = weight
         if not coef_is_zero:
@@ -218,11 +235,18 @@ class SparseGradFunction(torch.autograd.Function):
             if q is not None:
                 a = a @ q.t()
             w = weight + a
-        ctx.save_for_backward(x, w, p, q)
-        ctx.has_bias = bias is not None
+        cast = _autocast_dtype(x.device.type)
+        y = F.linear(x, w, bias)  # autocast casts x, w and b as it would for nn.Linear
+        xs = x.to(cast) if cast is not None else x  # (…, D_in) in the dtype the product used
+        if side is not None:
+            y = y + side.output(xs.to(y.dtype), p, q)
+        ctx.save_for_backward(xs, w, p, q)
+        ctx.x_dtype = x.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.coef_dtype = coef.dtype
         ctx.support = support
-        return F.linear(x, w, bias)
+        ctx.side = side
+        return y
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -241,17 +265,19 @@ class SparseGradFunction(torch.autograd.Function):
             x2 = x2.index_select(0, idx)
         gx = gcoef = gb = None
         if need_x:
-            gxk = gy2 @ w  # (N_keep, D_in)
+            gxk = gy2 @ w.to(gy2.dtype)  # (N_keep, D_in); w is cast per layer, never kept
+            if ctx.side is not None:
+                gxk = gxk + ctx.side.input_grad(gy2, p, q)
             if sliced:
                 gx = gy2.new_zeros(n, d_in).index_copy_(0, idx, gxk)
             else:
                 gx = gxk
-            gx = gx.reshape(x.shape)
+            gx = gx.reshape(*x.shape[:-1], d_in).to(ctx.x_dtype)
         if need_coef:
             if ctx.support is not None:
                 gcoef = support_grad(gy2, x2, p, q, ctx.support, (d_out, d_in)).to(ctx.coef_dtype)
             else:
                 gcoef = coefficient_grad(gy2, x2, p, q).to(ctx.coef_dtype)
-        if need_bias and ctx.has_bias:
-            gb = gy2.sum(dim=0)  # bias gradient in the original space
-        return gx, gcoef, None, gb, None, None, None, None
+        if need_bias and ctx.bias_dtype is not None:
+            gb = gy2.sum(dim=0, dtype=torch.float32).to(ctx.bias_dtype)  # bias gradient in the original space
+        return gx, gcoef, None, gb, None, None, None, None, None

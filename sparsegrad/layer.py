@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsegrad.function import SparseGradFunction, Support, apply_sparse_update
+from sparsegrad.function import (
+    SparseGradFunction,
+    Support,
+    apply_sparse_update,
+    apply_support_update,
+)
+from sparsegrad.sidepath import DeltaPath
 from sparsegrad.targets import is_conv1d, linear_weight, module_bias, module_weight
 
 _COMPACT_EVERY = 16  # steps of logged ΔC updates between compactions
+# Converted bases by (id of the source, device, dtype): layers that shared one P / Q before `.to()` share the
+# converted copy too (the optimizer groups layers by their bases). Weak references: nothing is kept alive.
+_MOVED: dict[tuple[int, torch.device, torch.dtype], tuple[weakref.ref[Any], weakref.ref[Any]]] = {}
+
+
+def is_low_precision(dtype: torch.dtype) -> bool:
+    """Weights stored in fewer than 32 bits (bf16, fp16): too coarse to take small updates in place."""
+    return dtype.is_floating_point and torch.finfo(dtype).bits < 32
+
+
+def _shared_to(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    for key in [k for k, (old, _) in _MOVED.items() if old() is None]:
+        del _MOVED[key]
+    key = (id(t), device, dtype)
+    hit = _MOVED.get(key)
+    if hit is not None and hit[0]() is t and (new := hit[1]()) is not None:
+        return new  # type: ignore[no-any-return]
+    new = t.to(device, dtype)
+    if new is not t:
+        _MOVED[key] = (weakref.ref(t), weakref.ref(new))
+    return new
 
 
 class SparseGradLinear(nn.Module):
@@ -27,6 +55,10 @@ class SparseGradLinear(nn.Module):
       `grad_on_support_only` (a fixed support that is never re-chosen) dL/dC is computed there only.
     - `block`: with config support_block, the rows × columns every support stays in; dL/dC is computed on
       it only (on the fixed support itself when that is never re-chosen).
+    - `side`: for a base weight stored in low precision (bf16, fp16), the weight never changes while training;
+      ΔW = P ΔC Qᵀ runs beside it as a `DeltaPath` (float32), so no update rounds away. `merge` folds it in.
+      `.to()` keeps the model's function: a float32 weight moved to bf16 hands its ΔW to the side path, and
+      back; bases, ΔC and coefficients stay float32 (float64 if asked), the placeholder stays zero-stride.
     `P`/`Q` are None for MeProp (identity basis). The base weight never has requires_grad.
     """
 
@@ -68,6 +100,8 @@ class SparseGradLinear(nn.Module):
         self.grad_on_support_only = False
         self._support: Support | None = None
         self.block: Support | None = None
+        weight = module_weight(base_layer)
+        self.side = DeltaPath(d_out, d_in, device, dtype) if is_low_precision(weight.dtype) else None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -78,8 +112,13 @@ class SparseGradLinear(nn.Module):
         w = linear_weight(self.base_layer)
         bias = module_bias(self.base_layer)
         if torch.is_grad_enabled() and self.coef.requires_grad:
-            return SparseGradFunction.apply(x, self.coef, w, bias, self.P, self.Q, True, self.grad_support())
-        return F.linear(x, w, bias)
+            return SparseGradFunction.apply(
+                x, self.coef, w, bias, self.P, self.Q, True, self.grad_support(), self.side
+            )
+        y = F.linear(x, w, bias)
+        if self.side is not None:
+            y = y + self.side.output(x.to(y.dtype), self.P, self.Q)
+        return y
 
     def grad_support(self) -> Support | None:
         """Where dL/dC is computed (None: everywhere): a fixed support never re-chosen, else the block."""
@@ -94,10 +133,26 @@ class SparseGradLinear(nn.Module):
         return self._support
 
     @torch.no_grad()
-    def apply_update(self, index: torch.Tensor, values: torch.Tensor) -> None:
-        """C[index] += values (flat sorted unique int64 index): records ΔC and does W += P S Qᵀ."""
+    def apply_update(self, index: torch.Tensor, values: torch.Tensor, support: Support | None = None) -> None:
+        """C[index] += values (flat sorted unique int64 index): records ΔC and does W += P S Qᵀ (or adds S to
+        the side path of a low-precision weight). `support`, the Support of `index` when the caller has it,
+        syncs W through its basis columns only."""
         self.record_update(index, values)
-        apply_sparse_update(self.weight, index // self.d_in, index % self.d_in, values, self.P, self.Q)
+        if self.side is not None:
+            self.side.add(index, values)
+        elif support is not None:
+            apply_support_update(self.weight, support, values, self.P, self.Q)
+        else:
+            apply_sparse_update(self.weight, index // self.d_in, index % self.d_in, values, self.P, self.Q)
+
+    @torch.no_grad()
+    def fold_side_path(self) -> None:
+        """W = round(W + ΔW) once, for a low-precision weight (`merge`): the side path is then empty."""
+        if self.side is None:
+            return
+        w = self.weight
+        w.copy_((w.float() + self.get_delta_weight().float()).to(w.dtype))
+        self.side = DeltaPath(self.d_out, self.d_in, w.device, self.delta_value.dtype)
 
     def record_update(self, index: torch.Tensor, values: torch.Tensor) -> None:
         """Log ΔC[index] += values (W is updated by the caller). Compacted every few steps: the per-entry sum
@@ -145,6 +200,39 @@ class SparseGradLinear(nn.Module):
         basis = "identity" if self.P is None else "hosvd"
         return f"d_out={self.d_out}, d_in={self.d_in}, k={self.k}, group={self.group!r}, basis={basis}"
 
+    def _apply(self, fn: Any, recurse: bool = True) -> SparseGradLinear:
+        """`.to()`, `.cuda()`, `.half()`…: the base layer converts as asked; the layer's own tensors only move
+        (float64 is honoured for bases and ΔC, any lower precision is not: the basis must stay orthogonal).
+        Between a float32 and a low-precision weight, ΔW moves between the weight and the side path."""
+        self.compact()
+        w = self.weight
+        probe = fn(torch.zeros(1, dtype=w.dtype, device=w.device))
+        device = probe.device
+        keep = torch.float64 if fn(torch.zeros(1, device=w.device)).dtype == torch.float64 else torch.float32
+        low_before, low_after = self.side is not None, is_low_precision(probe.dtype)
+        with torch.no_grad():
+            if not low_before and low_after:  # W holds base + ΔW: take ΔW out before rounding
+                w.sub_(self.get_delta_weight().to(w.dtype))
+            self.base_layer._apply(fn, recurse)
+            for name in ("P", "Q", "delta_value"):
+                t = self._buffers[name]
+                if t is not None:
+                    self._buffers[name] = _shared_to(t, device, keep)
+            for name in ("delta_index", "support_index"):
+                t = self._buffers[name]
+                if t is not None:
+                    self._buffers[name] = t.to(device)
+            self.coef.data = torch.zeros(1, dtype=keep, device=device).expand(self.d_out, self.d_in)
+            self._support = None
+            if self.block is not None:
+                self.block = Support(*(t.to(device) for t in self.block))
+            self.side = None
+            if low_after:
+                self.side = DeltaPath.of(self.delta_index, self.delta_value, self.d_out, self.d_in, keep)
+            elif low_before:  # the weight is full precision again: ΔW goes back into it
+                self.weight.add_(self.get_delta_weight().to(self.weight.dtype))
+        return self
+
     # The placeholder is not state; the sparse buffers change size during training.
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         self.compact()
@@ -171,3 +259,7 @@ class SparseGradLinear(nn.Module):
         )
         if prefix + "coef" in missing_keys:
             missing_keys.remove(prefix + "coef")
+        if self.side is not None:
+            self.side = DeltaPath.of(
+                self.delta_index, self.delta_value, self.d_out, self.d_in, self.delta_value.dtype
+            )

@@ -38,10 +38,19 @@ class InjectionInfo:
     head_modules: list[str]
 
 
-def weight_fingerprint(weight: torch.Tensor) -> str:
-    """sha256 of a tensor's dtype, shape and raw bytes (stored layout)."""
+FINGERPRINT_KIND = "bf16-values"  # how layer fingerprints are taken (a delta records it)
+
+
+def weight_fingerprint(weight: torch.Tensor, kind: str = FINGERPRINT_KIND) -> str:
+    """sha256 of a tensor's shape and values rounded to bf16 ("bf16-values"): the same for a float32 base and
+    its bf16 copy, so a delta loads into the base in either precision. "exact" (deltas of version 2 and
+    before): the dtype and the raw bytes."""
     t = weight.detach().contiguous().cpu()
-    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode())
+    if kind == FINGERPRINT_KIND:
+        t = t.to(torch.bfloat16)
+        h = hashlib.sha256(f"{tuple(t.shape)}:".encode())
+    else:
+        h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:".encode())
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
@@ -192,12 +201,14 @@ def sparse_layers(model: nn.Module) -> dict[str, SparseGradLinear]:
 
 
 def merge(model: nn.Module) -> nn.Module:
-    """Replace every SparseGradLinear by its base layer, whose weight already holds W_base + P ΔC Qᵀ.
+    """Replace every SparseGradLinear by its base layer, whose weight then holds W_base + P ΔC Qᵀ (a
+    low-precision weight takes its side path's ΔW here, rounded once).
 
     In place; the result is a plain model (nn.Linear / Conv1D) that does not need sparsegrad.
     """
     get_info(model)
     for name, layer in sparse_layers(model).items():
+        layer.fold_side_path()
         parent, child = get_submodule_parent(model, name)
         setattr(parent, child, layer.base_layer)
     object.__delattr__(model, INFO_ATTR)

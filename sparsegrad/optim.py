@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sparsegrad._index import merge_sorted, relay, restrict
-from sparsegrad.function import Support, apply_support_update, values_at
+from sparsegrad.function import Support, values_at
 from sparsegrad.layer import SparseGradLinear
 from sparsegrad.model import get_info, sparse_layers
 
@@ -111,10 +111,9 @@ class SparseGradAdamW(torch.optim.Optimizer):
     def _support(
         self, layers: list[SparseGradLinear], grads: torch.Tensor, st: dict[str, Any]
     ) -> torch.Tensor:
-        """(L, k) sorted flat indices of this step's support per layer; grads: (L, D_out·D_in)."""
+        """(L, k) sorted flat indices of a fixed support (re-chosen every `refresh_every` steps); grads:
+        (L, D_out·D_in)."""
         k = layers[0].k
-        if self.support == "dynamic":
-            return torch.topk(grads.abs(), k, dim=1, sorted=False).indices.sort(dim=1).values
         if self.refresh_every:
             acc = st.get("refresh_acc")
             st["refresh_acc"] = grads.abs() if acc is None else acc.add_(grads.abs())
@@ -163,6 +162,9 @@ class SparseGradAdamW(torch.optim.Optimizer):
                 pick = torch.topk(inside.abs(), first.k, dim=1, sorted=False).indices.sort(dim=1).values
                 top, g = cand.gather(1, pick), inside.gather(1, pick).reshape(-1)
                 supports = _block_supports(top, pick, blocks)
+            elif self.support == "dynamic":
+                top, g = _per_layer_top_k(grads_in, first.k)  # (L, k), (L·k,)
+                supports = [Support.of(t, first.d_in) for t in top]
             else:
                 grads = _dense_grads(grads_in)  # (L, N)
                 top = self._support(layers, grads, st)  # (L, k)
@@ -200,11 +202,9 @@ class SparseGradAdamW(torch.optim.Optimizer):
         st["exp_avg_sq"][pos] = v
         st["delta"][pos] = delta + update
         update2 = update.view(len(layers), -1)  # (L, k)
-        for layer, sup, upd in zip(layers, supports, update2, strict=True):
+        for layer, idx, sup, upd in zip(layers, top, supports, update2, strict=True):
             # W += P S Qᵀ through the basis columns of this step's support only
-            apply_support_update(layer.weight, sup, upd, layer.P, layer.Q)  # type: ignore[arg-type]
-        for layer, idx, upd in zip(layers, top, update2, strict=True):
-            layer.record_update(idx, upd)
+            layer.apply_update(idx, upd, sup)
 
     @staticmethod
     def _adam_selection_step(
@@ -245,8 +245,7 @@ class SparseGradAdamW(torch.optim.Optimizer):
             top = cand.gather(1, pick)  # type: ignore[union-attr]
             supports = _block_supports(top, pick, blocks)
         for layer, idx, upd, sup in zip(layers, top, update, supports, strict=True):
-            apply_support_update(layer.weight, sup, upd, layer.P, layer.Q)  # type: ignore[arg-type]
-            layer.record_update(idx, upd)
+            layer.apply_update(idx, upd, sup)
 
     @staticmethod
     def _move_fixed_state(
@@ -305,6 +304,18 @@ class SparseGradAdamW(torch.optim.Optimizer):
                 idx = st["index"]
                 return idx[(idx >= pos * n) & (idx < (pos + 1) * n)] - pos * n
         raise KeyError("layer is not handled by this optimizer")
+
+
+def _per_layer_top_k(grads_in: list[torch.Tensor | None], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each layer's k largest |dL/dC| (sorted flat indices (L, k)) and their values (L·k,), one layer at a
+    time: no (L, D_out·D_in) stack of the group's gradients."""
+    tops, values = [], []
+    for f in grads_in:
+        flat = f.to_dense().reshape(-1)  # type: ignore[union-attr]  # a view of a dense gradient
+        top = torch.topk(flat.abs(), k, sorted=False).indices.sort().values
+        tops.append(top)
+        values.append(flat[top])
+    return torch.stack(tops), torch.cat(values)
 
 
 def _dense_grads(grads_in: list[torch.Tensor | None]) -> torch.Tensor:

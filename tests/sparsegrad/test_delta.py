@@ -56,7 +56,7 @@ def test_save_load_merge_round_trip(kind: str, method: str, tmp_path: Path) -> N
     assert (tuned - base_out).abs().max() > 1e-3  # training did change the model
     sg.save_delta(model, tmp_path, encoding="coo")
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert config["format"] == "sparsegrad" and config["version"] == 2
+    assert config["format"] == "sparsegrad" and config["version"] == 3
     assert config["base_model_id"] == f"tiny-{kind}" and len(config["base_fingerprint"]) == 64
     assert config["target_modules"] == [t.name for t in sg.get_info(model).targets]
     assert config["labels"] == ["a", "b", "c"] and config["support"] == "dynamic"
