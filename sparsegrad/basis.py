@@ -148,10 +148,10 @@ def compute_basis(
     Streaming form: per group, accumulate Σ G Gᵀ (D_out, D_out) and Σ Gᵀ G (D_in, D_in) in float32 over
     every layer and step (an upper-triangle product per layer, one layer's float32 gradient alive at a
     time; the summed gradients a fixed support or block needs are kept in host memory), then one `eigh`
-    each (P, Q = eigenvectors by descending eigenvalue). With `cfg.per_layer_basis` each layer is its own group; with
-    `cfg.basis_probe_steps` the head is first fitted alone on the same batches. No weight changes in the end:
-    the head (if fitted), the trainable flags, train/eval mode, existing grads and the global RNG state are
-    restored afterwards.
+    each (P, Q = eigenvectors by descending eigenvalue). With `cfg.per_layer_basis` each layer is its own
+    group; with `cfg.basis_probe_steps` the head is first fitted alone on the same batches. No weight changes
+    in the end: the head (if fitted), the trainable flags, train/eval mode, existing grads and the global RNG
+    state are restored afterwards.
     """
     if targets is None:
         targets = find_target_modules(model, cfg.target_modules, cfg.include_gate_proj, cfg.layers)

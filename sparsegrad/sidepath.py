@@ -70,7 +70,7 @@ class DeltaPath:
     def _columns(
         self, p: torch.Tensor | None, q: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(P_R, Q_C), cached while the rows, columns and bases stay the same (a whole basis is not copied)."""
+        """(P_R, Q_C), cached while rows, columns and bases stay the same (a whole basis is not copied)."""
         key = p if p is not None else q
         if self._cols_cache is None or self._cols_cache[0] is not key:
             p_r = (
