@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         default=7 * 24 * 3600, description="Broker redelivery timeout; above any job."
     )
+    precision: Literal["auto", "fp32", "bf16", "bf16-weights"] = Field(
+        default="auto",
+        description="Training precision: bf16 autocast (bf16), also bf16 frozen weights (bf16-weights), "
+        "fp32; auto = bf16 on CUDA, fp32 on CPU.",
+    )
     models_dir: Path | None = Field(
         default=None, description="Extra model registry; default $DATA_DIR/models."
     )

@@ -209,10 +209,9 @@ class SparseGradLinear(nn.Module):
         probe = fn(torch.zeros(1, dtype=w.dtype, device=w.device))
         device = probe.device
         keep = torch.float64 if fn(torch.zeros(1, device=w.device)).dtype == torch.float64 else torch.float32
-        low_before, low_after = self.side is not None, is_low_precision(probe.dtype)
+        low_after = is_low_precision(probe.dtype)
         with torch.no_grad():
-            if not low_before and low_after:  # W holds base + ΔW: take ΔW out before rounding
-                w.sub_(self.get_delta_weight().to(w.dtype))
+            self._before_weight_cast(low_after)
             self.base_layer._apply(fn, recurse)
             for name in ("P", "Q", "delta_value"):
                 t = self._buffers[name]
@@ -226,12 +225,32 @@ class SparseGradLinear(nn.Module):
             self._support = None
             if self.block is not None:
                 self.block = Support(*(t.to(device) for t in self.block))
-            self.side = None
-            if low_after:
-                self.side = DeltaPath.of(self.delta_index, self.delta_value, self.d_out, self.d_in, keep)
-            elif low_before:  # the weight is full precision again: ΔW goes back into it
-                self.weight.add_(self.get_delta_weight().to(self.weight.dtype))
+            self._after_weight_cast()
         return self
+
+    @torch.no_grad()
+    def set_weight_dtype(self, dtype: torch.dtype) -> None:
+        """Store the base weight in `dtype` (alone: a trainable bias keeps its own), ΔW moving between the
+        weight and the side path as in `.to()`."""
+        self.compact()
+        self._before_weight_cast(is_low_precision(dtype))
+        weight = module_weight(self.base_layer)
+        weight.data = weight.data.to(dtype)
+        self._after_weight_cast()
+
+    def _before_weight_cast(self, low_after: bool) -> None:
+        if self.side is None and low_after:  # W holds base + ΔW: take ΔW out before rounding
+            self.weight.sub_(self.get_delta_weight().to(self.weight.dtype))
+
+    def _after_weight_cast(self) -> None:
+        low_before, low_after = self.side is not None, is_low_precision(self.weight.dtype)
+        self.side = None
+        if low_after:
+            self.side = DeltaPath.of(
+                self.delta_index, self.delta_value, self.d_out, self.d_in, self.delta_value.dtype
+            )
+        elif low_before:  # the weight is full precision again: ΔW goes back into it
+            self.weight.add_(self.get_delta_weight().to(self.weight.dtype))
 
     # The placeholder is not state; the sparse buffers change size during training.
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:

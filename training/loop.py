@@ -2,10 +2,11 @@
 
 set up (training.setup) -> [evaluate at step 0] -> for each optimizer step: the step's examples in seeded
 order, split into micro-batches (gradient accumulation), dynamically padded; lr = get_lr(step); forward under
-autocast (bf16 on CUDA) / backward, each micro-batch's mean loss weighted by its share of the step's loss
-units (examples or learnt tokens), so accumulation equals one big batch; optimizer step; hooks; evaluation
-every `eval_every` steps and at the end; checkpoint every `checkpoint_every` steps; `should_stop` polled
-every step ("cancel"/"pause": checkpoint, return). At the end: the delta in work_dir/delta.
+the precision's autocast (training.precision: bf16 on CUDA by default) / backward, each micro-batch's mean
+loss weighted by its share of the step's loss units (examples or learnt tokens), so accumulation equals one
+big batch; optimizer step; hooks; evaluation every `eval_every` steps and at the end; checkpoint every
+`checkpoint_every` steps; `should_stop` polled every step ("cancel"/"pause": checkpoint, return). At the
+end: the delta in work_dir/delta.
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ def run_training(
     hooks: Hooks | None = None,
     resume_from: Path | None = None,
     models_dir: Path | None = None,
+    precision: str = "auto",
 ) -> TrainResult:
-    """Train `spec` on the JSONL files; see the module docstring. Raises TrainingError subclasses."""
+    """Train `spec` on the JSONL files; see the module docstring. Raises TrainingError subclasses.
+    `precision`: fp32 | bf16 | bf16-weights | auto (training.precision)."""
     hooks = hooks or Hooks()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +116,13 @@ def run_training(
 
     with _guard_setup():
         run = build_run(
-            spec, Path(train_file), Path(valid_file) if valid_file else None, models_dir, resume_from, say
+            spec,
+            Path(train_file),
+            Path(valid_file) if valid_file else None,
+            models_dir,
+            resume_from,
+            say,
+            precision,
         )
     hp, model, optimizer = run.hp, run.prepared.model, run.prepared.optimizer
     total = hp.total_steps

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from training.data import (
 from training.hparams import Hyper, resolve
 from training.methods import Prepared, prepare, sparse_config
 from training.models import load_model, load_tokenizer, max_positions, registry_entry
+from training.precision import resolve_precision, store_frozen_weights
 from training.spec import DataError, HyperparameterError, JobSpec, TrainingError
 
 METHODS = ("sparsegrad", "lora", "full", "meprop")
@@ -49,6 +50,7 @@ class Run:
     device: torch.device
     autocast: Callable[[], AbstractContextManager[Any]]
     fingerprint: str
+    frozen_dtype: torch.dtype = torch.float32  # storage of the weights that do not train (precision)
     step: int = 0
     epoch: int = 0
     index: int = 0  # examples of `epoch`'s permutation already consumed
@@ -92,6 +94,7 @@ class Run:
             "task": self.task,
             "seed": self.spec.seed,
             "data": self.fingerprint,
+            "frozen_weights": str(self.frozen_dtype).removeprefix("torch."),
         }
 
 
@@ -108,13 +111,6 @@ def _fingerprint(*paths: Path | None) -> str:
     return h.hexdigest()
 
 
-def _device() -> tuple[torch.device, Callable[[], AbstractContextManager[Any]]]:
-    """CUDA with bf16 autocast where a GPU is present, else CPU in float32."""
-    if torch.cuda.is_available():
-        return torch.device("cuda"), lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.device("cpu"), nullcontext
-
-
 def build_run(
     spec: JobSpec,
     train_file: Path,
@@ -122,6 +118,7 @@ def build_run(
     models_dir: Path | None,
     resume_from: Path | None,
     say: Callable[[str], None],
+    precision: str = "auto",
 ) -> Run:
     """Set a job up; on `resume_from`, continue exactly where that checkpoint stopped."""
     if spec.method not in METHODS:
@@ -160,7 +157,11 @@ def build_run(
             f"{cut} of {len(train)} training examples are longer than max_seq_length="
             f"{hp.max_seq_length} and were cut"
         )
-    device, autocast = _device()
+    try:
+        prec = resolve_precision(precision)
+    except ValueError as exc:
+        raise HyperparameterError(str(exc), param="precision") from exc
+    device = prec.device
     regression = labels is not None and labels.kind == "float"
     model = load_model(entry, task, labels.names if labels and not regression else None, regression)
     model.config.pad_token_id = tokenizer.pad_token_id  # type: ignore[union-attr]
@@ -176,9 +177,20 @@ def build_run(
         chunks = first_micro_batches(train, spec.seed, hp.basis_steps, micro)
         basis_batches = [collate(c, run_pad(tokenizer), task) for c in chunks]
     try:
-        prepared = prepare(spec.method, model, hp, cfg, basis_batches, basis)
+        with prec.autocast():
+            prepared = prepare(spec.method, model, hp, cfg, basis_batches, basis)
     except (ValueError, KeyError) as exc:
         raise HyperparameterError(f"could not apply {spec.method} to {spec.model!r}: {exc}") from exc
+    saved = store_frozen_weights(prepared.model, prec.frozen_dtype)
+    say(
+        f"Precision {prec.name} on {device.type}: "
+        + ("bf16 autocast, " if prec.autocast_dtype is not None else "")
+        + (
+            f"frozen weights stored in bf16 ({saved / 2**20:.0f} MiB saved), trainable ones in float32"
+            if saved
+            else "weights in float32"
+        )
+    )
     run = Run(
         spec,
         task,
@@ -189,8 +201,9 @@ def build_run(
         valid,
         prepared,
         device,
-        autocast,
+        prec.autocast,
         _fingerprint(train_file, valid_file),
+        prec.frozen_dtype,
     )
     if state is not None and resume_from is not None:
         _restore(run, resume_from, state)
@@ -207,7 +220,7 @@ def _read_resume(folder: Path) -> dict[str, Any]:
 
 def _restore(run: Run, folder: Path, state: dict[str, Any]) -> None:
     """Load a checkpoint into a freshly prepared run, after checking it belongs to the same job and data."""
-    saved, now = state["run"], run.identity()
+    saved, now = {"frozen_weights": "float32", **state["run"]}, run.identity()  # older: float32
     for key in now:
         if saved.get(key) != now[key]:
             what = "the training data" if key == "data" else key

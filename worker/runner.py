@@ -127,6 +127,7 @@ def _train(
             hooks=recorder.hooks(),
             resume_from=resume,
             models_dir=settings.models_path,
+            precision=settings.precision,
         )
 
 

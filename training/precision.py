@@ -1,0 +1,68 @@
+"""Where and in which precision a job trains: a setting (`SGFT_PRECISION`), not "is CUDA present".
+
+| precision | weights | compute |
+| --- | --- | --- |
+| fp32 | float32 | float32 |
+| bf16 | float32 | bf16 autocast (activations and their gradients in bf16) |
+| bf16-weights | frozen weights in bf16, trainable ones float32 | bf16 autocast |
+| auto | bf16 on CUDA, fp32 on CPU | |
+
+With bf16-weights a SparseGrad / MeProp layer keeps its bf16 weight frozen and runs ΔW beside it
+(`sparsegrad.sidepath`), so no update rounds away; LoRA's adapters and every dense trainable (head, norms,
+full fine-tuning's weights) stay float32.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+PRECISIONS = ("auto", "fp32", "bf16", "bf16-weights")
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # resolved: fp32 | bf16 | bf16-weights
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    frozen_dtype: torch.dtype  # storage of weights that do not train
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+def resolve_precision(name: str = "auto", device: torch.device | None = None) -> Precision:
+    """The Precision for a setting value; `device` defaults to CUDA where present, else CPU."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" else "fp32"
+    if name == "fp32":
+        return Precision(name, device, None, torch.float32)
+    frozen = torch.bfloat16 if name == "bf16-weights" else torch.float32
+    return Precision(name, device, torch.bfloat16, frozen)
+
+
+@torch.no_grad()
+def store_frozen_weights(model: nn.Module, dtype: torch.dtype) -> int:
+    """Cast every floating-point parameter that does not train to `dtype` (in place; parameters keep their
+    identity, so an optimizer built before still holds them). Returns the bytes saved."""
+    import sparsegrad as sg
+
+    if dtype == torch.float32:
+        return 0
+    before = sum(p.numel() * p.element_size() for p in model.parameters())
+    for layer in sg.sparse_layers(model).values():  # first: ΔW moves to the side path
+        layer.set_weight_dtype(dtype)
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    return before - sum(p.numel() * p.element_size() for p in model.parameters())
