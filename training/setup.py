@@ -211,6 +211,9 @@ def build_run(
     return run
 
 
+_IDENTITY_NAMES = {"data": "the training data", "frozen_weights": "storage of frozen weights (precision)"}
+
+
 def _read_resume(folder: Path) -> dict[str, Any]:
     try:
         return ckpt.read_state(folder)
@@ -223,7 +226,7 @@ def _restore(run: Run, folder: Path, state: dict[str, Any]) -> None:
     saved, now = {"frozen_weights": "float32", **state["run"]}, run.identity()  # older: float32
     for key in now:
         if saved.get(key) != now[key]:
-            what = "the training data" if key == "data" else key
+            what = _IDENTITY_NAMES.get(key, key)
             raise TrainingError(
                 f"cannot resume: the checkpoint was made with a different {what} "
                 f"({saved.get(key)!r} there, {now[key]!r} now)",
