@@ -120,7 +120,7 @@ def _create(
 def _check_learned(delta_archive: bytes, tmp: Path) -> None:
     """The downloaded delta loads into a fresh base model with sparsegrad.load_delta and beats the untrained
     model on 200 dev lines. Measured with LEARN (8 steps, lr 3e-3): 0.565 -> 0.660 (PostgreSQL + Redis
-    stack, seed 3) and 0.565 -> 0.640 (embedded, seed 42); at lr 1e-2 the same 8 steps went 0.565 -> 0.525,
+    stack, seed 3) and 0.565 -> 0.640 (embedded, seed 42; 0.650 under bf16 autocast); at lr 1e-2 the same 8 steps went 0.565 -> 0.525,
     so the learning rate matters. Training is seeded, so the outcome repeats for these settings."""
     delta = extract(delta_archive, tmp / "delta")
     assert (delta / "adapter_config.json").exists() and (delta / "adapter_model.safetensors").exists()
@@ -274,10 +274,11 @@ def test_killed_worker_job_resumes_on_another_worker(pg_stack: Stack) -> None:
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """`sgft run`: SQLite database and kombu's SQLAlchemy broker on SQLite, defaults from SGFT_DATA_DIR."""
+    """`sgft run`: SQLite database and kombu's SQLAlchemy broker on SQLite, defaults from SGFT_DATA_DIR; it
+    trains under bf16 autocast, as a GPU worker does by default (the PostgreSQL stack trains in fp32)."""
     tmp = tmp_path_factory.mktemp("embedded")
     (tmp / "logs").mkdir()
-    env = _base_env(tmp)
+    env = _base_env(tmp) | {"SGFT_PRECISION": "bf16"}
     stack = Stack(env=env, logs=tmp / "logs", url=f"http://127.0.0.1:{env['SGFT_PORT']}")
     stack.start("run", "run")
     try:
@@ -300,6 +301,8 @@ def test_embedded_default_flow(embedded: Stack, tmp_path: Path) -> None:
     job_id = _create(embedded, train, LEARN, dev, model=MODEL)
     done = embedded.wait_status(job_id, {"succeeded"})
     assert done["result_files"] and done["metrics"]
+    messages = [e["message"] for e in embedded.events(job_id)]
+    assert any(m.startswith("Precision bf16 on cpu: bf16 autocast") for m in messages), messages
     data = Path(embedded.env["SGFT_DATA_DIR"])  # everything lives in the data folder
     assert (data / "sgft.db").exists() and (data / "broker.db").exists() and (data / "artifacts").is_dir()
     with embedded.client() as c:
