@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sparsegrad.function import apply_sparse_update
+from sparsegrad.memory import delta_coo_bytes, delta_dense_bytes
 from sparsegrad.model import FINGERPRINT_KIND, get_info, sparse_layers, weight_fingerprint
 from sparsegrad.targets import is_linear_like, linear_weight, module_weight
 
@@ -64,10 +65,9 @@ def save_delta(model: nn.Module, out_dir: str | Path, encoding: str = "auto") ->
         cols = [ix % m.d_in for ix, m in zip(idx, members, strict=True)]
         r, c = torch.unique(torch.cat(rows)), torch.unique(torch.cat(cols))
         rotated = first.P is not None and first.Q is not None
-        coo_bytes = 12 * sum(ix.numel() for ix in idx) + (
-            4 * (first.d_out * r.numel() + first.d_in * c.numel()) if rotated else 0
-        )
-        dense_smaller = coo_bytes > 4 * sum(m.d_out * m.d_in for m in members)
+        nnz = sum(ix.numel() for ix in idx)
+        coo_bytes = delta_coo_bytes(nnz, first.d_out, r.numel(), first.d_in, c.numel(), rotated)
+        dense_smaller = coo_bytes > delta_dense_bytes((m.d_out, m.d_in) for m in members)
         if encoding == "dense" or (encoding == "auto" and dense_smaller):
             for n, m in zip(names, members, strict=True):
                 tensors[f"{n}.weight_delta"] = m.get_delta_weight().float().cpu().contiguous()

@@ -28,7 +28,6 @@ class DeltaPath:
         self.rows = torch.zeros(0, dtype=torch.int64, device=device)
         self.cols = torch.zeros(0, dtype=torch.int64, device=device)
         self.block = torch.zeros(0, 0, dtype=dtype, device=device)  # ΔC[rows][:, cols]
-        self._cols_cache: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] | None = None
 
     @classmethod
     def of(
@@ -41,9 +40,7 @@ class DeltaPath:
 
     @property
     def nbytes(self) -> int:
-        cached = self._cols_cache
-        extra = sum(t.numel() * t.element_size() for t in cached[1:] if t is not None) if cached else 0
-        return self.block.numel() * self.block.element_size() + extra
+        return self.block.numel() * self.block.element_size()
 
     def add(self, index: torch.Tensor, values: torch.Tensor) -> None:
         """ΔC[index] += values (flat int64 indices into (D_out, D_in))."""
@@ -58,29 +55,18 @@ class DeltaPath:
             old_c = torch.searchsorted(cols, self.cols)
             grown[old_r.unsqueeze(1), old_c.unsqueeze(0)] = self.block
             self.rows, self.cols, self.block = rows, cols, grown
-            self._cols_cache = None
         pos_r = torch.searchsorted(self.rows, r)
         pos_c = torch.searchsorted(self.cols, c)
         self.block.index_put_((pos_r, pos_c), values.to(self.block.dtype), accumulate=True)
 
-    def to(self, device: torch.device) -> None:
-        self.rows, self.cols, self.block = (t.to(device) for t in (self.rows, self.cols, self.block))
-        self._cols_cache = None
-
     def _columns(
         self, p: torch.Tensor | None, q: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(P_R, Q_C), cached while rows, columns and bases stay the same (a whole basis is not copied)."""
-        key = p if p is not None else q
-        if self._cols_cache is None or self._cols_cache[0] is not key:
-            p_r = (
-                None if p is None else (p if self.rows.numel() == self.d_out else basis_columns(p, self.rows))
-            )
-            q_c = (
-                None if q is None else (q if self.cols.numel() == self.d_in else basis_columns(q, self.cols))
-            )
-            self._cols_cache = (key, p_r, q_c)
-        return self._cols_cache[1], self._cols_cache[2]
+        """(P_R, Q_C), gathered per call and never kept: a copy of D_out·|R| + D_in·|C| values, 1/N of the
+        products that use it, where keeping it would hold per-layer copies of most of a shared basis."""
+        p_r = None if p is None else (p if self.rows.numel() == self.d_out else basis_columns(p, self.rows))
+        q_c = None if q is None else (q if self.cols.numel() == self.d_in else basis_columns(q, self.cols))
+        return p_r, q_c
 
     def output(self, x: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None) -> torch.Tensor:
         """x ΔWᵀ for x (..., D_in), in x's dtype (the autocast dtype under autocast)."""
