@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         description="Training precision: bf16 autocast (bf16), also bf16 frozen weights (bf16-weights), "
         "fp32; auto = bf16 on CUDA, fp32 on CPU.",
     )
+    device_memory: int | None = Field(
+        default=None,
+        gt=0,
+        description="Bytes of device memory SparseGrad's auto choices must fit; default: the device's own.",
+    )
     models_dir: Path | None = Field(
         default=None, description="Extra model registry; default $DATA_DIR/models."
     )

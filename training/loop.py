@@ -103,9 +103,11 @@ def run_training(
     resume_from: Path | None = None,
     models_dir: Path | None = None,
     precision: str = "auto",
+    memory_budget: int | None = None,
 ) -> TrainResult:
     """Train `spec` on the JSONL files; see the module docstring. Raises TrainingError subclasses.
-    `precision`: fp32 | bf16 | bf16-weights | auto (training.precision)."""
+    `precision`: fp32 | bf16 | bf16-weights | auto (training.precision); `memory_budget`: bytes SparseGrad's
+    auto choices must fit (training.budget; None: the device's memory)."""
     hooks = hooks or Hooks()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +125,7 @@ def run_training(
             resume_from,
             say,
             precision,
+            memory_budget,
         )
     hp, model, optimizer = run.hp, run.prepared.model, run.prepared.optimizer
     total = hp.total_steps

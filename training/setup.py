@@ -3,6 +3,7 @@ and (on resume) restore trainable state, optimizer and position from a checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from core.datasets import TASK_OF_FORMAT
 from training import checkpoint as ckpt
+from training.budget import device_memory, fit_to_budget
 from training.data import (
     Encoded,
     LabelMap,
@@ -29,7 +31,7 @@ from training.data import (
 from training.hparams import Hyper, resolve
 from training.methods import Prepared, prepare, sparse_config
 from training.models import load_model, load_tokenizer, max_positions, registry_entry
-from training.precision import resolve_precision, store_frozen_weights
+from training.precision import Precision, resolve_precision, store_frozen_weights
 from training.spec import DataError, HyperparameterError, JobSpec, TrainingError
 
 METHODS = ("sparsegrad", "lora", "full", "meprop")
@@ -119,6 +121,7 @@ def build_run(
     resume_from: Path | None,
     say: Callable[[str], None],
     precision: str = "auto",
+    memory_budget: int | None = None,
 ) -> Run:
     """Set a job up; on `resume_from`, continue exactly where that checkpoint stopped."""
     if spec.method not in METHODS:
@@ -166,6 +169,8 @@ def build_run(
     model = load_model(entry, task, labels.names if labels and not regression else None, regression)
     model.config.pad_token_id = tokenizer.pad_token_id  # type: ignore[union-attr]
     model.to(device)
+    if spec.method == "sparsegrad":
+        hp = _fit_memory(spec, hp, model, prec, memory_budget, state, say)
     cfg = sparse_config(
         spec.method, hp, task, None if regression or labels is None else labels.names, spec.model
     )
@@ -209,6 +214,33 @@ def build_run(
         _restore(run, resume_from, state)
         say(f"Resumed from the checkpoint at step {run.step}")
     return run
+
+
+_MEMORY_KEYS = ("support", "selection", "support_block")
+
+
+def _fit_memory(
+    spec: JobSpec,
+    hp: Hyper,
+    model: torch.nn.Module,
+    prec: Precision,
+    memory_budget: int | None,
+    state: dict[str, Any] | None,
+    say: Callable[[str], None],
+) -> Hyper:
+    """SparseGrad's auto support and selection fitted to the memory budget (training.budget); a resumed
+    job keeps its checkpoint's choice, whatever this worker's budget."""
+    if state is not None:
+        return dataclasses.replace(hp, **{k: state["hyper"][k] for k in _MEMORY_KEYS if k in state["hyper"]})
+    if memory_budget:
+        budget, source = memory_budget, "SGFT_DEVICE_MEMORY"
+    else:
+        budget, source = device_memory(prec.device), f"{prec.device.type} memory"
+    explicit = {k for k, v in spec.hyperparameters.items() if v is not None and v != "auto"}
+    frozen_bytes = torch.finfo(prec.frozen_dtype).bits // 8
+    hp, message = fit_to_budget(hp, explicit, model, budget, source, frozen_bytes)
+    say(message)
+    return hp
 
 
 _IDENTITY_NAMES = {"data": "the training data", "frozen_weights": "storage of frozen weights (precision)"}

@@ -128,6 +128,7 @@ def _train(
             resume_from=resume,
             models_dir=settings.models_path,
             precision=settings.precision,
+            memory_budget=settings.device_memory,
         )
 
 
