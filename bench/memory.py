@@ -1,0 +1,141 @@
+"""The memory model (`sparsegrad.memory`) per method, and, with --measure, the measured peak beside it.
+
+    python -m bench.memory --shape llama-7b|smollm2-135m|minilm [--batch 4] [--seq 512] [--precision bf16]
+    python -m bench.memory --shape smollm2-135m --measure     # needs `make models` (SmolLM2 weights)
+
+Precision: bf16-weights (frozen weights bf16, bf16 autocast), bf16 (float32 weights, bf16 autocast), fp32.
+SparseGrad rows: the causal-LM default (dynamic support, the paper's selection) and the lean choices the
+budget rule falls back to (training.budget). --measure trains each method 3 steps on CPU in its own process
+(SmolLM2-135M, random tokens) and prints its peak RSS growth over the process before the model was loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from typing import Any
+
+from sparsegrad.memory import SHAPES, Choice, Estimate, estimate
+
+MiB = 2**20
+PRECISION_BYTES = {"fp32": (4, 4), "bf16": (4, 2), "bf16-weights": (2, 2)}  # (frozen weights, activations)
+VARIANTS: dict[str, tuple[str, Choice]] = {
+    "sparsegrad": ("sparsegrad", Choice()),
+    "sparsegrad-block": ("sparsegrad", Choice(support_block=2.0)),
+    "sparsegrad-fixed-block": ("sparsegrad", Choice(support="fixed", support_block=2.0)),
+    "lora": ("lora", Choice()),
+    "full": ("full", Choice()),
+}
+COLUMNS = ("weights", "gradients", "optimizer", "basis", "side path", "activations")
+
+
+def model_table(shape: str, precision: str, batch: int, seq: int) -> dict[str, Estimate]:
+    frozen, act = PRECISION_BYTES[precision]
+    return {
+        name: estimate(
+            SHAPES[shape], method, choice, frozen_bytes=frozen, act_bytes=act, batch=batch, seq=seq
+        )
+        for name, (method, choice) in VARIANTS.items()
+    }
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_one(variant: str, precision: str, batch: int, seq: int) -> dict[str, float]:
+    """Train `variant` 3 steps on SmolLM2-135M on CPU; peak RSS growth in MiB (run in a fresh process)."""
+    import torch
+
+    import sparsegrad as sg
+    from training.model_setup import default_models_dir
+    from training.precision import resolve_precision, store_frozen_weights
+
+    torch.manual_seed(0)
+    base = _rss_mib()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(default_models_dir() / "SmolLM2-135M-Instruct")
+    prec = resolve_precision(precision, torch.device("cpu"))
+    ids = torch.randint(0, 49152, (batch, seq))
+    batch_d = {"input_ids": ids, "labels": ids}
+    method, choice = VARIANTS[variant]
+    if method == "full":
+        params = sg.enable_full_finetuning(model)
+    elif method == "lora":
+        model = sg.apply_lora(model, rank=sg.lora_rank_for(model, choice.density))
+        params = [p for p in model.parameters() if p.requires_grad]
+    if method in ("full", "lora"):
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=1e-4)
+    else:
+        cfg = sg.SparseGradConfig(
+            density=choice.density, support=choice.support, support_block=choice.support_block, basis_steps=1
+        )  # type: ignore[arg-type]
+        with prec.autocast():
+            basis = sg.compute_basis(model, [batch_d], cfg)
+        sg.inject(model, cfg, basis)
+        opt = sg.make_optimizer(model, lr=1e-4)
+    store_frozen_weights(model, prec.frozen_dtype)
+    for _ in range(3):
+        with prec.autocast():
+            loss = model(**batch_d).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return {"peak_mib": _rss_mib() - base}
+
+
+def _measure(variant: str, precision: str, batch: int, seq: int) -> float:
+    cmd = [sys.executable, "-m", "bench.memory", "--one", variant, "--precision", precision]
+    cmd += ["--batch", str(batch), "--seq", str(seq)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["peak_mib"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="llama-7b")
+    ap.add_argument("--precision", choices=sorted(PRECISION_BYTES), default="bf16-weights")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--measure", action="store_true", help="measure peaks on CPU (smollm2-135m only)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(measure_one(args.one, args.precision, args.batch, args.seq)))
+        return
+    table = model_table(args.shape, args.precision, args.batch, args.seq)
+    shape = SHAPES[args.shape]
+    print(
+        f"{args.shape}: {shape.params / 1e6:,.0f} M parameters, {args.precision}, "
+        f"batch {args.batch} x {args.seq} tokens; MiB"
+    )
+    head = ["method", *COLUMNS, "total", "x LoRA"]
+    measured: dict[str, Any] = {}
+    if args.measure:
+        head += ["measured peak", "model / measured"]
+    print("| " + " | ".join(head) + " |")
+    print("|---|" + "--:|" * (len(head) - 1))
+    lora = table["lora"].total
+    for name, est in table.items():
+        cells = [f"{est.parts.get(c, 0) / MiB:,.0f}" for c in COLUMNS]
+        row = [name, *cells, f"{est.total / MiB:,.0f}", f"{est.total / lora:.2f}"]
+        if args.measure:
+            measured[name] = _measure(name, args.precision, args.batch, args.seq)
+            row += [f"{measured[name]:,.0f}", f"{est.total / MiB / measured[name]:.2f}"]
+        print("| " + " | ".join(row) + " |")
+    weights_bf16 = 2 * shape.params
+    default = table["sparsegrad"].total
+    lean = min(table[v].total for v in ("sparsegrad-block", "sparsegrad-fixed-block"))
+    print(
+        f"SparseGrad over LoRA, as a share of the model's bf16 weights ({weights_bf16 / MiB:,.0f} MiB): "
+        f"default {(default - lora) / weights_bf16:+.1%}, leanest {(lean - lora) / weights_bf16:+.1%} "
+        "(target: at most +15%)"
+    )
+
+
+if __name__ == "__main__":
+    main()
