@@ -72,8 +72,11 @@ def measure_one(variant: str, precision: str, batch: int, seq: int) -> dict[str,
         opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=1e-4)
     else:
         cfg = sg.SparseGradConfig(
-            density=choice.density, support=choice.support, support_block=choice.support_block, basis_steps=1
-        )  # type: ignore[arg-type]
+            density=choice.density,
+            support=choice.support,  # type: ignore[arg-type]
+            support_block=choice.support_block,
+            basis_steps=1,
+        )
         with prec.autocast():
             basis = sg.compute_basis(model, [batch_d], cfg)
         sg.inject(model, cfg, basis)
