@@ -79,3 +79,28 @@ def test_resume_refuses_a_checkpoint_of_other_weight_storage(tmp_path: Path, mod
 def test_unknown_precision_is_named(tmp_path: Path, models_dir: Path) -> None:
     with pytest.raises(HyperparameterError, match="precision must be one of"):
         _run(tmp_path, models_dir, "fp8")
+
+
+@pytest.mark.parametrize("support", ["dynamic", "fixed"])
+def test_bf16_weights_paused_then_resumed_equals_uninterrupted(
+    support: str, tmp_path: Path, models_dir: Path
+) -> None:
+    """The side path is rebuilt from the checkpoint's ΔC: the resumed job ends with the same delta."""
+    from tests.training.test_loop import StopAfter, delta_tensors, same_tensors
+
+    train, valid = _chat(tmp_path)
+    hyper = {**FAST, "checkpoint_every": 3, "support": support}
+    spec = JobSpec(model="tiny-llama", hyperparameters=hyper)
+
+    def go(work: str, hooks: Hooks | None = None, resume: Path | None = None) -> Any:
+        return run_training(
+            spec, train, valid, tmp_path / work, hooks, resume, models_dir, precision="bf16-weights"
+        )
+
+    straight = go("straight")
+    stopper = StopAfter(5, "pause")
+    paused = go("first", Hooks(on_step=stopper.on_step, should_stop=stopper))
+    assert paused.status == "paused" and paused.checkpoint_dir is not None
+    resumed = go("second", resume=paused.checkpoint_dir)
+    assert resumed.status == "completed" and resumed.history == straight.history
+    same_tensors(delta_tensors(resumed), delta_tensors(straight))
