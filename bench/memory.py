@@ -52,14 +52,15 @@ def measure_one(variant: str, precision: str, batch: int, seq: int) -> dict[str,
 
     import sparsegrad as sg
     from training.model_setup import default_models_dir
-    from training.precision import resolve_precision, store_frozen_weights
+    from training.precision import resolve_precision, set_storage
 
     torch.manual_seed(0)
     base = _rss_mib()
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(default_models_dir() / "SmolLM2-135M-Instruct")
     prec = resolve_precision(precision, torch.device("cpu"))
+    path = default_models_dir() / "SmolLM2-135M-Instruct"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=prec.frozen_dtype)
     ids = torch.randint(0, 49152, (batch, seq))
     batch_d = {"input_ids": ids, "labels": ids}
     method, choice = VARIANTS[variant]
@@ -81,7 +82,7 @@ def measure_one(variant: str, precision: str, batch: int, seq: int) -> dict[str,
             basis = sg.compute_basis(model, [batch_d], cfg)
         sg.inject(model, cfg, basis)
         opt = sg.make_optimizer(model, lr=1e-4)
-    store_frozen_weights(model, prec.frozen_dtype)
+    set_storage(model, prec.frozen_dtype)
     for _ in range(3):
         with prec.autocast():
             loss = model(**batch_d).loss

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -62,9 +63,16 @@ def max_positions(entry: ModelEntry) -> int:
     return 8192
 
 
-def load_model(entry: ModelEntry, task: str, labels: list[str] | None, regression: bool) -> nn.Module:
-    """A float32 model with the task's head: sequence classification (fresh head) or causal LM."""
-    kwargs: dict[str, Any] = {"trust_remote_code": False}
+def load_model(
+    entry: ModelEntry,
+    task: str,
+    labels: list[str] | None,
+    regression: bool,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """The model with the task's head (sequence classification with a fresh head, or causal LM), its weights
+    loaded straight into `dtype` (float32, or bf16 for a job whose frozen weights are stored in bf16)."""
+    kwargs: dict[str, Any] = {"trust_remote_code": False, "dtype": dtype}
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the "newly initialised classifier" report is expected here
     hf_logging.disable_progress_bar()
@@ -97,4 +105,4 @@ def load_model(entry: ModelEntry, task: str, labels: list[str] | None, regressio
     if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
         eos = model.config.eos_token_id
         model.config.pad_token_id = eos[0] if isinstance(eos, list) else eos
-    return model.float()
+    return model.to(dtype)

@@ -52,17 +52,22 @@ def resolve_precision(name: str = "auto", device: torch.device | None = None) ->
 
 
 @torch.no_grad()
-def store_frozen_weights(model: nn.Module, dtype: torch.dtype) -> int:
-    """Cast every floating-point parameter that does not train to `dtype` (in place; parameters keep their
-    identity, so an optimizer built before still holds them). Returns the bytes saved."""
+def set_storage(model: nn.Module, frozen_dtype: torch.dtype) -> int:
+    """Store every floating-point parameter that does not train in `frozen_dtype` and every one that trains in
+    float32 (in place; parameters keep their identity, so an optimizer built before, with no state yet, still
+    holds them). A SparseGrad layer's ΔW moves to or from its side path (SparseGradLinear.set_weight_dtype).
+    Returns the bytes of the frozen weights."""
     import sparsegrad as sg
 
-    if dtype == torch.float32:
-        return 0
-    before = sum(p.numel() * p.element_size() for p in model.parameters())
-    for layer in sg.sparse_layers(model).values():  # first: ΔW moves to the side path
-        layer.set_weight_dtype(dtype)
+    for layer in sg.sparse_layers(model).values():
+        layer.set_weight_dtype(frozen_dtype)
+    frozen = 0
     for p in model.parameters():
-        if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
-            p.data = p.data.to(dtype)
-    return before - sum(p.numel() * p.element_size() for p in model.parameters())
+        if not p.is_floating_point():
+            continue
+        want = torch.float32 if p.requires_grad else frozen_dtype
+        if p.dtype != want and p.stride() != (0, 0):  # not a SparseGrad placeholder
+            p.data = p.data.to(want)
+        if not p.requires_grad:
+            frozen += p.numel() * p.element_size()
+    return frozen

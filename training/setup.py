@@ -31,7 +31,7 @@ from training.data import (
 from training.hparams import Hyper, resolve
 from training.methods import Prepared, prepare, sparse_config
 from training.models import load_model, load_tokenizer, max_positions, registry_entry
-from training.precision import Precision, resolve_precision, store_frozen_weights
+from training.precision import Precision, resolve_precision, set_storage
 from training.spec import DataError, HyperparameterError, JobSpec, TrainingError
 
 METHODS = ("sparsegrad", "lora", "full", "meprop")
@@ -166,7 +166,8 @@ def build_run(
         raise HyperparameterError(str(exc), param="precision") from exc
     device = prec.device
     regression = labels is not None and labels.kind == "float"
-    model = load_model(entry, task, labels.names if labels and not regression else None, regression)
+    names = labels.names if labels and not regression else None
+    model = load_model(entry, task, names, regression, prec.frozen_dtype)
     model.config.pad_token_id = tokenizer.pad_token_id  # type: ignore[union-attr]
     model.to(device)
     if spec.method == "sparsegrad":
@@ -186,15 +187,12 @@ def build_run(
             prepared = prepare(spec.method, model, hp, cfg, basis_batches, basis)
     except (ValueError, KeyError) as exc:
         raise HyperparameterError(f"could not apply {spec.method} to {spec.model!r}: {exc}") from exc
-    saved = store_frozen_weights(prepared.model, prec.frozen_dtype)
+    frozen = set_storage(prepared.model, prec.frozen_dtype)
+    dtype = str(prec.frozen_dtype).removeprefix("torch.")
     say(
         f"Precision {prec.name} on {device.type}: "
         + ("bf16 autocast, " if prec.autocast_dtype is not None else "")
-        + (
-            f"frozen weights stored in bf16 ({saved / 2**20:.0f} MiB saved), trainable ones in float32"
-            if saved
-            else "weights in float32"
-        )
+        + f"frozen weights stored in {dtype} ({frozen / 2**20:,.0f} MiB), trainable ones in float32"
     )
     run = Run(
         spec,

@@ -58,7 +58,7 @@ def test_job_trains_in_reduced_precision(
     assert losses[-1] < losses[0]
     assert any(m.startswith(f"Precision {precision} on cpu: bf16 autocast") for m in messages), messages
     if precision == "bf16-weights" and method != "full":
-        assert any("frozen weights stored in bf16" in m for m in messages)
+        assert any("frozen weights stored in bfloat16" in m for m in messages)
     merged = merge_delta("tiny-llama", result.delta_dir, tmp_path / "merged", models_dir=models_dir)
     model = AutoModelForCausalLM.from_pretrained(merged)
     base = load_file(str(models_dir / "tiny-llama" / "model.safetensors"))
