@@ -40,15 +40,17 @@ bench: install
 # The GPU check (bench/gpu_check.sh) runs on a lent GPU machine whose image has Python 3.12 with CUDA torch,
 # transformers, peft, safetensors, numpy, pytest, click... but not the service's packages. gpu-wheels puts
 # them in .whl/ (git-ignored; carried to that machine), one version each: the versions .venv runs here.
-# click, typing-extensions: newer than the image may hold (celery needs click>=8.3.1, pydantic t-e>=4.16).
+# Also some the image has, in the versions these need: click>=8.3.1 and python-dateutil==2.9.0.post0 (celery),
+# typing-extensions>=4.16 (pydantic); and tzdata, without which celery finds no UTC where /usr/share/zoneinfo
+# is missing.
 GPU_WHEELS := fastapi==0.165.0 starlette==1.10.0 opentelemetry-api==1.45.3 \
 	pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
 	typing-extensions==4.16.0 pydantic-settings==2.16.3 python-dotenv==1.2.4 \
 	uvicorn==0.55.0 httptools==0.9.0 python-multipart==0.0.34 \
 	sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3 psycopg2-binary==2.9.13 \
-	celery==5.7.0 kombu==5.7.0 billiard==4.3.2 vine==5.1.0 amqp==5.4.2 tzlocal==5.4.5 \
-	click==8.5.1 click-didyoumean==0.3.1 click-repl==0.4.1 click-plugins==1.1.1.2 \
-	prompt-toolkit==3.0.53 wcwidth==0.9.5
+	celery==5.7.0 kombu==5.7.0 billiard==4.3.2 vine==5.1.0 amqp==5.4.2 tzlocal==5.4.5 tzdata==2026.6 \
+	python-dateutil==2.9.0.post0 click==8.5.1 click-didyoumean==0.3.1 click-repl==0.4.1 \
+	click-plugins==1.1.1.2 prompt-toolkit==3.0.53 wcwidth==0.9.5
 GPU_PLATFORMS := $(foreach p,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,\
 	--platform $(p)_x86_64)
 

@@ -192,7 +192,7 @@ def build_run(
     say(
         f"Precision {prec.name} on {device.type}: "
         + ("bf16 autocast, " if prec.autocast_dtype is not None else "")
-        + f"frozen weights stored in {dtype} ({frozen / 2**20:,.0f} MiB), trainable ones in float32"
+        + f"frozen weights stored in {dtype} ({frozen / 2**20:,.1f} MiB), trainable ones in float32"
     )
     run = Run(
         spec,
