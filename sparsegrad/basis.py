@@ -39,6 +39,15 @@ class Basis:
     grad_sum: dict[str, torch.Tensor] = field(default_factory=dict)
     steps: int = 0
     extra_seconds: float = 0.0  # time spent on Gram accumulation + eigh, beyond the gradient steps
+    # what `inject` chose from grad_sum, per layer: the tensors "support" (fixed support), "block_rows" and
+    # "block_cols", and the settings they were chosen for; enough to inject again once grad_sum is dropped
+    choices: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    choice_keys: dict[str, str] = field(default_factory=dict)
+
+    def drop_gradients(self) -> None:
+        """Free the summed gradients once `inject` has made its choices from them (they hold a float32 copy
+        of every target weight); a later inject with the same support settings reuses the choices."""
+        self.grad_sum.clear()
 
     def pair(self, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(P, Q) for a target layer name."""
@@ -56,7 +65,11 @@ class Basis:
         tensors = {f"p::{g}": t.contiguous() for g, t in self.p.items()}
         tensors |= {f"q::{g}": t.contiguous() for g, t in self.q.items()}
         tensors |= {f"grad_sum::{n}": t.contiguous() for n, t in self.grad_sum.items()}
+        tensors |= {
+            f"choice::{n}::{k}": t.contiguous() for n, c in self.choices.items() for k, t in c.items()
+        }
         meta = {f"group::{n}": g for n, g in self.layer_group.items()}
+        meta |= {f"choice_key::{n}": key for n, key in self.choice_keys.items()}
         meta |= {"steps": str(self.steps), "extra_seconds": repr(self.extra_seconds)}
         save_file(tensors, str(path), metadata=meta)
 
@@ -71,10 +84,17 @@ class Basis:
             for key in f.keys():
                 kind, _, name = key.partition("::")
                 tensor = f.get_tensor(key)
+                if kind == "choice":
+                    layer, _, part = name.rpartition("::")
+                    out.choices.setdefault(layer, {})[part] = tensor
+                    continue
                 if kind in ("p", "q"):
                     tensor = column_major(tensor)
                 getattr(out, {"p": "p", "q": "q", "grad_sum": "grad_sum"}[kind])[name] = tensor
         out.layer_group = {k[len("group::") :]: v for k, v in meta.items() if k.startswith("group::")}
+        out.choice_keys = {
+            k[len("choice_key::") :]: v for k, v in meta.items() if k.startswith("choice_key::")
+        }
         out.steps = int(meta.get("steps", "0"))
         out.extra_seconds = float(meta.get("extra_seconds", "0"))
         return out

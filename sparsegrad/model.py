@@ -128,6 +128,41 @@ def _fixed_support(g: torch.Tensor, k: int, block: Support | None) -> torch.Tens
     return block.flat[torch.topk(inside, k, sorted=False).indices].sort().values
 
 
+def _choose(
+    basis: Basis,
+    name: str,
+    cfg: SparseGradConfig,
+    k: int,
+    d_in: int,
+    p: torch.Tensor | None,
+    q: torch.Tensor | None,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, Support | None]:
+    """A layer's fixed support and support block, chosen from the basis phase's summed gradient (and recorded
+    in the basis), or read back from the basis once its gradients were dropped."""
+    key = f"{cfg.support}:{cfg.support_block}:{cfg.density}"
+    if name in basis.grad_sum:
+        g = _rotated(basis.grad_sum[name].to(device), p, q)
+        block = support_block(g, k, cfg.support_block) if cfg.support_block is not None else None
+        support = _fixed_support(g, k, block) if cfg.support == "fixed" else None
+        chosen = {"support": support} if support is not None else {}
+        if block is not None:
+            chosen |= {"block_rows": block.rows, "block_cols": block.cols}
+        basis.choices[name] = {part: t.cpu() for part, t in chosen.items()}
+        basis.choice_keys[name] = key
+        return support, block
+    if basis.choice_keys.get(name) != key:
+        raise ValueError(
+            f"support='fixed' and support_block need the basis phase's gradient for layer {name!r} (or the "
+            f"choices an earlier inject made with the same support settings)"
+        )
+    chosen = {part: t.to(device) for part, t in basis.choices[name].items()}
+    block = None
+    if "block_rows" in chosen:
+        block = Support.block(chosen["block_rows"], chosen["block_cols"], d_in)
+    return chosen.get("support"), block
+
+
 def inject(
     model: nn.Module, cfg: SparseGradConfig, basis: Basis | None, *, method: str = "sparsegrad"
 ) -> nn.Module:
@@ -166,15 +201,8 @@ def inject(
         k = max(1, round(cfg.density * t.d_out * t.d_in))
         support = block = None
         if cfg.support == "fixed" or cfg.support_block is not None:
-            if basis is None or t.name not in basis.grad_sum:
-                raise ValueError(
-                    f"support='fixed' and support_block need the basis phase's gradient for layer {t.name!r}"
-                )
-            g = _rotated(basis.grad_sum[t.name].to(base_weight.device), p, q)
-            if cfg.support_block is not None:
-                block = support_block(g, k, cfg.support_block)
-            if cfg.support == "fixed":
-                support = _fixed_support(g, k, block)
+            assert basis is not None  # MeProp is always dynamic and unconfined
+            support, block = _choose(basis, t.name, cfg, k, t.d_in, p, q, base_weight.device)
         layer = SparseGradLinear(base, p, q, k, t.group, support)
         layer.grad_on_support_only = support is not None and not cfg.support_refresh_every
         layer.block = block

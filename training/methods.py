@@ -106,6 +106,7 @@ def prepare(
             assert basis_batches is not None
             basis = sg.compute_basis(model, basis_batches, cfg)
         model = sg.inject(model, cfg, basis)
+        basis.drop_gradients()  # the choices made from them stay in the basis (and its checkpoint file)
         optimizer = sg.make_optimizer(
             model, lr=hp.learning_rate, weight_decay=hp.weight_decay, dense_lr=hp.dense_learning_rate
         )
