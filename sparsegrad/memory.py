@@ -149,8 +149,9 @@ class Estimate:
         return sum(self.parts.values())
 
 
-LOGIT_BYTES = 20  # per token and vocabulary entry at the loss: bf16 logits, their float32 copy, log-softmax
-# and the gradients on the way back; measured on SmolLM2-135M on CPU (bench.memory --measure, seq 128-512)
+LOGIT_BYTES = 10  # per token and vocabulary entry at the loss (bf16 logits, their float32 copy, log-softmax
+# and gradients, not all alive at once): LoRA's peak on SmolLM2-135M on CPU grew 1.15 MiB per token from
+# 256 to 1,024 tokens (bench.memory --measure), 0.66 of it the blocks' formula below
 
 
 def activation_bytes(shape: ModelShape, batch: int, seq: int, act_bytes: int) -> int:
