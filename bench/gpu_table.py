@@ -1,4 +1,4 @@
-"""SparseGrad (dynamic and fixed support), LoRA and full fine-tuning on SmolLM2-135M-Instruct's shape.
+"""SparseGrad (its default, fixed and unconfined supports), LoRA and full fine-tuning on SmolLM2-135M's shape.
 
 The model is built from SmolLM2-135M-Instruct's configuration written below (LLaMA, 30 blocks, hidden 576)
 with seeded random weights, so nothing is downloaded; the batches are seeded random tokens (batch 4 x 256 by
@@ -42,7 +42,16 @@ from training.hparams import resolve
 from training.methods import prepare, save_delta, sparse_config
 from training.precision import resolve_precision, set_storage
 
-METHODS = ("sparsegrad-dynamic", "sparsegrad-fixed", "lora", "full")
+# method label -> (engine method, hyper-parameters beside the auto ones). SparseGrad on a causal LM defaults
+# to a dynamic support in a 2k block (training.hparams.auto_support_block); "unconfined" lifts the block.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "sparsegrad": ("sparsegrad", {}),
+    "sparsegrad-fixed": ("sparsegrad", {"support": "fixed"}),
+    "sparsegrad-unconfined": ("sparsegrad", {"support_block": 1000}),
+    "lora": ("lora", {}),
+    "full": ("full", {}),
+}
+METHODS = tuple(VARIANTS)
 # SmolLM2-135M-Instruct's config.json (HuggingFaceTB), and a tiny LLaMA of the same layout for CPU runs.
 SHAPES: dict[str, dict[str, Any]] = {
     "smollm2-135m": {
@@ -148,8 +157,9 @@ def measure(
     """Prepare a fresh copy of `base` with `method`, train on `fixed`, save the delta; one table row."""
     device = torch.device(opts.device)
     prec = resolve_precision(opts.precision, device)
-    kind, support = (method.split("-") + ["dynamic"])[:2]
+    kind, extra = VARIANTS[method]
     raw: dict[str, Any] = {
+        **extra,
         "density": opts.density,
         "basis_steps": opts.basis_steps,
         "batch_size": opts.batch,
@@ -157,8 +167,6 @@ def measure(
         "n_epochs": 1,
         "learning_rate_multiplier": opts.lr_multiplier,
     }
-    if kind == "sparsegrad":
-        raw["support"] = support
     n_train = opts.batch * (opts.warmup + opts.steps)
     positions = int(SHAPES[opts.shape]["max_position_embeddings"])
     hp = resolve(raw, n_train, "causal_lm", kind, positions)

@@ -37,7 +37,7 @@ def test_problems_names_a_loss_that_did_not_go_down_and_a_missing_method() -> No
     row = gpu_table.Row("lora", 1.0, 10, 0.1, 10, 2.0, 2.0, 5, 1e-4, 1)
     found = gpu_table.problems([row])
     assert "lora: loss did not go down (2.00000 -> 2.00000)" in found
-    assert "full: missing" in found and "sparsegrad-dynamic: missing" in found
+    assert "full: missing" in found and "sparsegrad-unconfined: missing" in found
 
 
 def test_smollm2_shape_is_the_real_configuration() -> None:
