@@ -145,5 +145,18 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def bench() -> None:
+    """`make bench`'s section: the model for every shape, and SmolLM2's measured peaks after `make models`."""
+    from training.model_setup import default_models_dir
+
+    for shape in sorted(SHAPES):
+        main(["--shape", shape])
+        print()
+    if (default_models_dir() / "SmolLM2-135M-Instruct" / "config.json").is_file():
+        main(["--shape", "smollm2-135m", "--measure", "--batch", "2", "--seq", "256"])
+    else:
+        print("(SmolLM2-135M-Instruct is not set up: `make models` adds the measured peaks)")
+
+
 if __name__ == "__main__":
     main()

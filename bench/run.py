@@ -1,6 +1,6 @@
 """`make bench`: every benchmark section, each printing a Markdown table and writing JSON to bench/out/.
 
-Pick sections with SGFT_BENCH (comma list, default all): step, quality, causal_lm, service.
+Pick sections with SGFT_BENCH (comma list, default all): step, quality, causal_lm, memory, service.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ SECTIONS = {
     "step": "bench.step_time",
     "quality": "bench.quality",
     "causal_lm": "bench.causal_lm",
+    "memory": "bench.memory:bench",
     "service": "bench.service_load",
 }
 
@@ -27,8 +28,8 @@ def main() -> int:
     for name in wanted:
         print(f"\n## bench: {name}\n", flush=True)
         started = time.perf_counter()
-        module = importlib.import_module(SECTIONS[name])
-        module.main()
+        module_name, _, function = SECTIONS[name].partition(":")
+        getattr(importlib.import_module(module_name), function or "main")()
         print(f"\n({name} took {time.perf_counter() - started:.0f} s)", flush=True)
     return 0
 
