@@ -9,7 +9,7 @@ sync by `apply_sparse_update` after each optimizer step. P or Q may be None (ide
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -70,29 +70,93 @@ def coefficient_grad(
     return g
 
 
-class Support(NamedTuple):
-    """A fixed support of flat coefficient indices, split into its distinct rows and columns."""
+class Support:
+    """A set of flat coefficient indices into (D_out, D_in), split into its distinct rows and columns.
 
-    flat: torch.Tensor  # (k,) flat indices into (D_out, D_in)
-    rows: torch.Tensor  # distinct rows, sorted
-    cols: torch.Tensor  # distinct columns, sorted
-    row_pos: torch.Tensor  # (k,) position of each entry's row in `rows`
-    col_pos: torch.Tensor  # (k,) position of each entry's column in `cols`
+    `flat` (k,) sorted; `rows`, `cols` distinct and sorted; `row_pos`, `col_pos` (k,) each entry's position
+    in `rows` / `cols`. A block (`Support.block`: every entry of rows × cols) stores only its rows and columns
+    and derives the other three when asked: they would cost 24 bytes per entry to keep.
+    """
+
+    __slots__ = ("_col_pos", "_flat", "_row_pos", "cols", "d_in", "rows")
+
+    def __init__(
+        self,
+        flat: torch.Tensor | None,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        row_pos: torch.Tensor | None,
+        col_pos: torch.Tensor | None,
+        d_in: int = 0,
+    ) -> None:
+        self._flat, self.rows, self.cols, self._row_pos, self._col_pos = flat, rows, cols, row_pos, col_pos
+        self.d_in = d_in
+
+    @property
+    def is_block(self) -> bool:
+        return self._flat is None
+
+    @property
+    def flat(self) -> torch.Tensor:
+        if self._flat is not None:
+            return self._flat
+        return (self.rows.unsqueeze(1) * self.d_in + self.cols.unsqueeze(0)).reshape(-1)
+
+    @property
+    def row_pos(self) -> torch.Tensor:
+        if self._row_pos is not None:
+            return self._row_pos
+        return torch.arange(self.rows.numel(), device=self.rows.device).repeat_interleave(self.cols.numel())
+
+    @property
+    def col_pos(self) -> torch.Tensor:
+        if self._col_pos is not None:
+            return self._col_pos
+        return torch.arange(self.cols.numel(), device=self.rows.device).repeat(self.rows.numel())
+
+    def __len__(self) -> int:
+        return self.rows.numel() * self.cols.numel() if self._flat is None else self._flat.numel()
+
+    def to(self, device: torch.device) -> Support:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        rows, cols = self.rows.to(device), self.cols.to(device)
+        return Support(move(self._flat), rows, cols, move(self._row_pos), move(self._col_pos), self.d_in)
 
     @classmethod
     def of(cls, index: torch.Tensor, d_in: int) -> Support:
         rows, row_pos = torch.unique(index // d_in, sorted=True, return_inverse=True)
         cols, col_pos = torch.unique(index % d_in, sorted=True, return_inverse=True)
-        return cls(index, rows, cols, row_pos, col_pos)
+        return cls(index, rows, cols, row_pos, col_pos, d_in)
 
     @classmethod
     def block(cls, rows: torch.Tensor, cols: torch.Tensor, d_in: int) -> Support:
         """Every entry of rows × cols (both sorted): flat indices sorted, row-major."""
-        n_r, n_c = rows.numel(), cols.numel()
-        flat = (rows.unsqueeze(1) * d_in + cols.unsqueeze(0)).reshape(-1)
-        row_pos = torch.arange(n_r, device=rows.device).repeat_interleave(n_c)
-        col_pos = torch.arange(n_c, device=rows.device).repeat(n_r)
-        return cls(flat, rows, cols, row_pos, col_pos)
+        return cls(None, rows, cols, None, None, d_in)
+
+
+def support_values(
+    gy: torch.Tensor,
+    x: torch.Tensor,
+    p: torch.Tensor | None,
+    q: torch.Tensor | None,
+    support: Support,
+) -> torch.Tensor:
+    """dL/dC at `support.flat`, (k,): the (rows × cols) block of it through the support's basis columns,
+    which costs a fraction of the dense dL/dC when the support is clustered."""
+    if p is None:
+        gy, p_r = gy.index_select(1, support.rows), None
+    else:
+        p_r = basis_columns(p, support.rows)
+    if q is None:
+        x, q_c = x.index_select(1, support.cols), None
+    else:
+        q_c = basis_columns(q, support.cols)
+    block = coefficient_grad(gy, x, p_r, q_c)  # (|rows|, |cols|)
+    if support.is_block:
+        return block.reshape(-1)  # row-major: the order of support.flat
+    return block[support.row_pos, support.col_pos]
 
 
 def support_grad(
@@ -103,26 +167,20 @@ def support_grad(
     support: Support,
     shape: tuple[int, int],
 ) -> torch.Tensor:
-    """dL/dC on the support only, as a sparse COO (D_out, D_in): the (rows × cols) block of it through the
-    support's basis columns, which costs a fraction of the dense dL/dC when the support is clustered."""
-    if p is None:
-        gy, p_r = gy.index_select(1, support.rows), None
-    else:
-        p_r = basis_columns(p, support.rows)
-    if q is None:
-        x, q_c = x.index_select(1, support.cols), None
-    else:
-        q_c = basis_columns(q, support.cols)
-    block = coefficient_grad(gy, x, p_r, q_c)  # (|rows|, |cols|)
-    # sparse COO, not a dense (D_out, D_in) of zeros: allocating and filling one per layer and step costs
-    # more than the products above; `flat` is sorted and unique, so the entries are already coalesced
-    coo = torch.stack([support.flat // shape[1], support.flat % shape[1]])
-    values = block[support.row_pos, support.col_pos]
+    """dL/dC on the support only, as a sparse COO (D_out, D_in) (a real, not placeholder, coefficient)."""
+    values = support_values(gy, x, p, q, support)
+    flat = support.flat  # sorted and unique: the entries are already coalesced
+    coo = torch.stack([flat // shape[1], flat % shape[1]])
     return torch.sparse_coo_tensor(coo, values, shape, is_coalesced=True, check_invariants=False)
 
 
 def values_at(grad: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """A (D_out, D_in) gradient, dense or sparse COO, at sorted flat `index` (zeros where it has none)."""
+    """A gradient at sorted flat `index` (zeros where it has none): a (D_out, D_in) one, dense or sparse COO,
+    or a layer's flat (k,) gradient on its support, which is `index` itself."""
+    if grad.dim() == 1:
+        if grad.numel() != index.numel():
+            raise ValueError(f"a gradient of {grad.numel()} support values read at {index.numel()} entries")
+        return grad
     if not grad.is_sparse:
         return grad.reshape(-1)[index]
     grad = grad.coalesce()  # no-op for one backward; sums the parts of accumulated micro-batches
@@ -208,7 +266,8 @@ class SparseGradFunction(torch.autograd.Function):
     or, for a frozen low-precision W, carried by `side` (a DeltaPath adding x ΔWᵀ), so the forward is plain
     F.linear (+ the side path). With a real A (gradcheck) the same backward is exercised. Rows of dY that are
     all zero (padding) are skipped in every backward product. With a `support` (a fixed support the optimizer
-    never re-chooses, or a support block), dL/dA is computed on it only, as a sparse COO tensor.
+    never re-chooses, or a support block), dL/dA is computed on it only: the values at `support.flat` when
+    `coef` is a flat placeholder over the support (training), else a sparse COO (D_out, D_in).
 
     Mixed precision: under autocast the forward product runs in the autocast dtype (as nn.Linear's would), the
     input is saved in that dtype, dL/dX is computed in it, and dL/dA in float32 through the float32 basis.
@@ -244,6 +303,7 @@ class SparseGradFunction(torch.autograd.Function):
         ctx.x_dtype = x.dtype
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.coef_dtype = coef.dtype
+        ctx.coef_shape = tuple(coef.shape)
         ctx.support = support
         ctx.side = side
         return y
@@ -274,10 +334,13 @@ class SparseGradFunction(torch.autograd.Function):
                 gx = gxk
             gx = gx.reshape(*x.shape[:-1], d_in).to(ctx.x_dtype)
         if need_coef:
-            if ctx.support is not None:
-                gcoef = support_grad(gy2, x2, p, q, ctx.support, (d_out, d_in)).to(ctx.coef_dtype)
+            if ctx.support is None:
+                gcoef = coefficient_grad(gy2, x2, p, q)
+            elif len(ctx.coef_shape) == 1:  # a placeholder over the support: its values, 4 bytes each
+                gcoef = support_values(gy2, x2, p, q, ctx.support)
             else:
-                gcoef = coefficient_grad(gy2, x2, p, q).to(ctx.coef_dtype)
+                gcoef = support_grad(gy2, x2, p, q, ctx.support, (d_out, d_in))
+            gcoef = gcoef.to(ctx.coef_dtype)
         if need_bias and ctx.bias_dtype is not None:
             gb = gy2.sum(dim=0, dtype=torch.float32).to(ctx.bias_dtype)  # bias gradient in the original space
         return gx, gcoef, None, gb, None, None, None, None, None

@@ -45,9 +45,9 @@ def _shared_to(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> tor
 class SparseGradLinear(nn.Module):
     """Wraps an nn.Linear / Conv1D. Forward is the original layer's (plain W, no rotation).
 
-    - `coef`: a zero-stride (D_out, D_in) placeholder Parameter; its `.grad` is dL/dC = Pᵀ (dL/dW) Q, dense,
-      or a sparse COO on `grad_support()` when there is one, accumulated by autograd (so gradient
-      accumulation behaves as usual). The optimizer picks
+    - `coef`: a zero-stride placeholder Parameter; its `.grad` is dL/dC = Pᵀ (dL/dW) Q, dense (D_out, D_in),
+      or, when there is a `grad_support()`, flat: its values at that support's entries (`shape_placeholder`),
+      accumulated by autograd (so gradient accumulation behaves as usual). The optimizer picks
       the top-k entries and folds the update into `base_layer.weight` (W = P C Qᵀ).
     - `delta()`: ΔC = C − C_init as sorted flat int64 indices + values (the adapter); updates are logged
       cheaply each step and folded into the `delta_index` / `delta_value` buffers every few steps.
@@ -119,6 +119,25 @@ class SparseGradLinear(nn.Module):
         if self.side is not None:
             y = y + self.side.output(x.to(y.dtype), self.P, self.Q)
         return y
+
+    def shape_placeholder(self) -> None:
+        """Give `coef` the shape of the gradient it will carry: (D_out, D_in), or flat over `grad_support()`
+        (4 bytes per entry there, where a sparse COO would cost 20). Call before building the optimizer."""
+        support = self.grad_support()
+        shape = (self.d_out, self.d_in) if support is None else (len(support),)
+        if tuple(self.coef.shape) != shape:
+            zero = torch.zeros(1, dtype=self.coef.dtype, device=self.coef.device)
+            self.coef = nn.Parameter(zero.expand(*shape), requires_grad=self.coef.requires_grad)
+
+    def dense_coef_grad(self) -> torch.Tensor | None:
+        """dL/dC as a dense (D_out, D_in) matrix (zeros off the support), whatever the form of `coef.grad`."""
+        grad = self.coef.grad
+        if grad is None or grad.dim() == 2:
+            return None if grad is None else grad.to_dense()
+        support = self.grad_support()
+        assert support is not None
+        out = grad.new_zeros(self.d_out * self.d_in)
+        return out.index_copy_(0, support.flat, grad).view(self.d_out, self.d_in)
 
     def grad_support(self) -> Support | None:
         """Where dL/dC is computed (None: everywhere): a fixed support never re-chosen, else the block."""
@@ -221,10 +240,10 @@ class SparseGradLinear(nn.Module):
                 t = self._buffers[name]
                 if t is not None:
                     self._buffers[name] = t.to(device)
-            self.coef.data = torch.zeros(1, dtype=keep, device=device).expand(self.d_out, self.d_in)
+            self.coef.data = torch.zeros(1, dtype=keep, device=device).expand(self.coef.shape)
             self._support = None
             if self.block is not None:
-                self.block = Support(*(t.to(device) for t in self.block))
+                self.block = self.block.to(device)
             self._after_weight_cast()
         return self
 

@@ -3,8 +3,8 @@ formulas the code follows (pure Python, no torch). `python -m bench.memory` prin
 rule (`training.budget`) and `save_delta`'s choice of encoding call it.
 
 Per target layer (D_out, D_in), k = round(density·D_out·D_in):
-- dL/dC: dense float32 D_out·D_in (dynamic support, unconfined) or a sparse COO on the support or block
-  (8 B value + 16 B indices per entry): `coef_grad_bytes`.
+- dL/dC: float32, over D_out·D_in (dynamic support, unconfined) or over the fixed support or the block
+  only: `coef_grad_bytes`.
 - optimizer: the paper's rule keeps 24 B (float32 m, v, step, ΔC and an int64 index) for every entry ever
   selected (k for a fixed support, union·D_out·D_in for a dynamic one); selection="adam" keeps dense
   float32 moments over every candidate (8 B each, the block's area in a block); `optimizer_bytes`.
@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 F32 = 4
-COO_ENTRY = 4 + 2 * 8  # float32 value + two int64 indices
+SUPPORT_POSITIONS = 2 * 8  # a fixed support's row and column positions (int64), kept with it
 SPARSE_STATE_ENTRY = 4 * F32 + 8  # exp_avg, exp_avg_sq, step, ΔC + int64 index
 DELTA_COO_ENTRY = 12  # the saved delta: int32 row, int32 col, float32 value
 
@@ -53,11 +53,12 @@ def candidates(d_out: int, d_in: int, choice: Choice) -> int:
 
 
 def coef_grad_bytes(d_out: int, d_in: int, choice: Choice) -> int:
-    """dL/dC held between backward and the optimizer step."""
+    """dL/dC held between backward and the optimizer step: float32 over the layer, or over its fixed support
+    or block only (a flat placeholder), plus, for a fixed support, its positions (Support: 16 B per entry)."""
     if choice.support == "fixed":
-        return COO_ENTRY * k_of(d_out, d_in, choice.density)
+        return (F32 + SUPPORT_POSITIONS) * k_of(d_out, d_in, choice.density)
     if choice.support_block is not None:
-        return COO_ENTRY * candidates(d_out, d_in, choice)
+        return F32 * candidates(d_out, d_in, choice)
     return F32 * d_out * d_in
 
 

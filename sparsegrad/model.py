@@ -206,6 +206,7 @@ def inject(
         layer = SparseGradLinear(base, p, q, k, t.group, support)
         layer.grad_on_support_only = support is not None and not cfg.support_refresh_every
         layer.block = block
+        layer.shape_placeholder()
         parent, child = get_submodule_parent(model, t.name)
         setattr(parent, child, layer)
     heads = find_head_modules(model, task)

@@ -139,7 +139,7 @@ class SparseGradAdamW(torch.optim.Optimizer):
         first = layers[0]
         n = first.d_out * first.d_in
         st = self.state[first.coef]
-        grads_in = [m.coef.grad for m in layers]  # dense, or sparse COO on a support / block
+        grads_in = [m.coef.grad for m in layers]  # dense (D_out, D_in), or flat on the grad support
         # every layer's block (dL/dC is zero outside them), or None unless all have one
         present = [m_.block for m_ in layers if m_.block is not None]
         blocks = present if len(present) == len(layers) else None
@@ -335,7 +335,7 @@ def _block_supports(top: torch.Tensor, pick: torch.Tensor, blocks: list[Support]
     """Supports of the picked entries `top` (L, k), `pick` their positions among the blocks' entries: synced
     through the block's rows and columns, no per-step `unique` of the picked entries."""
     return [
-        Support(t, b.rows, b.cols, b.row_pos[p], b.col_pos[p])
+        Support(t, b.rows, b.cols, b.row_pos[p], b.col_pos[p], b.d_in)
         for t, b, p in zip(top, blocks, pick, strict=True)
     ]
 

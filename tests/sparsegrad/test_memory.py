@@ -22,12 +22,11 @@ def test_model_matches_the_optimizer_gradients_and_basis(support: str) -> None:
     layers = list(sg.sparse_layers(model).values())
     shapes = [(m.d_out, m.d_in) for m in layers]
     choice = Choice(0.05, support, union=0.0)  # after one step a dynamic support holds k entries per layer
-    grads = sum(m.coef.grad.to_dense().numel() * 4 if not m.coef.grad.is_sparse else 0 for m in layers)
-    if support == "dynamic":
-        assert grads == sum(coef_grad_bytes(o, i, choice) for o, i in shapes)
-    else:
-        nnz = sum(m.coef.grad._nnz() for m in layers)
-        assert nnz * 20 == sum(coef_grad_bytes(o, i, choice) for o, i in shapes)
+    grads = sum(m.coef.grad.numel() * m.coef.grad.element_size() for m in layers)  # type: ignore[union-attr]
+    if support == "fixed":  # its row and column positions are kept with the support
+        supports = [m.fixed_support() for m in layers]
+        grads += sum(s.row_pos.numel() * 8 + s.col_pos.numel() * 8 for s in supports)  # type: ignore[union-attr]
+    assert grads == sum(coef_grad_bytes(o, i, choice) for o, i in shapes)
     opt.step()
     scalars = sum(
         v.numel() * v.element_size() for st in opt.state.values() for v in st.values() if v.dim() == 0

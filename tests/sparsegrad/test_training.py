@@ -208,7 +208,7 @@ def test_adam_selection_moves_the_largest_steps_of_dense_moments(block: float | 
     for t, batch in enumerate(batches[3:8], start=1):
         model(**batch).loss.backward()
         assert layer.coef.grad is not None
-        g = layer.coef.grad.to_dense().reshape(-1)[cand]
+        g = layer.dense_coef_grad().reshape(-1)[cand]
         m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
         step = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps) + wd * delta
         pick = torch.topk(step.abs(), layer.k).indices
@@ -286,14 +286,15 @@ def test_fixed_support_gradient_only_on_the_support_trains_the_same(kind: str) -
     assert all(m.grad_on_support_only for m in layers[0].values())
     for m in layers[1].values():
         m.grad_on_support_only = False
+        m.shape_placeholder()
     opts = [sg.make_optimizer(m, lr=1e-2) for m in (restricted, dense)]
     for batch in batches[3:6]:
         for model in (restricted, dense):  # two micro-batches: gradients accumulate before the step
             model(**batch).loss.backward()
             model(**batches[7]).loss.backward()
         for name, m in layers[0].items():
-            assert m.coef.grad.is_sparse  # a sparse COO on the support, no dense (D_out, D_in) of zeros
-            g_r, g_d = m.coef.grad.to_dense().reshape(-1), layers[1][name].coef.grad.reshape(-1)
+            assert m.coef.grad.shape == (m.k,)  # the support's values only, no (D_out, D_in) of zeros
+            g_r, g_d = m.dense_coef_grad().reshape(-1), layers[1][name].coef.grad.reshape(-1)
             on = torch.zeros_like(g_d, dtype=torch.bool)
             on[m.support_index] = True
             assert torch.count_nonzero(g_r[~on]) == 0
@@ -325,7 +326,7 @@ def test_support_block_confines_every_step_to_the_block(kind: str, support: str)
         for m in layers.values():
             outside = torch.ones(m.d_out * m.d_in, dtype=torch.bool)
             outside[m.block.flat] = False  # type: ignore[union-attr]
-            assert torch.count_nonzero(m.coef.grad.to_dense().reshape(-1)[outside]) == 0
+            assert torch.count_nonzero(m.dense_coef_grad().reshape(-1)[outside]) == 0
         opt.step()
         opt.zero_grad()
         for n, m in layers.items():
@@ -347,7 +348,7 @@ def test_support_block_gradient_equals_the_dense_one_on_the_block() -> None:
     for name, m in sg.sparse_layers(blocked).items():
         g_d = sg.sparse_layers(dense)[name].coef.grad.reshape(-1)
         torch.testing.assert_close(
-            m.coef.grad.to_dense().reshape(-1)[m.block.flat], g_d[m.block.flat], rtol=1e-4, atol=1e-6
+            m.dense_coef_grad().reshape(-1)[m.block.flat], g_d[m.block.flat], rtol=1e-4, atol=1e-6
         )  # type: ignore[union-attr]
 
 
