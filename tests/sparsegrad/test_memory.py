@@ -51,6 +51,12 @@ def test_shapes_count_the_real_models_parameters() -> None:
 def test_bench_prints_every_method(capsys: pytest.CaptureFixture[str]) -> None:
     memory_main(["--shape", "llama-7b"])
     out = capsys.readouterr().out
-    for name in ("| sparsegrad |", "| sparsegrad-fixed-block |", "| lora |", "| full |"):
+    for name in (
+        "| sparsegrad |",
+        "| sparsegrad-fixed |",
+        "| sparsegrad-unconfined |",
+        "| lora |",
+        "| full |",
+    ):
         assert name in out
     assert "SparseGrad over LoRA, as a share of the model's bf16 weights" in out
