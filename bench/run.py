@@ -1,6 +1,7 @@
 """`make bench`: every benchmark section, each printing a Markdown table and writing JSON to bench/out/.
 
-Pick sections with SGFT_BENCH (comma list, default all): step, quality, causal_lm, memory, service.
+Pick sections with SGFT_BENCH (comma list, default all): step, quality, causal_lm, memory, precision,
+service.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ SECTIONS = {
     "quality": "bench.quality",
     "causal_lm": "bench.causal_lm",
     "memory": "bench.memory:bench",
+    "precision": "bench.precision",
     "service": "bench.service_load",
 }
 
