@@ -207,7 +207,9 @@ def estimate(
     return Estimate("sparsegrad", parts)
 
 
-def sparse_extra_bytes(layers: list[tuple[int, int]], choice: Choice) -> int:
-    """What SparseGrad adds beyond the frozen model: dL/dC, optimizer state and basis (the budget rule)."""
+def sparse_extra_bytes(layers: list[tuple[int, int]], choice: Choice, side_path: bool = False) -> int:
+    """What SparseGrad adds beyond the frozen model: dL/dC, optimizer state, basis and, for low-precision
+    weights, the side path (the budget rule)."""
     per_layer = sum(coef_grad_bytes(o, i, choice) + optimizer_bytes(o, i, choice) for o, i in layers)
-    return per_layer + basis_bytes(layers)
+    side = sum(side_path_bytes(o, i, choice) for o, i in layers) if side_path else 0
+    return per_layer + side + basis_bytes(layers)

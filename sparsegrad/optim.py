@@ -218,34 +218,40 @@ class SparseGradAdamW(torch.optim.Optimizer):
         follow dL/dC every step; only the k entries with the largest AdamW step move. A coefficient whose
         gradient keeps its sign gathers momentum until it is picked, where the paper's rule picks the step's
         largest |dL/dC|, a sample that favours batch noise. State: exp_avg, exp_avg_sq (and with weight decay
-        delta, ΔC) of shape (L, candidates), global_step."""
+        delta, ΔC) of shape (L, candidates), global_step. One layer at a time: no (L, candidates) temporaries
+        beside the state."""
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         first = layers[0]
-        cand, g = _block_grads(grads_in, blocks) if blocks is not None else (None, _dense_grads(grads_in))
         if "exp_avg" not in st:
-            st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(g), torch.zeros_like(g)
-            st["global_step"] = g.new_zeros(())
+            shape = (len(layers), len(blocks[0]) if blocks is not None else first.d_out * first.d_in)
+            zeros = first.weight.new_zeros(shape, dtype=first.coef.dtype)
+            st["exp_avg"], st["exp_avg_sq"] = zeros, torch.zeros_like(zeros)
+            st["global_step"] = zeros.new_zeros(())
             if wd:
-                st["delta"] = torch.zeros_like(g)
+                st["delta"] = torch.zeros_like(zeros)
         st["global_step"] = st["global_step"] + 1
         t = st["global_step"]
-        st["exp_avg"].lerp_(g, 1 - b1)
-        st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (st["exp_avg_sq"] / (1 - torch.pow(b2, t))).sqrt_().add_(eps)
-        step = (st["exp_avg"] / (1 - torch.pow(b1, t))).div_(denom)
-        if wd:
-            step.add_(st["delta"], alpha=wd)
-        pick = torch.topk(step.abs(), first.k, dim=1, sorted=False).indices.sort(dim=1).values  # (L, k)
-        update = step.gather(1, pick).mul_(-lr)
-        if wd:
-            st["delta"].scatter_add_(1, pick, update)
-        if blocks is None:
-            top, supports = pick, [Support.of(t, first.d_in) for t in pick]
-        else:
-            top = cand.gather(1, pick)  # type: ignore[union-attr]
-            supports = _block_supports(top, pick, blocks)
-        for layer, idx, upd, sup in zip(layers, top, update, supports, strict=True):
-            layer.apply_update(idx, upd, sup)
+        bc1, bc2 = 1 - torch.pow(b1, t), 1 - torch.pow(b2, t)
+        for i, (layer, grad) in enumerate(zip(layers, grads_in, strict=True)):  # one layer at a time
+            assert grad is not None
+            block = blocks[i] if blocks is not None else None
+            cand = block.flat if block is not None else torch.empty(0, dtype=torch.int64)
+            g = values_at(grad, cand) if block is not None else grad.to_dense().reshape(-1)  # (candidates,)
+            m, v = st["exp_avg"][i], st["exp_avg_sq"][i]  # views: updated in place
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            step = (m / bc1).div_((v / bc2).sqrt_().add_(eps))
+            if wd:
+                step.add_(st["delta"][i], alpha=wd)
+            pick = torch.topk(step.abs(), first.k, sorted=False).indices.sort().values  # (k,)
+            update = step[pick].mul_(-lr)
+            if wd:
+                st["delta"][i].index_add_(0, pick, update)
+            if block is None:
+                layer.apply_update(pick, update, Support.of(pick, first.d_in))
+            else:
+                (sup,) = _block_supports(cand[pick].unsqueeze(0), pick.unsqueeze(0), [block])
+                layer.apply_update(sup.flat, update, sup)
 
     @staticmethod
     def _move_fixed_state(

@@ -1,11 +1,12 @@
 """The device memory budget: SparseGrad's "auto" support and selection are chosen to fit it.
 
 The budget is `SGFT_DEVICE_MEMORY` when set (tests simulate a small GPU with it), else the device's memory
-(a CUDA device's total, or the machine's RAM on CPU). SparseGrad's own state (dL/dC, optimizer state, basis:
-`sparsegrad.memory.sparse_extra_bytes`) may take half of what the model's weights leave free; the other half
-is for activations and transients. The choices, richest first; the first that fits wins, among those that
-agree with what the job set explicitly:
-  1. the job's own choice (selection "adam" for long classification runs, else "gradient"; dynamic support),
+(a CUDA device's total, or the machine's RAM on CPU). SparseGrad's own state (dL/dC, optimizer state, basis,
+and the side path of bf16 weights: `sparsegrad.memory.sparse_extra_bytes`) may take half of what the model's
+weights leave free; the other half is for activations and transients. The choices, richest first; the first
+that fits wins, among those that agree with what the job set explicitly:
+  1. the job's own choice (training.hparams: selection "adam" for long classification runs, else
+     "gradient"; a dynamic support, in a 2k block for a causal LM),
   2. dynamic support, the paper's selection (state on the entries ever selected),
   3. dynamic support in a 2k block (dL/dC and state on the block only),
   4. fixed support in a 2k block (exactly k entries of state per layer).
@@ -65,7 +66,7 @@ def fit_to_budget(
         for c in ladder
         if all(getattr(c, name) == value for name, value in fixed.items() if name in explicit)
     ] or [_choice(hp)]
-    sized = [(c, sparse_extra_bytes(layers, c)) for c in ladder]
+    sized = [(c, sparse_extra_bytes(layers, c, side_path=frozen_bytes < 4)) for c in ladder]
     chosen, need = next(((c, n) for c, n in sized if n <= allowed), sized[-1])
     head = f"Memory budget {_size(budget)} ({source}): SparseGrad state may take {_size(allowed)}"
     first, first_need = sized[0]
