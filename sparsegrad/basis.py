@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from sparsegrad.targets import (
     is_conv1d,
     module_weight,
 )
+
+Reduce = Callable[[torch.Tensor], object]  # an in-place sum over processes, e.g. torch.distributed.all_reduce
 
 
 @dataclass
@@ -162,8 +164,13 @@ def compute_basis(
     batches: Iterable[Mapping[str, Any]],
     cfg: SparseGradConfig,
     targets: list[Target] | None = None,
+    reduce: Reduce | None = None,
 ) -> Basis:
     """Run `cfg.basis_steps` forward/backward steps (`model(**batch).loss`) and build the HOSVD bases.
+
+    `reduce` (in place, e.g. a `torch.distributed.all_reduce`) is applied to every Gram sum, and to every
+    summed gradient kept to choose a support, before they are used: processes that each saw part of the
+    data then build the same basis and choose the same supports.
 
     Streaming form: per group, accumulate Σ G Gᵀ (D_out, D_out) and Σ Gᵀ G (D_in, D_in) in float32 over
     every layer and step (an upper-triangle product per layer, one layer's float32 gradient alive at a
@@ -229,6 +236,9 @@ def compute_basis(
         if steps == 0:
             raise ValueError("compute_basis got no batches; it needs at least one training batch")
         t0 = time.perf_counter()
+        if reduce is not None:
+            for tensor in [*gram_out.values(), *gram_in.values(), *grad_sum.values()]:
+                reduce(tensor)
         p_out = {k: _eigvecs_desc(v) for k, v in gram_out.items()}
         q_out = {k: _eigvecs_desc(v) for k, v in gram_in.items()}
         extra += time.perf_counter() - t0

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from sparsegrad._index import merge_sorted, relay, restrict
+from sparsegrad.basis import Reduce
 from sparsegrad.function import Support, values_at
 from sparsegrad.layer import SparseGradLinear
 from sparsegrad.model import get_info, sparse_layers
@@ -33,6 +34,9 @@ class SparseGradAdamW(torch.optim.Optimizer):
     updated every step as plain Adam in the basis would, and the k entries with the largest step move
     (`_adam_selection_step`).
     With support_refresh_every=R a dense Σ|dL/dC| over the last R steps re-chooses the fixed support.
+    `reduce` (in place, e.g. torch.distributed.all_reduce and a division by the world size) is applied to
+    each layer's dL/dC before selection, so processes that each saw part of a batch pick the same support and
+    keep the same state; compute_basis takes the same hook.
     Dense part: plain AdamW, the formula of torch.optim.AdamW.
     state_dict()/load_state_dict() are the base class's: all state is tensors keyed by parameter.
     """
@@ -46,8 +50,10 @@ class SparseGradAdamW(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         dense_params: list[nn.Parameter] | None = None,
         dense_lr: float | None = None,
+        reduce: Reduce | None = None,
     ) -> None:
         dense_lr = lr if dense_lr is None else dense_lr
+        self.reduce = reduce
         if min(lr, dense_lr) < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(
                 f"bad AdamW hyperparameters: lr={lr}, dense_lr={dense_lr}, betas={betas}, eps={eps}, "
@@ -140,6 +146,9 @@ class SparseGradAdamW(torch.optim.Optimizer):
         n = first.d_out * first.d_in
         st = self.state[first.coef]
         grads_in = [m.coef.grad for m in layers]  # dense (D_out, D_in), or flat on the grad support
+        if self.reduce is not None:
+            for grad in grads_in:  # one layer at a time, before anything reads it
+                self.reduce(grad)  # type: ignore[arg-type]
         # every layer's block (dL/dC is zero outside them), or None unless all have one
         present = [m_.block for m_ in layers if m_.block is not None]
         blocks = present if len(present) == len(layers) else None
@@ -353,10 +362,13 @@ def make_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     dense_lr: float | None = None,
+    reduce: Reduce | None = None,
 ) -> SparseGradAdamW:
     """Optimizer for an injected model: sparse AdamW on the coefficients, AdamW on dense trainables (at
-    `dense_lr` when given, else `lr`)."""
-    return SparseGradAdamW(model, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, dense_lr=dense_lr)
+    `dense_lr` when given, else `lr`); `reduce`: see SparseGradAdamW."""
+    return SparseGradAdamW(
+        model, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, dense_lr=dense_lr, reduce=reduce
+    )
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
