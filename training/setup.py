@@ -167,7 +167,9 @@ def build_run(
     device = prec.device
     regression = labels is not None and labels.kind == "float"
     names = labels.names if labels and not regression else None
-    model = load_model(entry, task, names, regression, prec.frozen_dtype)
+    # full fine-tuning trains every weight: they load (and stay) in float32 whatever the precision
+    load_dtype = torch.float32 if spec.method == "full" else prec.frozen_dtype
+    model = load_model(entry, task, names, regression, load_dtype)
     model.config.pad_token_id = tokenizer.pad_token_id  # type: ignore[union-attr]
     model.to(device)
     if spec.method == "sparsegrad":
