@@ -98,9 +98,7 @@ def save_delta(model: nn.Module, out_dir: str | Path, encoding: str = "auto") ->
         "base_fingerprint": info.fingerprint,
         "layer_fingerprints": info.layer_fingerprints,
         "fingerprint_kind": FINGERPRINT_KIND,
-        "base_dtype": str(next(iter(layers.values())).weight.dtype).removeprefix("torch.")
-        if layers
-        else None,
+        "base_dtype": _dtype_name(next(iter(layers.values())).weight.dtype) if layers else None,
         "target_modules": [t.name for t in info.targets],
         "layers": {
             n: {

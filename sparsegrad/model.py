@@ -201,7 +201,8 @@ def inject(
         k = max(1, round(cfg.density * t.d_out * t.d_in))
         support = block = None
         if cfg.support == "fixed" or cfg.support_block is not None:
-            assert basis is not None  # MeProp is always dynamic and unconfined
+            if basis is None:
+                raise ValueError("support='fixed' and support_block need a basis (MeProp uses neither)")
             support, block = _choose(basis, t.name, cfg, k, t.d_in, p, q, base_weight.device)
         layer = SparseGradLinear(base, p, q, k, t.group, support)
         layer.grad_on_support_only = support is not None and not cfg.support_refresh_every
