@@ -37,9 +37,16 @@ def basis_columns(m: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def coefficient_grad(
-    gy: torch.Tensor, x: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None
+    gy: torch.Tensor,
+    x: torch.Tensor,
+    p: torch.Tensor | None,
+    q: torch.Tensor | None,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """dL/dC = Pᵀ (gyᵀ x) Q for gy: (N, D_out), x: (N, D_in), P: (D_out, r), Q: (D_in, c); returns (r, c).
+
+    The products run in `compute_dtype`: under autocast its dtype (bf16 inputs, float32 accumulation, as the
+    frozen layers' own products), else float32 (or the basis's, if wider).
 
     P and Q are the whole bases (r = D_out, c = D_in) or some of their columns (a fixed support's rows and
     columns). Two exact orders; picks the cheaper in multiply-adds:
@@ -48,10 +55,12 @@ def coefficient_grad(
     """
     n, d_out = gy.shape
     d_in = x.shape[1]
-    # bf16 activations (autocast, low-precision weights) meet a float32 basis; at least float32 without one
-    basis_dtype = p.dtype if p is not None else (q.dtype if q is not None else torch.float32)
-    basis_dtype = torch.promote_types(basis_dtype, gy.dtype)
-    gy, x = gy.to(basis_dtype), x.to(basis_dtype)
+    if compute_dtype is None:  # at least float32, and the basis's precision
+        compute_dtype = p.dtype if p is not None else (q.dtype if q is not None else torch.float32)
+        compute_dtype = torch.promote_types(compute_dtype, gy.dtype)
+    gy, x = gy.to(compute_dtype), x.to(compute_dtype)
+    p = p.to(compute_dtype) if p is not None else None
+    q = q.to(compute_dtype) if q is not None else None
     r = p.shape[1] if p is not None else d_out
     c = q.shape[1] if q is not None else d_in
     factor_first = n * ((d_out * r if p is not None else 0) + (d_in * c if q is not None else 0) + r * c)
@@ -142,6 +151,7 @@ def support_values(
     p: torch.Tensor | None,
     q: torch.Tensor | None,
     support: Support,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """dL/dC at `support.flat`, (k,): the (rows × cols) block of it through the support's basis columns,
     which costs a fraction of the dense dL/dC when the support is clustered."""
@@ -153,7 +163,7 @@ def support_values(
         x, q_c = x.index_select(1, support.cols), None
     else:
         q_c = basis_columns(q, support.cols)
-    block = coefficient_grad(gy, x, p_r, q_c)  # (|rows|, |cols|)
+    block = coefficient_grad(gy, x, p_r, q_c, compute_dtype)  # (|rows|, |cols|)
     if support.is_block:
         return block.reshape(-1)  # row-major: the order of support.flat
     return block[support.row_pos, support.col_pos]
@@ -270,7 +280,8 @@ class SparseGradFunction(torch.autograd.Function):
     `coef` is a flat placeholder over the support (training), else a sparse COO (D_out, D_in).
 
     Mixed precision: under autocast the forward product runs in the autocast dtype (as nn.Linear's would), the
-    input is saved in that dtype, dL/dX is computed in it, and dL/dA in float32 through the float32 basis.
+    input is saved in that dtype, and dL/dX and the products of dL/dA run in it (float32 accumulation); dL/dA
+    itself, the basis, ΔC, the optimizer and the weight sync stay float32.
     """
 
     @staticmethod
@@ -301,6 +312,7 @@ class SparseGradFunction(torch.autograd.Function):
             y = y + side.output(xs.to(y.dtype), p, q)
         ctx.save_for_backward(xs, w, p, q)
         ctx.x_dtype = x.dtype
+        ctx.compute_dtype = cast
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.coef_dtype = coef.dtype
         ctx.coef_shape = tuple(coef.shape)
@@ -335,9 +347,9 @@ class SparseGradFunction(torch.autograd.Function):
             gx = gx.reshape(*x.shape[:-1], d_in).to(ctx.x_dtype)
         if need_coef:
             if ctx.support is None:
-                gcoef = coefficient_grad(gy2, x2, p, q)
+                gcoef = coefficient_grad(gy2, x2, p, q, ctx.compute_dtype)
             elif len(ctx.coef_shape) == 1:  # a placeholder over the support: its values, 4 bytes each
-                gcoef = support_values(gy2, x2, p, q, ctx.support)
+                gcoef = support_values(gy2, x2, p, q, ctx.support, ctx.compute_dtype)
             else:
                 gcoef = support_grad(gy2, x2, p, q, ctx.support, (d_out, d_in))
             gcoef = gcoef.to(ctx.coef_dtype)
