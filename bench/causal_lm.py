@@ -58,7 +58,9 @@ class Variant:
     note: str = ""
 
 
-SG = {"learning_rate": 1e-3, "density": 0.01, "basis_steps": 10}
+# support_block 100 = the whole layer at density 1%: unconfined (a causal-LM job's default is a 2k block,
+# the "-block" rows)
+SG = {"learning_rate": 1e-3, "density": 0.01, "basis_steps": 10, "support_block": 100}
 LORA = {"learning_rate": 1e-3, "lora_rank": 4}
 VARIANTS = [
     Variant("sparsegrad", "sparsegrad", SG, "MLP up+down, density 1%"),

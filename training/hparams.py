@@ -241,9 +241,9 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
 
 def auto_support_block(method: str, task: str) -> float | None:
     """SparseGrad on a causal LM confines its supports to a block of 2k coefficients per layer: on
-    SmolLM2-135M the step took 0.57x the unconfined one's time and its peak memory 1.07x LoRA's (unconfined:
-    1.42x; bf16 weights, CPU), at a validation loss still below LoRA's at the same rate
-    (docs/benchmarks.md)."""
+    SmolLM2-135M the step took about half the unconfined one's time and its peak memory 1.05x LoRA's
+    (unconfined: 1.42x; bf16 weights, CPU), at a validation loss still below LoRA's at the same rate
+    (README; docs/benchmarks.md)."""
     return 2.0 if method == "sparsegrad" and task == "causal_lm" else None
 
 
