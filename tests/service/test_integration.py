@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from tests.service.evaluate import accuracies, extract
 from tests.service.helpers import PG_ADMIN, pg_admin_exec, sst2_lines
@@ -303,7 +304,8 @@ def test_embedded_default_flow(embedded: Stack, tmp_path: Path) -> None:
     done = embedded.wait_status(job_id, {"succeeded"})
     assert done["result_files"] and done["metrics"]
     messages = [e["message"] for e in embedded.events(job_id)]
-    assert any(m.startswith("Precision bf16 on cpu: bf16 autocast") for m in messages), messages
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the worker trains on CUDA where there is one
+    assert any(m.startswith(f"Precision bf16 on {device}: bf16 autocast") for m in messages), messages
     data = Path(embedded.env["SGFT_DATA_DIR"])  # everything lives in the data folder
     assert (data / "sgft.db").exists() and (data / "broker.db").exists() and (data / "artifacts").is_dir()
     with embedded.client() as c:
