@@ -13,7 +13,8 @@ SGFT_BENCH_CAUSAL_VARIANTS (comma list or "all"; default: the
 SparseGrad dynamic, fixed and 2k-block variants, lora, full),
 SGFT_BENCH_CAUSAL_LR (learning rates per variant, "lora=5e-3,sparsegrad=2e-3"; defaults 1e-3 and full 5e-5),
 SGFT_BENCH_CAUSAL_JOBS (variants run at a time, default 1), SGFT_DATA_DIR (models under
-$SGFT_DATA_DIR/models). `python -m bench.causal_lm --report` rebuilds the table and JSON from the last
+$SGFT_DATA_DIR/models), SGFT_PRECISION (as the service's: fp32 | bf16 | bf16-weights | auto).
+`python -m bench.causal_lm --report` rebuilds the table and JSON from the last
 run's result files. Cost: about 150 forward/backward passes of batch 2 x ~120 tokens in all (20 of them
 the two SparseGrad variants' basis steps); about 15 minutes on an idle 2-core machine.
 """
@@ -142,7 +143,8 @@ def run_variant(
     }
     spec = JobSpec(model=SMOLLM2_NAME, method=variant.method, task="causal_lm", hyperparameters=hp, seed=0)  # type: ignore[arg-type]
     started = time.perf_counter()
-    result = run_training(spec, train, valid, work, hooks=hooks, models_dir=models_dir)
+    precision = os.environ.get("SGFT_PRECISION", "auto")  # the service's setting, read the same way
+    result = run_training(spec, train, valid, work, hooks=hooks, models_dir=models_dir, precision=precision)
     total = time.perf_counter() - started
     # Step time: between consecutive step ends, so loading, the basis phase and evaluations do not count.
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
