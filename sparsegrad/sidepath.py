@@ -38,10 +38,6 @@ class DeltaPath:
         path.add(index, values)
         return path
 
-    @property
-    def nbytes(self) -> int:
-        return self.block.numel() * self.block.element_size()
-
     def add(self, index: torch.Tensor, values: torch.Tensor) -> None:
         """ΔC[index] += values (flat int64 indices into (D_out, D_in))."""
         if index.numel() == 0:
