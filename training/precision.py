@@ -59,14 +59,16 @@ def set_storage(model: nn.Module, frozen_dtype: torch.dtype) -> int:
     Returns the bytes of the frozen weights."""
     import sparsegrad as sg
 
-    for layer in sg.sparse_layers(model).values():
+    layers = sg.sparse_layers(model).values()
+    for layer in layers:
         layer.set_weight_dtype(frozen_dtype)
+    placeholders = {id(layer.coef) for layer in layers}  # their gradient's dtype is the layer's affair
     frozen = 0
     for p in model.parameters():
-        if not p.is_floating_point():
+        if not p.is_floating_point() or id(p) in placeholders:
             continue
         want = torch.float32 if p.requires_grad else frozen_dtype
-        if p.dtype != want and p.stride() != (0, 0):  # not a SparseGrad placeholder
+        if p.dtype != want:
             p.data = p.data.to(want)
         if not p.requires_grad:
             frozen += p.numel() * p.element_size()
