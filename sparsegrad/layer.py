@@ -158,7 +158,7 @@ class SparseGradLinear(nn.Module):
         syncs W through its basis columns only."""
         self.record_update(index, values)
         if self.side is not None:
-            self.side.add(index, values)
+            self.side.add(index, values, support)
         elif support is not None:
             apply_support_update(self.weight, support, values, self.P, self.Q)
         else:
@@ -171,7 +171,7 @@ class SparseGradLinear(nn.Module):
             return
         w = self.weight
         w.copy_((w.float() + self.get_delta_weight().float()).to(w.dtype))
-        self.side = DeltaPath(self.d_out, self.d_in, w.device, self.delta_value.dtype)
+        self.side = DeltaPath(self.d_out, self.d_in, w.device, self.delta_value.dtype, self.grad_support())
 
     def record_update(self, index: torch.Tensor, values: torch.Tensor) -> None:
         """Log ΔC[index] += values (W is updated by the caller). Compacted every few steps: the per-entry sum
@@ -257,6 +257,19 @@ class SparseGradLinear(nn.Module):
         weight.data = weight.data.to(dtype)
         self._after_weight_cast()
 
+    def reset_side_path(self) -> None:
+        """Rebuild the side path from the ΔC record, laid out over `grad_support()` (where every update of a
+        block or of a fixed support never re-chosen stays). Call after the support settings change."""
+        self.compact()
+        self.side = DeltaPath.of(
+            self.delta_index,
+            self.delta_value,
+            self.d_out,
+            self.d_in,
+            self.delta_value.dtype,
+            self.grad_support(),
+        )
+
     def _before_weight_cast(self, low_after: bool) -> None:
         if self.side is None and low_after:  # W holds base + ΔW: take ΔW out before rounding
             self.weight.sub_(self.get_delta_weight().to(self.weight.dtype))
@@ -265,9 +278,7 @@ class SparseGradLinear(nn.Module):
         low_before, low_after = self.side is not None, is_low_precision(self.weight.dtype)
         self.side = None
         if low_after:
-            self.side = DeltaPath.of(
-                self.delta_index, self.delta_value, self.d_out, self.d_in, self.delta_value.dtype
-            )
+            self.reset_side_path()
         elif low_before:  # the weight is full precision again: ΔW goes back into it
             self.weight.add_(self.get_delta_weight().to(self.weight.dtype))
 
@@ -298,6 +309,4 @@ class SparseGradLinear(nn.Module):
         if prefix + "coef" in missing_keys:
             missing_keys.remove(prefix + "coef")
         if self.side is not None:
-            self.side = DeltaPath.of(
-                self.delta_index, self.delta_value, self.d_out, self.d_in, self.delta_value.dtype
-            )
+            self.reset_side_path()

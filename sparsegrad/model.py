@@ -208,6 +208,8 @@ def inject(
         layer.grad_on_support_only = support is not None and not cfg.support_refresh_every
         layer.block = block
         layer.shape_placeholder()
+        if layer.side is not None:
+            layer.reset_side_path()  # laid out over the support settings just made
         parent, child = get_submodule_parent(model, t.name)
         setattr(parent, child, layer)
     heads = find_head_modules(model, task)

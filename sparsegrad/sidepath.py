@@ -17,30 +17,53 @@ from __future__ import annotations
 
 import torch
 
-from sparsegrad.function import basis_columns
+from sparsegrad.function import Support, basis_columns
 
 
 class DeltaPath:
     """ΔC restricted to its touched rows × columns, and the products that apply it (P, Q None: identity)."""
 
-    def __init__(self, d_out: int, d_in: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        d_out: int,
+        d_in: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        region: Support | None = None,
+    ) -> None:
+        """An empty path; with a `region` (the rows × columns every update will stay in: a support block, a
+        fixed support) its ΔC is laid out over them from the start, so updates on a Support sharing those
+        rows and columns land without a search (`add`)."""
         self.d_out, self.d_in = d_out, d_in
-        self.rows = torch.zeros(0, dtype=torch.int64, device=device)
-        self.cols = torch.zeros(0, dtype=torch.int64, device=device)
-        self.block = torch.zeros(0, 0, dtype=dtype, device=device)  # ΔC[rows][:, cols]
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        self.rows = region.rows if region is not None else empty
+        self.cols = region.cols if region is not None else empty
+        self.block = torch.zeros(self.rows.numel(), self.cols.numel(), dtype=dtype, device=device)
 
     @classmethod
     def of(
-        cls, index: torch.Tensor, values: torch.Tensor, d_out: int, d_in: int, dtype: torch.dtype
+        cls,
+        index: torch.Tensor,
+        values: torch.Tensor,
+        d_out: int,
+        d_in: int,
+        dtype: torch.dtype,
+        region: Support | None = None,
     ) -> DeltaPath:
         """The path of a whole ΔC given as flat indices and values."""
-        path = cls(d_out, d_in, values.device, dtype)
+        path = cls(d_out, d_in, values.device, dtype, region)
         path.add(index, values)
         return path
 
-    def add(self, index: torch.Tensor, values: torch.Tensor) -> None:
-        """ΔC[index] += values (flat int64 indices into (D_out, D_in))."""
+    def add(self, index: torch.Tensor, values: torch.Tensor, support: Support | None = None) -> None:
+        """ΔC[index] += values (flat int64 indices into (D_out, D_in), distinct). `support`, the Support of
+        `index` when the caller has it: one sharing this path's rows and columns gives the positions."""
         if index.numel() == 0:
+            return
+        if support is not None and support.rows is self.rows and support.cols is self.cols:
+            self.block.index_put_(
+                (support.row_pos, support.col_pos), values.to(self.block.dtype), accumulate=True
+            )
             return
         r, c = index // self.d_in, index % self.d_in
         rows = torch.unique(torch.cat([self.rows, r]))
