@@ -51,8 +51,9 @@ def measure_one(variant: str, precision: str, batch: int, seq: int) -> dict[str,
     import torch
     from transformers import AutoModelForCausalLM
 
-    import sparsegrad as sg
     from bench.step_time import RssSampler
+    from training.hparams import resolve
+    from training.methods import prepare, sparse_config
     from training.model_setup import default_models_dir
     from training.precision import resolve_precision, set_storage
 
@@ -65,30 +66,20 @@ def measure_one(variant: str, precision: str, batch: int, seq: int) -> dict[str,
     ids = torch.randint(0, 49152, (batch, seq))
     batch_d = {"input_ids": ids, "labels": ids}
     method, choice = VARIANTS[variant]
-    if method == "full":
-        params = sg.enable_full_finetuning(model)
-    elif method == "lora":
-        model = sg.apply_lora(model, rank=sg.lora_rank_for(model, choice.density))
-        params = [p for p in model.parameters() if p.requires_grad]
-    if method in ("full", "lora"):
-        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=1e-4)
-    else:
-        cfg = sg.SparseGradConfig(
-            density=choice.density,
-            support=choice.support,  # type: ignore[arg-type]
-            support_block=choice.support_block,
-            basis_steps=1,
+    raw: dict[str, Any] = {"density": choice.density, "basis_steps": 1, "n_epochs": 1, "batch_size": batch}
+    if method == "sparsegrad":  # a block covering the whole layer (1/density) is no block
+        raw |= {"support": choice.support, "support_block": choice.support_block or 1 / choice.density}
+    hp = resolve(raw, batch, "causal_lm", method, 8192)
+    with prec.autocast():  # the engine's own set-up (training.setup)
+        prepared = prepare(
+            method, model, hp, sparse_config(method, hp, "causal_lm", None, variant), [batch_d]
         )
-        with prec.autocast():
-            basis = sg.compute_basis(model, [batch_d], cfg)
-        sg.inject(model, cfg, basis)
-        basis.drop_gradients()  # as the engine does
-        opt = sg.make_optimizer(model, lr=1e-4)
-    set_storage(model, prec.frozen_dtype)
+    trained, opt = prepared.model, prepared.optimizer  # LoRA: a PeftModel around `model`
+    set_storage(trained, prec.frozen_dtype)
     with RssSampler() as sampler:  # the training steps (the model counts neither set-up nor basis phase)
         for _ in range(3):
             with prec.autocast():
-                loss = model(**batch_d).loss
+                loss = trained(**batch_d).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

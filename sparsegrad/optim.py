@@ -244,8 +244,11 @@ class SparseGradAdamW(torch.optim.Optimizer):
         for i, (layer, grad) in enumerate(zip(layers, grads_in, strict=True)):  # one layer at a time
             assert grad is not None
             block = blocks[i] if blocks is not None else None
-            cand = block.flat if block is not None else torch.empty(0, dtype=torch.int64)
-            g = values_at(grad, cand) if block is not None else grad.to_dense().reshape(-1)  # (candidates,)
+            if block is None:
+                g = grad.to_dense().reshape(-1)  # (D_out·D_in,)
+            else:
+                cand = block.flat
+                g = values_at(grad, cand)  # (block entries,)
             m, v = st["exp_avg"][i], st["exp_avg_sq"][i]  # views: updated in place
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)

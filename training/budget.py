@@ -22,9 +22,9 @@ from torch import nn
 
 import sparsegrad as sg
 from sparsegrad.memory import Choice, sparse_extra_bytes
+from training.hparams import CAUSAL_SUPPORT_BLOCK as BLOCK
 from training.hparams import Hyper
 
-BLOCK = 2.0
 GiB = 2**30
 
 

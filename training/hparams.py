@@ -48,6 +48,7 @@ BASE_LR: dict[str, dict[str, float]] = {
     "classification": {"full": 5e-5, "lora": 1e-3, "sparsegrad": 1e-3, "meprop": 1e-3},
     "causal_lm": {"full": 2e-5, "lora": 2e-4, "sparsegrad": 2e-4, "meprop": 2e-4},
 }
+CAUSAL_SUPPORT_BLOCK = 2.0  # auto_support_block, and the block the memory budget falls back to
 KNOWN = sorted([*NUMBER_BOUNDS, *CHOICES, *BOOLS, "target_modules"])
 
 
@@ -88,7 +89,8 @@ class Hyper:
         return asdict(self)
 
 
-def _is_auto(value: Any) -> bool:
+def is_auto(value: Any) -> bool:
+    """A hyper-parameter left to the engine: missing, None or "auto"."""
     return value is None or value == "auto"
 
 
@@ -105,7 +107,7 @@ def check_number(name: str, value: Any) -> float | int:
 
 
 def _target_modules(value: Any) -> str | list[str]:
-    if _is_auto(value):
+    if is_auto(value):
         return "auto"
     if isinstance(value, str) and value.strip():
         parts = [p.strip() for p in value.split(",") if p.strip()]
@@ -126,7 +128,7 @@ def validate(raw: dict[str, Any]) -> None:
             raise HyperparameterError(
                 f"unknown hyperparameter {name!r}; known: {', '.join(KNOWN)}", param=name
             )
-        if _is_auto(value):
+        if is_auto(value):
             continue
         if name in NUMBER_BOUNDS:
             check_number(name, value)
@@ -142,7 +144,7 @@ def validate(raw: dict[str, Any]) -> None:
             "every step)",
             param="selection",
         )
-    if not _is_auto(raw.get("learning_rate")) and not _is_auto(raw.get("learning_rate_multiplier")):
+    if not is_auto(raw.get("learning_rate")) and not is_auto(raw.get("learning_rate_multiplier")):
         raise HyperparameterError(
             "give learning_rate or learning_rate_multiplier, not both (the multiplier scales the auto rate)",
             param="learning_rate_multiplier",
@@ -166,7 +168,7 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
 
     def get(name: str, auto: Any) -> Any:
         value = raw.get(name)
-        if _is_auto(value):
+        if is_auto(value):
             return auto
         return check_number(name, value) if name in NUMBER_BOUNDS else value
 
@@ -201,7 +203,7 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
     if lr is None:
         lr = BASE_LR[task][method] * get("learning_rate_multiplier", 1.0)
         lr = check_number("learning_rate", lr)
-    if method == "full" and not _is_auto(raw.get("dense_learning_rate")):
+    if method == "full" and not is_auto(raw.get("dense_learning_rate")):
         raise HyperparameterError(
             "dense_learning_rate applies to sparsegrad, meprop and lora; "
             "full trains every weight at learning_rate",
@@ -244,7 +246,7 @@ def auto_support_block(method: str, task: str) -> float | None:
     SmolLM2-135M the step took about half the unconfined one's time and its peak memory 1.05x LoRA's
     (unconfined: 1.42x; bf16 weights, CPU), at a validation loss still below LoRA's at the same rate
     (README; docs/benchmarks.md)."""
-    return 2.0 if method == "sparsegrad" and task == "causal_lm" else None
+    return CAUSAL_SUPPORT_BLOCK if method == "sparsegrad" and task == "causal_lm" else None
 
 
 def auto_selection(method: str, task: str, support: str, total_steps: int) -> str:

