@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from sparsegrad.config import SparseGradConfig
+from sparsegrad.memory import matched_lora_rank
 from sparsegrad.model import inject
 from sparsegrad.targets import find_head_modules, find_target_modules, infer_task
 
@@ -21,9 +22,7 @@ def lora_rank_for(
     """LoRA rank whose trainable parameters on the target layers, Σ r·(D_out + D_in), best match SparseGrad's
     Σ k = Σ round(density·D_out·D_in) (at least 1)."""
     targets = find_target_modules(model, target_modules, include_gate_proj, layers)
-    k_total = sum(max(1, round(density * t.d_out * t.d_in)) for t in targets)
-    per_rank = sum(t.d_out + t.d_in for t in targets)
-    return max(1, round(k_total / per_rank))
+    return matched_lora_rank([(t.d_out, t.d_in) for t in targets], density)
 
 
 def apply_lora(

@@ -44,6 +44,14 @@ def k_of(d_out: int, d_in: int, density: float) -> int:
     return max(1, round(density * d_out * d_in))
 
 
+def matched_lora_rank(layers: Iterable[tuple[int, int]], density: float) -> int:
+    """LoRA rank whose trainable parameters on `layers`, Σ r·(D_out + D_in), best match SparseGrad's Σ k
+    (at least 1)."""
+    shapes = list(layers)
+    k_total = sum(k_of(d_out, d_in, density) for d_out, d_in in shapes)
+    return max(1, round(k_total / sum(d_out + d_in for d_out, d_in in shapes)))
+
+
 def candidates(d_out: int, d_in: int, choice: Choice) -> int:
     """Coefficients a step may pick from: all, or the block's area."""
     n = d_out * d_in
@@ -187,8 +195,7 @@ def estimate(
                      "activations": acts}
         )  # fmt: skip
     if method == "lora":
-        rank = lora_rank or max(1, round(sum(k_of(o, i, choice.density) for o, i in targets)
-                                         / sum(o + i for o, i in targets)))  # fmt: skip
+        rank = lora_rank or matched_lora_rank(targets, choice.density)
         adapters = sum(rank * (o + i) for o, i in targets)
         return Estimate(
             method,
