@@ -13,6 +13,7 @@ from sparsegrad.basis import Basis
 from sparsegrad.config import SparseGradConfig
 from sparsegrad.function import Support
 from sparsegrad.layer import SparseGradLinear
+from sparsegrad.memory import k_of
 from sparsegrad.targets import (
     Target,
     find_head_modules,
@@ -198,7 +199,7 @@ def inject(
             if key not in on_device:  # one copy per group and device, shared by its layers
                 on_device[key] = (p.to(dev), q.to(dev))
             p, q = on_device[key]
-        k = max(1, round(cfg.density * t.d_out * t.d_in))
+        k = k_of(t.d_out, t.d_in, cfg.density)
         support = block = None
         if cfg.support == "fixed" or cfg.support_block is not None:
             if basis is None:
