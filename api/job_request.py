@@ -14,7 +14,7 @@ from api.schemas import JobCreate
 from core.datasets import TASK_OF_FORMAT, DatasetReport, check_pair
 from core.files import get_file
 from core.hparam_bounds import BOOLS as HP_BOOLS
-from core.hparam_bounds import CHOICES, NUMBER_BOUNDS
+from core.hparam_bounds import CHOICES, NUMBER_BOUNDS, target_patterns
 from core.jobs import NewJob
 from core.models import File
 from core.registry import UnknownModel, get_model, list_models
@@ -77,27 +77,31 @@ def check_hyperparameters(hyper: dict[str, Any]) -> None:
             if not isinstance(value, bool):
                 raise APIError(400, f"{param} must be true or false", param=param)
         elif key == "target_modules":
-            if not (
-                isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-            ):
-                raise APIError(400, f"{param} must be a string or a list of strings", param=param)
+            try:
+                target_patterns(value)
+            except ValueError as exc:
+                raise APIError(400, f"{param}: {exc}", param=param) from None
         else:
             known = ", ".join(sorted(NUMERIC | set(CHOICES) | OTHER))
             raise APIError(400, f"Unknown hyperparameter {key!r}; known: {known}", param=param)
 
 
-def _usable_file(session: Session, tenant_id: str, file_id: str, param: str) -> tuple[File, DatasetReport]:
+def _file_row(session: Session, tenant_id: str, file_id: str, param: str) -> File:
     row = get_file(session, tenant_id, file_id)
     if row is None:
         raise APIError(400, f"{param}: no such file {file_id!r}", param=param, code="file_not_found")
+    return row
+
+
+def _usable_report(row: File, param: str) -> DatasetReport:
     if row.purpose != "fine-tune" or row.report is None:
         raise APIError(
-            400, f"{param}: file {file_id!r} has purpose {row.purpose!r}, not 'fine-tune'", param=param
+            400, f"{param}: file {row.id!r} has purpose {row.purpose!r}, not 'fine-tune'", param=param
         )
     report = DatasetReport.from_dict(row.report)
     if not report.ok:
         raise APIError(400, f"{param}: {report.describe()}", param=param, code="invalid_file")
-    return row, report
+    return report
 
 
 def build_new_job(session: Session, settings: Settings, tenant_id: str, body: JobCreate) -> NewJob:
@@ -109,9 +113,16 @@ def build_new_job(session: Session, settings: Settings, tenant_id: str, body: Jo
         raise APIError(
             400, f"Model {body.model!r} is not available for fine-tuning; available: {names}", param="model"
         ) from None
-    _, train = _usable_file(session, tenant_id, body.training_file, "training_file")
-    if body.validation_file:
-        _, valid = _usable_file(session, tenant_id, body.validation_file, "validation_file")
+    train_row = _file_row(session, tenant_id, body.training_file, "training_file")
+    valid_row = (
+        _file_row(session, tenant_id, body.validation_file, "validation_file")
+        if body.validation_file
+        else None
+    )
+    session.commit()  # the rows are read: no transaction (on SQLite, the write lock) while they are checked
+    train = _usable_report(train_row, "training_file")
+    if valid_row is not None:
+        valid = _usable_report(valid_row, "validation_file")
         problems = check_pair(train, valid)
         if problems:
             text = "; ".join(p.message for p in problems[:5])

@@ -29,8 +29,8 @@ class RateLimiter:
                 retry = max(1, int(events[0] + self.window - now) + 1)
                 raise APIError(
                     429,
-                    f"Rate limit reached: at most {self.limit} jobs per {int(self.window)} s per API key; "
-                    f"retry in {retry} s.",
+                    f"Rate limit reached: at most {self.limit} job creations or estimates per "
+                    f"{int(self.window)} s per API key; retry in {retry} s.",
                     code="rate_limit_exceeded",
                     headers={"Retry-After": str(retry)},
                 )

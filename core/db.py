@@ -65,6 +65,19 @@ def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
     return _sessionmaker(get_engine(url))
 
 
+def ping_database(url: str | None = None) -> None:
+    """Raise unless the database answers `SELECT 1`. Outside any transaction (no write lock on SQLite), on a
+    pooled connection that this call alone uses and always returns."""
+    raw = get_engine(url).raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("SELECT 1")
+        cursor.fetchall()
+        cursor.close()
+    finally:
+        raw.close()
+
+
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """A session that is rolled back on error and always closed (callers commit)."""

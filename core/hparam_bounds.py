@@ -34,3 +34,40 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lr_scheduler": ("linear", "cosine"),
 }
 BOOLS: tuple[str, ...] = ("train_layernorm", "train_rest_dense", "eval_at_start", "per_layer_basis")
+
+# target_modules: module names, name suffixes or glob patterns (fnmatch: * ? [..]), never a regular
+# expression: a user's pattern is matched in the worker, and a glob's matching time is bounded (Python
+# compiles `*` to atomic groups, so no pattern backtracks catastrophically). Sizes are bounded too.
+MAX_TARGET_PATTERNS = 64
+MAX_TARGET_PATTERN_CHARS = 200
+_PATTERN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-*?[]!")
+_TARGET_HELP = (
+    "target_modules takes 'auto', module names or name suffixes (e.g. 'mlp.up_proj'), or glob patterns "
+    "(e.g. '*.mlp.*_proj'), as a list or a comma-separated string"
+)
+
+
+def target_patterns(value: object) -> str | list[str]:
+    """'auto', or the list of names / suffixes / globs in `value`; ValueError naming the problem."""
+    if value is None or value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        parts = [v.strip() for v in value if v.strip()]
+    else:
+        raise ValueError(f"{_TARGET_HELP}; got {type(value).__name__}")
+    if not parts:
+        raise ValueError(f"{_TARGET_HELP}; got nothing")
+    if len(parts) > MAX_TARGET_PATTERNS:
+        raise ValueError(f"{_TARGET_HELP}; got {len(parts)} entries, at most {MAX_TARGET_PATTERNS}")
+    for part in parts:
+        if len(part) > MAX_TARGET_PATTERN_CHARS:
+            raise ValueError(
+                f"{_TARGET_HELP}; an entry is {len(part)} characters, at most {MAX_TARGET_PATTERN_CHARS}"
+            )
+        bad = sorted(set(part) - _PATTERN_CHARS)
+        if bad:
+            regex = " (regular expressions are not accepted)" if set(bad) & set("()|+\\^${}") else ""
+            raise ValueError(f"{_TARGET_HELP}; {part[:60]!r} has the character(s) {''.join(bad)!r}{regex}")
+    return parts

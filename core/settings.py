@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     queued_grace: float = Field(
         default=120.0, gt=0, description="Re-send a queued job unclaimed for this long."
     )
-    job_rate_limit: int = Field(default=30, ge=1, description="Job creations per API key per minute.")
+    job_rate_limit: int = Field(
+        default=30, ge=1, description="Job creations and estimates per API key per minute."
+    )
     visibility_timeout: int = Field(
         default=7 * 24 * 3600, description="Broker redelivery timeout; above any job."
     )

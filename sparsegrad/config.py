@@ -30,8 +30,8 @@ class SparseGradConfig:
     target_modules: str | list[str] = field(
         default="auto",
         metadata={
-            "help": "'auto' (MLP up/down layers by model type), a list of module names or name suffixes, "
-            "or a regular expression matched against full module names."
+            "help": "'auto' (MLP up/down layers by model type), a list of module names, name suffixes or "
+            "glob patterns ('*.mlp.*_proj'), or a regular expression matched against full module names."
         },
     )
     support: Support = field(

@@ -3,6 +3,7 @@ replacement lives elsewhere."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass
 
@@ -93,6 +94,13 @@ def _role_of(name: str) -> str | None:
     return None
 
 
+def _listed(name: str, entry: str) -> bool:
+    """A list entry names a module exactly, by suffix, or as a glob over the full name (fnmatch)."""
+    if any(c in entry for c in "*?["):
+        return fnmatch.fnmatchcase(name, entry)
+    return name == entry or name.endswith("." + entry)
+
+
 def _auto_pairs(model: nn.Module, include_gate_proj: bool) -> list[tuple[str, str]]:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in _LLAMA_LIKE:
@@ -115,7 +123,8 @@ def find_target_modules(
 
     `target_modules`: "auto" (by model type: BERT/RoBERTa/MiniLM `intermediate.dense` + block `output.dense`,
     never `attention.output.dense`; LLaMA family `mlp.up_proj`/`mlp.down_proj` (+ `gate_proj` if asked);
-    GPT-2 `mlp.c_fc`/`mlp.c_proj`), a list of exact names or suffixes, or a regex (full match on the name).
+    GPT-2 `mlp.c_fc`/`mlp.c_proj`), a list of exact names, suffixes or globs (fnmatch over the full name,
+    e.g. "*.mlp.*_proj"), or a regex (full match on the name; the service never passes one).
     `layers` keeps only those block indices. Groups: role ("up"/"down"/"gate") when the name tells it, else
     the shape ("1536x384"); layers of one group always share a shape.
     """
@@ -132,11 +141,7 @@ def find_target_modules(
                     chosen.append((n, m, pair_role))
                     break
     elif isinstance(target_modules, list):
-        chosen = [
-            (n, m, _role_of(n))
-            for n, m in named
-            if any(n == t or n.endswith("." + t) for t in target_modules)
-        ]
+        chosen = [(n, m, _role_of(n)) for n, m in named if any(_listed(n, t) for t in target_modules)]
     else:
         pattern = re.compile(target_modules)
         chosen = [(n, m, _role_of(n)) for n, m in named if pattern.fullmatch(n)]

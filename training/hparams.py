@@ -24,7 +24,7 @@
 | bias_correction | "global" (sparse entries' Adam bias correction counts optimizer steps); "entry" | choice |
 | support_block | causal LM 2, else none: supports stay in a block of x·k (x·density >= 1: none) | [1, 1000] |
 | lora_rank | rank whose trainable MLP parameters match SparseGrad's k (lora_rank_for) | [1, 512] |
-| target_modules | "auto" (MLP up/down); a comma list of names / suffixes, a list, or a regex | text |
+| target_modules | "auto" (MLP up/down); names, suffixes or globs (`*.mlp.*_proj`): list, comma list | text |
 | train_layernorm | false | bool |
 | train_rest_dense | false (true: every non-target weight also trains, the paper's GLUE setup) | bool |
 | lr_scheduler | "linear" ("cosine"), after linear warmup | choice |
@@ -41,7 +41,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from core.hparam_bounds import BOOLS, CHOICES, NUMBER_BOUNDS
+from core.hparam_bounds import BOOLS, CHOICES, NUMBER_BOUNDS, target_patterns
 from training.spec import HyperparameterError
 
 BASE_LR: dict[str, dict[str, float]] = {
@@ -107,18 +107,10 @@ def check_number(name: str, value: Any) -> float | int:
 
 
 def _target_modules(value: Any) -> str | list[str]:
-    if is_auto(value):
-        return "auto"
-    if isinstance(value, str) and value.strip():
-        parts = [p.strip() for p in value.split(",") if p.strip()]
-        is_list = "," in value and all(p.replace(".", "").replace("_", "").isalnum() for p in parts)
-        return parts if is_list else value.strip()
-    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
-        return list(value)
-    raise HyperparameterError(
-        f"target_modules must be 'auto', a comma list or list of module names, or a regex; got {value!r}",
-        param="target_modules",
-    )
+    try:
+        return target_patterns("auto" if is_auto(value) else value)
+    except ValueError as exc:
+        raise HyperparameterError(str(exc), param="target_modules") from None
 
 
 def validate(raw: dict[str, Any]) -> None:

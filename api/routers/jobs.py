@@ -94,8 +94,11 @@ async def list_jobs(
 
 
 @router.post("/estimate", response_model=Estimate)
-def estimate(body: JobCreate, key: KeyDep, session: SessionDep, settings: SettingsDep) -> Estimate:
+def estimate(
+    request: Request, body: JobCreate, key: KeyDep, session: SessionDep, settings: SettingsDep
+) -> Estimate:
     """Examples, approximate tokens, steps and (from this service's measured throughput) duration."""
+    request.app.state.job_limiter.hit(key.id)  # it validates as a creation does, so it counts as one
     new = build_new_job(session, settings, key.tenant_id, body)
     train_row = get_file(session, key.tenant_id, new.training_file)
     assert train_row is not None and train_row.report is not None

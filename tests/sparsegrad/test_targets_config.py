@@ -50,6 +50,12 @@ def test_list_and_regex_override() -> None:
     assert by_name[0].group == "32x32"  # no role in the name: grouped by shape
     by_regex = find_target_modules(model, r".*\.1\.mlp\.(up|down)_proj")
     assert [t.name for t in by_regex] == ["model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"]
+    by_glob = find_target_modules(model, ["*.1.mlp.*_proj", "model.layers.[02].mlp.down_proj"])
+    assert [t.name for t in by_glob] == [
+        "model.layers.0.mlp.down_proj",
+        *(f"model.layers.1.mlp.{p}_proj" for p in ("gate", "up", "down")),
+        "model.layers.2.mlp.down_proj",
+    ]
 
 
 def test_no_match_is_a_clear_error() -> None:

@@ -76,7 +76,13 @@ def test_target_modules_forms() -> None:
         return resolve({"target_modules": value}, 10, "causal_lm", "sparsegrad", 512).target_modules
 
     assert tm("auto") == "auto" and tm("up_proj,down_proj") == ["up_proj", "down_proj"]
-    assert tm(["mlp.c_fc"]) == ["mlp.c_fc"] and tm(r".*mlp\.(up|down)_proj") == r".*mlp\.(up|down)_proj"
+    assert tm(["mlp.c_fc"]) == ["mlp.c_fc"] and tm("*.mlp.*_proj") == ["*.mlp.*_proj"]
+    with pytest.raises(HyperparameterError, match="regular expressions are not accepted"):
+        tm(r".*mlp\.(up|down)_proj")
+    with pytest.raises(HyperparameterError, match="at most 64"):
+        tm([f"layer{i}" for i in range(65)])
+    with pytest.raises(HyperparameterError, match="at most 200"):
+        tm("a" * 201)
 
 
 def test_get_lr_warmup_then_linear_or_cosine_decay() -> None:
