@@ -34,7 +34,13 @@ def freeze_startup_heap() -> None:
 
 
 @asynccontextmanager
-async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    removed = files.sweep_uploads(settings.data_dir / "tmp")
+    if removed:
+        logging.getLogger(__name__).info(
+            "removed %d abandoned upload(s) from %s/tmp", removed, settings.data_dir
+        )
     freeze_startup_heap()
     yield
 

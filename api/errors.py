@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from fastapi import FastAPI, Request
@@ -59,6 +60,13 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def _storage_full(request: Request, what: str) -> JSONResponse:
+    """507: a full disk is its own error (the request was fine; retrying later may work), never a 500."""
+    log.error("storage full on %s %s: %s", request.method, request.url.path, what)
+    message = f"No space left on {what}; nothing was stored. Retry once the operator has freed space."
+    return JSONResponse(error_body(message, "server_error", None, "storage_full"), status_code=507)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error, including validation and unexpected ones, in OpenAI's shape."""
 
@@ -82,9 +90,17 @@ def install_error_handlers(app: FastAPI) -> None:
         body = error_body(str(exc.detail), TYPE_OF_STATUS.get(exc.status_code, "api_error"))
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _storage_full(request, "the service's storage")
+        return await _unexpected(request, exc)
+
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        if "database or disk is full" in str(exc):
+            return _storage_full(request, "the database")
         # A lost database connection is an outage to wait out, not a bug: 503 + Retry-After, no trace.
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
         body = error_body("The database is unavailable; retry in a few seconds.", "service_unavailable")

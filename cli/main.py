@@ -53,7 +53,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         settings.queue_name(q.strip()) for q in (args.queues or settings.worker_queues).split(",")
     )
     from worker.celery_app import app
+    from worker.scratch import sweep
 
+    try:
+        sweep(settings)
+    except Exception as exc:  # the database may not be up yet: the next start sweeps
+        logging.getLogger(__name__).warning("scratch sweep skipped: %s", exc)
     app.worker_main(
         [
             "worker",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,7 @@ from core.models import File
 from core.storage import Storage
 
 
-def create_file(
-    session: Session,
+def stage_file(
     storage: Storage,
     *,
     tenant_id: str,
@@ -23,11 +23,12 @@ def create_file(
     purpose: str,
     report: dict[str, Any] | None = None,
 ) -> File:
-    """Store `local` under a generated key and record it (the user's filename is only metadata)."""
+    """Store `local` under a generated key; the row comes back unsaved, for the caller to commit with the
+    rest of its unit of work (or to `discard` if that fails). The user's filename is only metadata."""
     file_id = new_id("file")
     key = f"files/{file_id}"
     storage.put_file(local, key)
-    row = File(
+    return File(
         id=file_id,
         tenant_id=tenant_id,
         filename=filename[:255],
@@ -37,6 +38,18 @@ def create_file(
         report=report,
         storage_key=key,
     )
+
+
+def discard(storage: Storage, rows: list[File]) -> None:
+    """Remove the bytes of staged rows whose unit of work failed (best effort: it is already failing)."""
+    for row in rows:
+        with contextlib.suppress(Exception):
+            storage.delete(row.storage_key)
+
+
+def create_file(session: Session, storage: Storage, **fields: Any) -> File:
+    """`stage_file`, recorded at once."""
+    row = stage_file(storage, **fields)
     session.add(row)
     session.commit()
     return row

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from core.ids import new_id
 from core.models import Checkpoint, IdempotencyKey, Job, JobEvent, now
-from core.states import IllegalTransition, JobStatus, check_transition, sources_of
+from core.states import RESUME_FROM, IllegalTransition, JobStatus, check_transition, sources_of
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +48,24 @@ class NewJob:
     queue: str = "cpu"
 
 
-def _rowcount(result: Any) -> int:
+def rowcount(result: Any) -> int:
     assert isinstance(result, CursorResult)
     return result.rowcount
 
 
 def _set_status(
-    session: Session, job_id: str, target: JobStatus, extra: dict[str, Any] | None = None
+    session: Session,
+    job_id: str,
+    target: JobStatus,
+    extra: dict[str, Any] | None = None,
+    sources: frozenset[JobStatus] | None = None,
 ) -> None:
-    """CAS the status to `target`; raise IllegalTransition (naming the current state) if not allowed."""
+    """CAS the status to `target` from `sources` (default: every status the table allows); raise
+    IllegalTransition (naming the current state) otherwise."""
     values = {"status": target.value, **(extra or {})}
-    res = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(sources_of(target))).values(**values)
-    )
-    if _rowcount(res) != 1:
+    allowed = sorted(sources) if sources is not None else sources_of(target)
+    res = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(allowed)).values(**values))
+    if rowcount(res) != 1:
         session.rollback()
         current = session.scalar(select(Job.status).where(Job.id == job_id))
         if current is None:
@@ -173,7 +177,7 @@ def claim(session: Session, job_id: str, worker_id: str) -> Job | None:
             stop_request=None,
         )
     )
-    if _rowcount(res) != 1:
+    if rowcount(res) != 1:
         session.rollback()
         return None
     job = session.get(Job, job_id)
@@ -193,7 +197,7 @@ def _owned(session: Session, job_id: str, worker_id: str, **values: Any) -> None
         .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING.value)
         .values(**values)
     )
-    if _rowcount(res) != 1:
+    if rowcount(res) != 1:
         session.rollback()
         raise LostOwnership(job_id)
 
@@ -312,8 +316,11 @@ def fail(
 
 
 def finish_stopped(session: Session, job_id: str, worker_id: str, target: JobStatus) -> None:
-    """The worker honoured a stop request: running -> cancelled | paused."""
-    _owned(session, job_id, worker_id)
+    """The worker honoured a stop request: running -> cancelled | paused. A cancel that arrived while the
+    worker was pausing wins (it may have read the pause first)."""
+    _owned(session, job_id, worker_id)  # the row is locked from here to the commit
+    if session.scalar(select(Job.stop_request).where(Job.id == job_id)) == "cancel":
+        target = JobStatus.CANCELLED
     extra: dict[str, Any] = {"stop_request": None, "worker_id": None}
     if target == JobStatus.CANCELLED:
         extra["finished_at"] = now()
@@ -326,18 +333,19 @@ def _stop(session: Session, job: Job, target: JobStatus, reason: str) -> Job:
     """Stop now if nothing runs the job, else ask the worker (it stops at its next step)."""
     session.refresh(job)
     if job.status == JobStatus.RUNNING.value:
-        res = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value)
-            .values(stop_request=reason)
-        )
-        if _rowcount(res) == 1:
+        running = update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING.value)
+        if reason == "pause":  # a pending cancel wins: a pause never replaces it
+            running = running.where(Job.stop_request.is_(None) | (Job.stop_request == "pause"))
+        res = session.execute(running.values(stop_request=reason))
+        if rowcount(res) == 1:
             add_event(session, job.id, f"{reason.capitalize()} requested; stopping at the next step")
             session.commit()
             session.refresh(job)
             return job
         session.rollback()
         session.refresh(job)
+        if job.status == JobStatus.RUNNING.value:  # still running: the pause met a pending cancel
+            raise IllegalTransition(job.id, "running, with a cancel pending", target.value)
     extra: dict[str, Any] = {"finished_at": now()} if target == JobStatus.CANCELLED else {}
     _set_status(session, job.id, target, extra)
     add_event(session, job.id, "Job cancelled" if target == JobStatus.CANCELLED else "Job paused")
@@ -357,24 +365,12 @@ def pause(session: Session, job: Job) -> Job:
 
 
 def resume(session: Session, job: Job) -> Job:
-    """paused -> queued (the caller sends the run message after this commit)."""
-    _set_status(session, job.id, JobStatus.QUEUED, {"worker_id": None, "enqueued_at": None})
+    """paused -> queued, from paused only (the caller sends the run message after this commit)."""
+    _set_status(session, job.id, JobStatus.QUEUED, {"worker_id": None, "enqueued_at": None}, RESUME_FROM)
     add_event(session, job.id, "Job resumed and queued")
     session.commit()
     session.refresh(job)
     return job
-
-
-def set_merge_status(session: Session, job_id: str, status: str, merged_file: str | None = None) -> None:
-    """Track the merged-model side task ("queued" | "running" | "succeeded" | "failed")."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise KeyError(job_id)
-    values: dict[str, Any] = {"merge_status": status}
-    if merged_file:
-        values["result_files"] = [*job.result_files, merged_file]
-    session.execute(update(Job).where(Job.id == job_id).values(**values))
-    session.commit()
 
 
 def requeue_stale(session: Session, heartbeat_timeout: float, max_attempts: int) -> list[str]:
@@ -414,7 +410,7 @@ def requeue_stale(session: Session, heartbeat_timeout: float, max_attempts: int)
             values = {**base, "status": JobStatus.QUEUED.value, "enqueued_at": None}
             where = f"step {job.checkpoint_step}" if job.checkpoint_key else "the start (no checkpoint yet)"
             message = f"Re-queued after attempt {job.attempts}: {silent}; will resume from {where}"
-        if _rowcount(session.execute(cas.values(**values))) != 1:
+        if rowcount(session.execute(cas.values(**values))) != 1:
             session.rollback()  # it sent a heartbeat meanwhile
             continue
         add_event(session, job.id, message, level="warning" if values["status"] == "queued" else "error")

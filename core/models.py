@@ -94,7 +94,11 @@ class Job(Base):
     checkpoint_key: Mapped[str | None] = mapped_column(String(255), default=None)
     checkpoint_step: Mapped[int | None] = mapped_column(Integer, default=None)
     stop_request: Mapped[str | None] = mapped_column(String(10), default=None)  # "cancel" | "pause"
-    merge_status: Mapped[str | None] = mapped_column(String(20), default=None)
+    merge_status: Mapped[str | None] = mapped_column(String(20), default=None)  # core.states.MergeStatus
+    # The merge's owner and last sign of life (sent, for a queued merge), read by the reaper like a job's.
+    merge_worker_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    merge_heartbeat_at: Mapped[float | None] = mapped_column(Float, default=None)
+    merge_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     event_seq: Mapped[int] = mapped_column(Integer, default=0)  # last JobEvent.seq handed out
     created_at: Mapped[float] = mapped_column(Float, default=now)
     started_at: Mapped[float | None] = mapped_column(Float, default=None)

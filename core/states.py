@@ -1,4 +1,4 @@
-"""The job state machine: statuses, terminal states and the transitions allowed between them."""
+"""The state machines: a job's status and its merge side task, with the transitions allowed in each."""
 
 from __future__ import annotations
 
@@ -34,6 +34,36 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
 }
+
+
+# Transitions the table allows but only one actor may take: running -> queued belongs to the reaper (its
+# worker died); a user's resume moves a job out of `paused` and nothing else.
+RESUME_FROM = frozenset({JobStatus.PAUSED})
+
+
+class MergeStatus(StrEnum):
+    """The merged-model side task of a succeeded job (None: never asked for)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+# failed -> queued: a retry; running -> queued: the reaper's (the merging worker died); running -> failed:
+# the merge failed, or the reaper gave up after max_attempts.
+MERGE_ALLOWED: dict[MergeStatus | None, frozenset[MergeStatus]] = {
+    None: frozenset({MergeStatus.QUEUED}),
+    MergeStatus.QUEUED: frozenset({MergeStatus.RUNNING}),
+    MergeStatus.RUNNING: frozenset({MergeStatus.SUCCEEDED, MergeStatus.FAILED, MergeStatus.QUEUED}),
+    MergeStatus.FAILED: frozenset({MergeStatus.QUEUED}),
+    MergeStatus.SUCCEEDED: frozenset(),
+}
+
+
+def merge_sources_of(target: MergeStatus) -> list[MergeStatus | None]:
+    """Merge statuses (None included) from which `target` may be reached."""
+    return [s for s, targets in MERGE_ALLOWED.items() if target in targets]
 
 
 class IllegalTransition(Exception):

@@ -39,6 +39,11 @@ def disk_full(exc: BaseException) -> OSError | None:
     return next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in FULL), None)
 
 
+def database_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL ("database or disk is full") in the chain: a full disk, not a database outage."""
+    return any("database or disk is full" in str(e) for e in _chain(exc))
+
+
 def describe(exc: BaseException) -> tuple[str, str, str | None]:
     """(error code, message, param) for the job row."""
     if isinstance(exc, OutOfMemory):
@@ -56,6 +61,13 @@ def describe(exc: BaseException) -> tuple[str, str, str | None]:
             "storage_full",
             f"The worker could not save the job's files: {full.strerror or 'No space left on device'} on the "
             "artifact store or scratch disk. Free space (or raise the quota), then create the job again.",
+            None,
+        )
+    if database_full(exc):
+        return (
+            "storage_full",
+            "The service's database could not be written: its disk is full. Free space, then create the job "
+            "again.",
             None,
         )
     if isinstance(exc, TrainingError):

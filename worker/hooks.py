@@ -6,7 +6,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from core import jobs
 from core.db import get_sessionmaker
@@ -118,11 +121,20 @@ class JobHooks:
 
 
 class Heartbeat:
-    """A daemon thread refreshing the job's heartbeat every `interval` seconds while training runs."""
+    """A daemon thread refreshing the job's heartbeat (or, with `beat=merges.heartbeat`, its merge's) every
+    `interval` seconds while the work runs."""
 
-    def __init__(self, job_id: str, worker_id: str, db_url: str, interval: float) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        worker_id: str,
+        db_url: str,
+        interval: float,
+        beat: Callable[[Session, str, str], None] = jobs.heartbeat,
+    ) -> None:
         self.job_id = job_id
         self.worker_id = worker_id
+        self.beat = beat
         self.factory = get_sessionmaker(db_url)
         self.interval = interval
         self.lost = threading.Event()
@@ -133,7 +145,7 @@ class Heartbeat:
         while not self._done.wait(self.interval):
             try:
                 with self.factory() as s:
-                    jobs.heartbeat(s, self.job_id, self.worker_id)
+                    self.beat(s, self.job_id, self.worker_id)
             except jobs.LostOwnership:
                 log.warning("job %s is no longer ours; stopping heartbeats", self.job_id)
                 self.lost.set()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from core import jobs
+from core import jobs, merges
 from core.db import get_sessionmaker
-from core.queue import send_run
+from core.queue import send_merge, send_run
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,30 @@ def reap_once(settings: Settings) -> dict[str, list[str]]:
             log.warning(
                 "re-sent queued job %s (no worker claimed it in %.0f s)", job_id, settings.queued_grace
             )
-    return {"requeued": requeued, "resent": resent}
+    return {"requeued": requeued, "resent": resent, **_reap_merges(settings)}
+
+
+def _reap_merges(settings: Settings) -> dict[str, list[str]]:
+    """The same for merges: re-queue those whose worker died, re-send those nobody claimed."""
+    factory = get_sessionmaker(settings.database_url)
+    with factory() as s:
+        requeued = merges.requeue_stale(s, settings.heartbeat_timeout, settings.max_attempts)
+    with factory() as s:
+        lost = merges.lost_queued(s, settings.queued_grace)
+        queue_of = dict(lost)
+        for job_id in requeued:  # queued just now: sent at once, without waiting out the grace period
+            queue_of.setdefault(job_id, s.get_one(jobs.Job, job_id).queue)
+    resent: list[str] = []
+    for job_id, queue in queue_of.items():
+        try:
+            send_merge(job_id, queue, settings)
+        except Exception as exc:
+            log.warning("broker unavailable, merge of %s stays queued for the next pass: %s", job_id, exc)
+            continue
+        with factory() as s:
+            merges.mark_sent(s, job_id)
+        resent.append(job_id)
+    return {"merges_requeued": requeued, "merges_resent": resent}
 
 
 def _send(settings: Settings, job_id: str, queue: str | None) -> bool:

@@ -16,9 +16,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 import training
-from core import jobs
+from core import jobs, merges
 from core.db import get_sessionmaker
-from core.files import create_file
+from core.files import discard, stage_file
 from core.models import File, Job
 from core.settings import Settings, get_settings
 from core.states import JobStatus
@@ -26,6 +26,7 @@ from core.storage import Storage
 from training.spec import JobSpec, TrainingError, TrainResult
 from worker import failures
 from worker.hooks import Heartbeat, JobHooks
+from worker.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,7 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
         log.info("job %s is not queued (duplicate delivery, cancelled or done): nothing to do", job_id)
         return
     storage = Storage(settings.artifacts_url)
-    scratch = settings.data_dir / "work"
-    scratch.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=scratch))
+    work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=scratch_dir(settings)))
     recorder = JobHooks(job_id, worker_id, settings.database_url, storage)
     try:
         result = _train(job, settings, storage, work, recorder, worker_id)
@@ -77,9 +76,15 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
     except jobs.LostOwnership:
         log.warning("job %s was taken from this worker (re-queued or stopped); dropping this run", job_id)
     except (OperationalError, InterfaceError) as exc:
-        # The database went away mid-run: nothing can be recorded now, and a failure recorded once it is
-        # back would blame the job. Its heartbeat goes stale and the reaper re-queues it from its checkpoint.
-        log.warning("job %s: database unavailable (%s); leaving it to the reaper", job_id, type(exc).__name__)
+        if failures.database_full(exc):  # not an outage: recorded as storage_full if the write goes through
+            log.error("job %s: the database's disk is full", job_id)
+            _fail(factory, job_id, worker_id, *failures.describe(exc))
+        else:
+            # The database went away mid-run: nothing can be recorded now, and a failure recorded once it is
+            # back would blame the job. Its heartbeat goes stale; the reaper re-queues it from its checkpoint.
+            log.warning(
+                "job %s: database unavailable (%s); leaving it to the reaper", job_id, type(exc).__name__
+            )
     except Exception as exc:
         code, message, param = failures.describe(exc)
         if code == "internal_error":
@@ -99,6 +104,12 @@ def _fail(
             jobs.fail(s, job_id, code, message, param, worker_id=worker_id)
     except jobs.LostOwnership:
         log.warning("job %s: not recording failure, the job is no longer ours", job_id)
+    except (OperationalError, InterfaceError) as exc:  # e.g. still full: the reaper settles it later
+        log.error("job %s: could not record its failure (%s: %s)", job_id, code, exc)
+
+
+def _beat_interval(settings: Settings) -> float:
+    return max(1.0, min(30.0, settings.heartbeat_timeout / 4))
 
 
 def _train(
@@ -117,8 +128,7 @@ def _train(
     hyper.setdefault("checkpoint_every", settings.checkpoint_every)
     method = str(job.method.get("type", "sparsegrad"))
     spec = JobSpec(model=job.model, method=method, task=job.task, hyperparameters=hyper, seed=job.seed)  # type: ignore[arg-type]
-    interval = max(1.0, min(30.0, settings.heartbeat_timeout / 4))
-    with Heartbeat(job.id, worker_id, settings.database_url, interval):
+    with Heartbeat(job.id, worker_id, settings.database_url, _beat_interval(settings)):
         return training.run_training(
             spec,
             train,
@@ -156,75 +166,76 @@ def _finish(
     delta = _tar(result.delta_dir, outputs / "delta.tar.gz")
     metrics_file = outputs / "metrics.jsonl"
     metrics_file.write_text("".join(json.dumps(row) + "\n" for row in result.history))
-    with factory() as s:
-        delta_row = create_file(
-            s,
-            storage,
-            tenant_id=job.tenant_id,
-            local=delta,
-            filename=f"{job.id}-delta.tar.gz",
-            purpose="fine-tune-results",
-        )
-        metrics_row = create_file(
-            s,
-            storage,
-            tenant_id=job.tenant_id,
-            local=metrics_file,
-            filename=f"{job.id}-metrics.jsonl",
-            purpose="fine-tune-results",
-        )
-        jobs.succeed(
-            s,
-            job.id,
-            worker_id,
-            result_files=[delta_row.id, metrics_row.id],
-            trained_tokens=result.trained_tokens,
-            metrics={**(s.get_one(Job, job.id).metrics or {}), **result.metrics},
-            fine_tuned_model=jobs.fine_tuned_name(job),
-        )
+    staged: list[File] = []
+    try:  # the bytes first, then the rows and the status in one transaction: all of it, or none
+        for local, name in ((delta, f"{job.id}-delta.tar.gz"), (metrics_file, f"{job.id}-metrics.jsonl")):
+            staged.append(_stage_result(storage, job, local, name))
+        with factory() as s:
+            s.add_all(staged)
+            jobs.succeed(
+                s,
+                job.id,
+                worker_id,
+                result_files=[row.id for row in staged],
+                trained_tokens=result.trained_tokens,
+                metrics={**(s.get_one(Job, job.id).metrics or {}), **result.metrics},
+                fine_tuned_model=jobs.fine_tuned_name(job),
+            )
+    except BaseException:
+        discard(storage, staged)
+        raise
+
+
+def _stage_result(storage: Storage, job: Job, local: Path, filename: str) -> File:
+    return stage_file(
+        storage, tenant_id=job.tenant_id, local=local, filename=filename, purpose="fine-tune-results"
+    )
 
 
 def merge_job(job_id: str, settings: Settings | None = None) -> None:
-    """Merge the job's delta into its base model; the merged folder becomes a result file (.tar.gz)."""
+    """Merge the job's delta into its base model; the merged folder becomes a result file (.tar.gz).
+
+    The merge is claimed and kept alive by a heartbeat like a job: if this process dies, the reaper queues
+    it again (or fails it past max_attempts), and its scratch folder is swept at the next worker start."""
     settings = settings or get_settings()
     factory = get_sessionmaker(settings.database_url)
     storage = Storage(settings.artifacts_url)
+    worker_id = new_worker_id()
     with factory() as s:
-        job = s.get(Job, job_id)
-        if job is None or job.status != "succeeded" or job.merge_status != "queued":
-            log.info("merge of %s: nothing to do", job_id)
+        job = merges.claim(s, job_id, worker_id)
+        if job is None:
+            log.info("merge of %s: not queued (a duplicate message, or done): nothing to do", job_id)
             return
-        jobs.set_merge_status(s, job_id, "running")
-        jobs.add_event(s, job_id, "Merging the delta into the base model")
-        s.commit()
         delta_row = s.get(File, job.result_files[0])
-    work = Path(tempfile.mkdtemp(prefix=f"{job_id}-merge-", dir=settings.data_dir))
+    work = Path(tempfile.mkdtemp(prefix=f"{job_id}-merge-", dir=scratch_dir(settings)))
     try:
-        if delta_row is None:
-            raise TrainingError("The job's delta file was deleted; the merge needs it", None)
-        storage.get_file(delta_row.storage_key, work / "delta.tar.gz")
-        with tarfile.open(work / "delta.tar.gz") as tar:
-            tar.extractall(work / "delta", filter="data")
-        training.merge_delta(job.model, work / "delta", work / "merged", models_dir=settings.models_path)
-        archive = _tar(work / "merged", work / "merged.tar.gz")
-        with factory() as s:
-            row = create_file(
-                s,
-                storage,
-                tenant_id=job.tenant_id,
-                local=archive,
-                filename=f"{job_id}-merged.tar.gz",
-                purpose="fine-tune-results",
-            )
-            jobs.set_merge_status(s, job_id, "succeeded", merged_file=row.id)
-            jobs.add_event(s, job_id, f"Merged model ready: {row.id}", data={"file_id": row.id})
-            s.commit()
+        with Heartbeat(job_id, worker_id, settings.database_url, _beat_interval(settings), merges.heartbeat):
+            if delta_row is None:
+                raise TrainingError("The job's delta file was deleted; the merge needs it", None)
+            storage.get_file(delta_row.storage_key, work / "delta.tar.gz")
+            with tarfile.open(work / "delta.tar.gz") as tar:
+                tar.extractall(work / "delta", filter="data")
+            training.merge_delta(job.model, work / "delta", work / "merged", models_dir=settings.models_path)
+            archive = _tar(work / "merged", work / "merged.tar.gz")
+            row = _stage_result(storage, job, archive, f"{job_id}-merged.tar.gz")
+            try:
+                with factory() as s:
+                    s.add(row)
+                    merges.succeed(s, job_id, worker_id, row.id)
+            except BaseException:
+                discard(storage, [row])
+                raise
+    except jobs.LostOwnership:
+        log.warning("merge of %s was taken from this worker; dropping this attempt", job_id)
+    except (OperationalError, InterfaceError) as exc:
+        log.warning("merge of %s: database unavailable (%s); leaving it to the reaper", job_id, exc)
     except Exception as exc:
         log.exception("merge of %s failed", job_id)
-        with factory() as s:
-            jobs.set_merge_status(s, job_id, "failed")
-            detail = exc.message if isinstance(exc, TrainingError) else f"{type(exc).__name__}: {exc}"
-            jobs.add_event(s, job_id, f"Merge failed: {detail}", level="error")
-            s.commit()
+        detail = exc.message if isinstance(exc, TrainingError) else f"{type(exc).__name__}: {exc}"
+        try:
+            with factory() as s:
+                merges.fail(s, job_id, worker_id, detail)
+        except jobs.LostOwnership:
+            log.warning("merge of %s: not recording the failure, the merge is no longer ours", job_id)
     finally:
         shutil.rmtree(work, ignore_errors=True)

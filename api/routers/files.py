@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -20,12 +22,26 @@ from core.datasets import validate_lines
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 CHUNK = 1 << 20
+UPLOAD_TMP_TTL = 3600.0  # seconds since its last write before a spooled upload counts as abandoned
 
 
 def _clean_name(name: str | None) -> str:
     """The base name only (never used as a path), printable, at most 255 characters."""
     base = PureWindowsPath(PurePosixPath(name or "upload.jsonl").name).name
     return re.sub(r"[^\w.\- ]", "_", base)[:255] or "upload.jsonl"
+
+
+def sweep_uploads(tmp_dir: Path, older_than: float = UPLOAD_TMP_TTL) -> int:
+    """Remove spooled uploads left by an API process killed mid-upload (at start-up). Only old ones: another
+    API process on this data folder may be receiving one now, and a live upload's file keeps changing."""
+    cutoff = time.time() - older_than
+    removed = 0
+    for path in tmp_dir.glob("upload-*"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def _spool(upload: UploadFile, target: Path, cap: int) -> int:

@@ -15,7 +15,7 @@ from api.job_request import build_new_job, request_hash
 from api.responses import JSONBytes, object_response, page_response
 from api.schemas import Estimate, JobCreate, JobPublic, ListPage, job_fields
 from core import jobs as job_ops
-from core import queries
+from core import merges, queries
 from core.datasets import DatasetReport
 from core.files import get_file
 from core.models import Job
@@ -191,18 +191,19 @@ def resume_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep, settin
 
 @router.post("/{fine_tuning_job_id}/merge", response_model=JobPublic)
 def merge_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep, settings: SettingsDep) -> JobPublic:
-    """Ask a worker to merge the delta into the base model; the merged model is added to result_files."""
+    """Ask a worker to merge the delta into the base model; the merged model is added to result_files.
+    Repeating the request while a merge is queued, running or done changes nothing; after a failed merge
+    it tries again."""
     job = load_job(session, key.tenant_id, fine_tuning_job_id)
     if job.status != "succeeded":
         raise APIError(
             409, f"Job {job.id} is {job.status}; only a succeeded job can be merged", code="invalid_state"
         )
-    if job.merge_status in ("queued", "running", "succeeded"):
-        return JobPublic.of(job)
-    job_ops.set_merge_status(session, job.id, "queued")
-    try:
-        send_merge(job.id, job.queue, settings)
-    except Exception as exc:
-        job_ops.set_merge_status(session, job.id, "failed")
-        raise APIError(503, f"The queue is unavailable ({type(exc).__name__}); retry later") from None
+    if merges.request(session, job.id):
+        try:
+            send_merge(job.id, job.queue, settings)
+        except Exception as exc:  # the merge stays queued in the database: the reaper re-sends it
+            log.warning(
+                "could not send merge of %s to the broker (%s); the reaper will re-send it", job.id, exc
+            )
     return JobPublic.of(load_job(session, key.tenant_id, job.id))

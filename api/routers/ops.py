@@ -29,27 +29,22 @@ class Probe:
     async def run(self, timeout: float) -> str:
         if not self._busy.acquire(blocking=False):
             return "unavailable: the previous check has not answered yet"
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[str] = loop.create_future()
 
         def target() -> None:
             try:
                 self.check()
-                outcome = "ok"
-            except Exception as exc:  # reported, never raised: a probe must answer
-                outcome = f"unavailable: {type(exc).__name__}"
             finally:
                 self._busy.release()
-            try:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(outcome))
-            except RuntimeError:  # the loop closed meanwhile (shutdown): nobody is waiting
-                pass
 
-        threading.Thread(target=target, name="readyz-probe", daemon=True).start()
+        future = asyncio.get_running_loop().run_in_executor(None, target)
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even when given up on
         try:
-            return await asyncio.wait_for(asyncio.shield(done), timeout)
+            await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
             return f"unavailable: no answer within {timeout:g} s"
+        except Exception as exc:  # reported, never raised: a probe must answer
+            return f"unavailable: {type(exc).__name__}"
+        return "ok"
 
 
 @router.get("/healthz")
