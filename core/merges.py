@@ -7,24 +7,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.jobs import LostOwnership, add_event, rowcount
 from core.models import Job, now
-from core.states import JobStatus, MergeStatus, merge_sources_of
+from core.states import MERGE_REQUEST_FROM, JobStatus, MergeStatus
 
 log = logging.getLogger(__name__)
-
-
-def _from(target: MergeStatus) -> ColumnElement[bool]:
-    sources = merge_sources_of(target)
-    named = [s.value for s in sources if s is not None]
-    return (
-        or_(Job.merge_status.in_(named), Job.merge_status.is_(None))
-        if None in sources
-        else (Job.merge_status.in_(named))
-    )
 
 
 def request(session: Session, job_id: str) -> bool:
@@ -32,7 +22,11 @@ def request(session: Session, job_id: str) -> bool:
     already queued, running or done: the request is then a no-op, as a repeated POST should be."""
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.SUCCEEDED.value, _from(MergeStatus.QUEUED))
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.SUCCEEDED.value,
+            Job.merge_status.is_(None) | Job.merge_status.in_([m.value for m in MERGE_REQUEST_FROM if m]),
+        )
         .values(merge_status=MergeStatus.QUEUED.value, merge_worker_id=None, merge_heartbeat_at=now())
     )
     if rowcount(res) != 1:

@@ -61,9 +61,8 @@ MERGE_ALLOWED: dict[MergeStatus | None, frozenset[MergeStatus]] = {
 }
 
 
-def merge_sources_of(target: MergeStatus) -> list[MergeStatus | None]:
-    """Merge statuses (None included) from which `target` may be reached."""
-    return [s for s, targets in MERGE_ALLOWED.items() if target in targets]
+# A user's request queues a merge never asked for, or one that failed; running -> queued is the reaper's.
+MERGE_REQUEST_FROM = frozenset({None, MergeStatus.FAILED})
 
 
 class IllegalTransition(Exception):

@@ -38,7 +38,11 @@ class Storage:
         target = self._path(key)
         if self.local:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(local, target)
+            try:
+                shutil.copyfile(local, target)
+            except BaseException:  # e.g. a full disk: no partial copy stays behind
+                Path(target).unlink(missing_ok=True)
+                raise
         else:
             self.fs.put_file(str(local), target)
 

@@ -4,7 +4,8 @@ PostgreSQL and a private Redis (both restarted here; the shared servers on 5432/
 Every test ends with each job in its correct final state, none lost, none run to completion twice, and
 exactly one set of results per succeeded job (FaultStack.assert_final). Jobs train a tiny random BERT on 64
 SST-2 lines; the workers' fault-injection `sitecustomize` makes each training step sleep 0.1 s (so a job can
-be killed mid-training) and gives them a memory budget of 300 tokens per batch (tests/hardening/inject).
+be killed mid-training), makes a merge sleep 4 s, and gives them a memory budget of 300 tokens per batch
+(tests/hardening/inject).
 """
 
 from __future__ import annotations
@@ -87,7 +88,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
         }
     )
     (tmp / "logs").mkdir()
-    faults = {"SGFT_FAULT_STEP_SLEEP": "0.1", "SGFT_FAULT_MAX_BATCH_TOKENS": "300"}
+    faults = {
+        "SGFT_FAULT_STEP_SLEEP": "0.1",
+        "SGFT_FAULT_MAX_BATCH_TOKENS": "300",
+        "SGFT_FAULT_MERGE_SLEEP": "4",
+    }
     s = FaultStack(env, tmp / "logs", f"http://127.0.0.1:{port}", faults)
     s.pg, s.redis, s.tmpfs, s.artifacts = pg, redis, tmpfs, artifacts  # type: ignore[attr-defined]
     try:
@@ -241,3 +246,80 @@ def test_disk_full_while_saving_results(stack: FaultStack) -> None:
     after = stack.create(train, **hyper(1))
     assert stack.wait_terminal(after)["status"] == "succeeded"
     stack.assert_final({job_id: "failed", after: "succeeded"})
+
+
+def _scratch(stack: FaultStack, job_id: str) -> list[Path]:
+    return sorted((Path(stack.env["SGFT_DATA_DIR"]) / "work").glob(f"{job_id}-*"))
+
+
+def _restart(stack: FaultStack, name: str) -> None:
+    stack.kill(name)
+    stack.start(name, "worker")
+
+
+def test_merge_whose_worker_dies_is_requeued_and_succeeds_and_scratch_is_swept(stack: FaultStack) -> None:
+    job_id = stack.create(stack.train, **hyper(1))  # type: ignore[attr-defined]
+    assert stack.wait_terminal(job_id)["status"] == "succeeded"
+    with stack.client() as c:
+        assert c.post(f"/v1/fine_tuning/jobs/{job_id}/merge").json()["merge_status"] == "queued"
+    row = wait_for(
+        lambda: (r := stack.row(job_id)).merge_status == "running" and r.merge_worker_id and r,
+        60,
+        "the merge to start",
+        interval=0.1,
+    )
+    pid = int(row.merge_worker_id.split(":")[1])
+    victim = next(name for name, p in stack.procs.items() if p.pid == os.getpgid(pid))
+    _restart(stack, victim)  # SIGKILL mid-merge; its start-up sweep keeps the folder: the merge still runs
+    assert [p.name for p in _scratch(stack, job_id)] and stack.row(job_id).merge_status == "running"
+    with stack.client() as c:  # a repeated request changes nothing while the merge is pending
+        assert c.post(f"/v1/fine_tuning/jobs/{job_id}/merge").json()["merge_status"] in ("running", "queued")
+
+    def merged() -> dict[str, object] | None:
+        job = stack.job(job_id)
+        assert job["merge_status"] != "failed", stack.events(job_id)[-3:]
+        return job if job["merge_status"] == "succeeded" else None
+
+    job = wait_for(merged, 120, "the re-queued merge to succeed")
+    assert len(job["result_files"]) == 3  # type: ignore[arg-type]
+    messages = [e["message"] for e in stack.events(job_id)]
+    assert any(m.startswith("Merge re-queued after attempt 1") for m in messages), messages[-8:]
+    assert stack.row(job_id).merge_attempts == 2
+    _restart(stack, victim)  # the next start sweeps the dead attempt's folder
+    wait_for(lambda: not _scratch(stack, job_id), 60, "the dead merge's scratch folder to be swept")
+
+
+def test_resume_of_a_running_job_is_refused_and_a_pending_cancel_wins_over_pause(stack: FaultStack) -> None:
+    first, second = (stack.create(stack.train, **hyper(8)) for _ in range(2))  # type: ignore[attr-defined]
+    for job_id in (first, second):
+        wait_for(lambda j=job_id: stack.row(j).status == "running", 60, "the job to start", interval=0.1)
+    with stack.client() as c:
+        resumed = c.post(f"/v1/fine_tuning/jobs/{first}/resume")
+        assert resumed.status_code == 409 and resumed.json()["error"]["code"] == "invalid_state"
+        assert stack.row(first).status == "running" and stack.row(first).attempts == 1  # not restarted
+        assert c.post(f"/v1/fine_tuning/jobs/{first}/cancel").status_code == 200
+        paused = c.post(f"/v1/fine_tuning/jobs/{first}/pause")
+        assert paused.status_code == 409 and "cancel pending" in paused.json()["error"]["message"]
+        assert c.post(f"/v1/fine_tuning/jobs/{second}/pause").status_code == 200
+        assert c.post(f"/v1/fine_tuning/jobs/{second}/cancel").status_code == 200  # replaces the pause
+    assert stack.wait_terminal(first)["status"] == "cancelled"
+    assert stack.wait_terminal(second)["status"] == "cancelled"
+
+
+def test_upload_onto_a_full_disk_is_storage_full_and_stores_nothing(stack: FaultStack) -> None:
+    if not stack.tmpfs:  # type: ignore[attr-defined]
+        pytest.skip("mounting a small tmpfs needs root (CAP_SYS_ADMIN)")
+    with stack.client() as c:
+        before = c.get("/v1/files").json()["data"]
+    filler = _fill(stack.artifacts)  # type: ignore[attr-defined]
+    try:
+        with stack.client() as c:
+            response = c.post(
+                "/v1/files", files={"file": ("t.jsonl", "".join(sst2_lines("train", 64)).encode())}
+            )
+            after = c.get("/v1/files").json()["data"]
+    finally:
+        filler.unlink()
+    assert response.status_code == 507, response.text
+    assert response.json()["error"]["code"] == "storage_full"
+    assert after == before

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from core.states import ALLOWED, TERMINAL, IllegalTransition, JobStatus, can_transition, check_transition
+from core.states import (
+    ALLOWED,
+    MERGE_ALLOWED,
+    MERGE_REQUEST_FROM,
+    RESUME_FROM,
+    TERMINAL,
+    IllegalTransition,
+    JobStatus,
+    MergeStatus,
+    can_transition,
+    check_transition,
+)
 
 
 def test_terminal_states_are_final() -> None:
@@ -33,3 +44,16 @@ def test_illegal_transition_names_states() -> None:
 def test_every_status_has_rules() -> None:
     assert set(ALLOWED) == set(JobStatus)
     assert {s for s in JobStatus if s.terminal} == {"succeeded", "failed", "cancelled"}
+
+
+def test_user_transitions_are_narrower_than_the_table() -> None:
+    """running -> queued is the reaper's alone, for jobs and for merges: a user's resume or merge request
+    never takes it."""
+    assert RESUME_FROM == {JobStatus.PAUSED} and all(can_transition(s, "queued") for s in RESUME_FROM)
+    assert JobStatus.RUNNING not in RESUME_FROM and can_transition("running", "queued")
+    assert all(MergeStatus.QUEUED in MERGE_ALLOWED[s] for s in MERGE_REQUEST_FROM)
+    assert (
+        MergeStatus.RUNNING not in MERGE_REQUEST_FROM
+        and MergeStatus.QUEUED in MERGE_ALLOWED[MergeStatus.RUNNING]
+    )
+    assert MERGE_ALLOWED[MergeStatus.SUCCEEDED] == frozenset()

@@ -6,6 +6,8 @@ Python imports `sitecustomize` at start-up, so the production code carries no te
 - SGFT_FAULT_MAX_BATCH_TOKENS=<n>: this worker "has memory" for n tokens per batch; a training batch with
   more tokens asks the real CPU allocator for an impossible amount (2**46 bytes, 64 TiB), so the error the
   training loop sees is exactly the one a real out-of-memory allocation raises.
+- SGFT_FAULT_MERGE_SLEEP=<seconds>: a merge sleeps this long when it unpacks the delta (the only archive a
+  worker extracts), so it lasts long enough to be killed.
 The hook sits on the word-embedding lookup (`nn.Embedding` with a vocabulary above 256), which every
 forward of a BERT-class model calls once with input_ids (B, T).
 """
@@ -33,3 +35,18 @@ if _SLEEP > 0 or _BUDGET > 0:
             time.sleep(_SLEEP)
 
     torch.nn.modules.module.register_module_forward_pre_hook(_pre_forward)
+
+_MERGE_SLEEP = float(os.environ.get("SGFT_FAULT_MERGE_SLEEP", "0") or 0)
+
+if _MERGE_SLEEP > 0:
+    import tarfile
+    import time as _time
+    from typing import Any as _Any
+
+    _extractall = tarfile.TarFile.extractall
+
+    def _slow_extractall(self: tarfile.TarFile, *args: _Any, **kwargs: _Any) -> None:
+        _time.sleep(_MERGE_SLEEP)
+        _extractall(self, *args, **kwargs)
+
+    tarfile.TarFile.extractall = _slow_extractall  # type: ignore[method-assign]
