@@ -92,10 +92,11 @@ def cmd_reaper(_args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from core.db import session_scope
+    from core.db import require_schema, session_scope
     from core.keys import create_key, revoke_key
 
     settings = get_settings()
+    require_schema(settings.database_url)  # before connecting: a missing SQLite file is never created
     with session_scope(settings.database_url) as session:
         if args.keys_cmd == "create":
             row, plain = create_key(session, args.tenant, settings.secret_key)
@@ -186,6 +187,9 @@ def _shutdown(children: dict[str, subprocess.Popen[bytes]]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sgft", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (or set SGFT_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("run", help="migrate, then run API + worker + reaper (Ctrl-C stops all)").set_defaults(
         fn=cmd_run
@@ -220,11 +224,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for an error that ended a command: its message, without SQL, parameters or links."""
+    orig = getattr(exc, "orig", None)  # a SQLAlchemy DBAPIError: the driver's own message is the useful part
+    text = str(orig if isinstance(orig, BaseException) else exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(orig if isinstance(orig, BaseException) else exc).__name__}: {first}".rstrip(": ")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `sgft` command."""
+    """Entry point of the `sgft` command. An error is one line on stderr and exit code 1; `--debug` or
+    SGFT_DEBUG=1 shows its traceback instead."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return int(args.fn(args))
+    debug = args.debug or os.environ.get("SGFT_DEBUG", "").strip().lower() in ("1", "true", "yes")
+    try:
+        return int(args.fn(args))
+    except KeyboardInterrupt:
+        print("sgft: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        from core.db import DatabaseNotReady
+
+        if isinstance(exc, DatabaseNotReady):  # says what to do; a traceback would not help
+            print(f"sgft: error: {exc}", file=sys.stderr)
+            return 1
+        print(f"sgft: error: {describe_error(exc)}", file=sys.stderr)
+        print("(run `sgft --debug ...` or set SGFT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

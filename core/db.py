@@ -8,9 +8,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from core.settings import get_settings
 
@@ -46,6 +48,48 @@ def make_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+class DatabaseNotReady(Exception):
+    """The database a command needs is missing, unreachable or not migrated; the message says where it
+    looked and what to do."""
+
+
+def safe_url(url: str) -> str:
+    """`url` with its password hidden (for messages)."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def require_schema(url: str, tables: tuple[str, ...] = ("tenants", "api_keys")) -> None:
+    """Raise DatabaseNotReady unless the database at `url` exists and has `tables`. Creates nothing: a
+    missing SQLite file is reported, never made (connecting would create an empty one)."""
+    parsed = make_url(url)
+    where = safe_url(url)
+    advice = (
+        "run `sgft migrate` to create it, or use the server's settings: the same SGFT_DATA_DIR "
+        "(or SGFT_DATABASE_URL) as the `sgft run` / `sgft serve` that uses it"
+    )
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise DatabaseNotReady(f"the database {where} is in memory: it holds no service data")
+        if not Path(parsed.database).is_file():
+            raise DatabaseNotReady(f"no database at {Path(parsed.database).resolve()} ({where}); {advice}")
+    try:
+        engine = create_engine(url, poolclass=NullPool)
+    except (SQLAlchemyError, ImportError) as exc:  # an unknown dialect, or its driver is not installed
+        raise DatabaseNotReady(f"cannot use the database URL {where}: {exc}") from None
+    try:
+        present = set(inspect(engine).get_table_names())
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise DatabaseNotReady(f"cannot read the database at {where}: {reason}") from None
+    finally:
+        engine.dispose()
+    missing = [t for t in tables if t not in present]
+    if missing:
+        raise DatabaseNotReady(
+            f"the database at {where} is not set up (no table {', '.join(missing)}); {advice}"
+        )
 
 
 @lru_cache(maxsize=8)
