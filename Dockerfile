@@ -54,7 +54,7 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
 CMD ["sgft", "serve"]
 
 # ---------------------------------------------------------------------------------------------------------
-# worker-base: Ubuntu 22.04 with CUDA set-up and Python 3.11 (the project requires 3.11).
+# worker-base: Ubuntu 22.04 with CUDA set-up and Python 3.11 (the project supports 3.11 to 3.13).
 FROM ${CUDA_IMAGE} AS worker-base
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
