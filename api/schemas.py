@@ -109,11 +109,29 @@ class JobPublic(BaseModel):
     metrics: dict[str, Any]
     attempts: int
     merge_status: str | None = None
+    # A cancel or pause asked of a running job that has not stopped yet ("cancel" | "pause"); `status` stays
+    # "running" (OpenAI's statuses) until the worker stops at its next step.
+    stop_requested: Literal["cancel", "pause"] | None = None
 
     @classmethod
     def of(cls, job: Job | JobRecord) -> JobPublic:
         """From a Job or the JobRecord of core.queries (same attribute names)."""
         return cls.model_validate(job_fields(job))
+
+    @classmethod
+    def answer(cls, job: Job) -> JobPublic:
+        """The answer to a cancel or pause: the state the request leads to. A running job with the request
+        pending is "cancelling" or "pausing" (it stops at its next step); otherwise the status as stored
+        (the final state when it applied at once)."""
+        fields = job_fields(job)
+        pending = fields["stop_requested"]
+        if pending is not None:
+            fields["status"] = STOPPING[pending]
+        return cls.model_validate(fields)
+
+
+# The status a cancel / pause answers with while a running job has not stopped yet (never stored).
+STOPPING = {"cancel": "cancelling", "pause": "pausing"}
 
 
 def job_fields(job: Job | JobRecord) -> dict[str, Any]:
@@ -159,6 +177,7 @@ def job_fields(job: Job | JobRecord) -> dict[str, Any]:
         "metrics": job.metrics or {},
         "attempts": job.attempts,
         "merge_status": job.merge_status,
+        "stop_requested": job.stop_request if job.status == "running" else None,
     }
 
 

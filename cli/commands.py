@@ -208,6 +208,16 @@ def jobs_create(args: argparse.Namespace) -> int:
 
 
 # jobs list / get
+def shown_status(job: JSON) -> str:
+    """The status to show: "cancelling" / "pausing" while a running job has that request pending (the API's
+    `stop_requested`; `status` stays "running" until the job stops at its next step)."""
+    status = str(job.get("status"))
+    pending = job.get("stop_requested")
+    if status == "running" and pending in ("cancel", "pause"):
+        return "cancelling" if pending == "cancel" else "pausing"
+    return status
+
+
 def _progress_text(job: JSON) -> str:
     prog = job.get("progress") or {}
     step, total = prog.get("step") or 0, prog.get("total_steps")
@@ -224,7 +234,7 @@ def jobs_list(args: argparse.Namespace) -> int:
     rows = [
         [
             j["id"],
-            j["status"],
+            shown_status(j),
             j.get("model", ""),
             (j.get("method") or {}).get("type", ""),
             _progress_text(j),
@@ -261,7 +271,7 @@ def progress_line(job: JSON, width: int = 24) -> str:
             parts.append(f"{key.replace('_loss', ' loss')} {metrics[key]:.4f}")
     if job.get("status") == "running":
         parts.append(f"eta {fmt_duration(prog.get('seconds_remaining'))}")
-    parts.append(str(job.get("status")))
+    parts.append(shown_status(job))
     return "  ".join(parts)
 
 
@@ -318,10 +328,17 @@ def jobs_watch(args: argparse.Namespace) -> int:
 
 @_run
 def jobs_action(args: argparse.Namespace) -> int:
-    """cancel / pause / resume."""
+    """cancel / pause / resume; prints the state the request leads to (`cancelling` / `pausing` while a
+    running job finishes its step, else the new status)."""
     with _client(args) as client:
         job = client.job_action(args.id, args.action)
-    _emit(args, job, f"{job['id']}  {job['status']}")
+    status = str(job["status"])
+    note = (
+        "  (stops at its next step; `sgft jobs watch` follows it)"
+        if status in ("cancelling", "pausing")
+        else ""
+    )
+    _emit(args, job, f"{job['id']}  {status}{note}")
     return 0
 
 

@@ -47,6 +47,7 @@ class JobRecord(NamedTuple):
     merge_status: str | None
     created_at: float
     finished_at: float | None
+    stop_request: str | None = None  # "cancel" | "pause" asked of a running job, until it stops
 
 
 class EventRecord(NamedTuple):

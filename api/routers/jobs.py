@@ -170,15 +170,17 @@ def _change(session: Session, job: Job, op: str) -> Job:
 
 @router.post("/{fine_tuning_job_id}/cancel", response_model=JobPublic)
 def cancel_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
-    """Queued or paused: cancelled at once. Running: stops at its next step, keeping its checkpoint."""
+    """Queued or paused: cancelled at once. Running: stops at its next step, keeping its checkpoint; the
+    answer's status is then "cancelling" (the job's own status stays "running" until it stops)."""
     job = _change(session, load_job(session, key.tenant_id, fine_tuning_job_id), "cancel")
-    return JobPublic.of(job)
+    return JobPublic.answer(job)
 
 
 @router.post("/{fine_tuning_job_id}/pause", response_model=JobPublic)
 def pause_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
-    """Queued: paused at once. Running: checkpoints and pauses at its next step."""
-    return JobPublic.of(_change(session, load_job(session, key.tenant_id, fine_tuning_job_id), "pause"))
+    """Queued: paused at once. Running: checkpoints and pauses at its next step; the answer's status is then
+    "pausing" (the job's own status stays "running" until it stops)."""
+    return JobPublic.answer(_change(session, load_job(session, key.tenant_id, fine_tuning_job_id), "pause"))
 
 
 @router.post("/{fine_tuning_job_id}/resume", response_model=JobPublic)

@@ -108,7 +108,8 @@ def test_create_from_config_with_a_local_path_then_cancel(service: Service, tmp_
 
     cancelled = sgft(service, "jobs", "cancel", job["id"], "--json")
     assert cancelled.returncode == 0, cancelled.stderr
-    assert json.loads(cancelled.stdout)["id"] == job["id"]
+    answer = json.loads(cancelled.stdout)
+    assert answer["id"] == job["id"] and answer["status"] in ("cancelling", "cancelled")  # never "running"
     watched = sgft(service, "jobs", "watch", job["id"], "--json", "--interval", "0.5")
     assert watched.returncode == 2, watched.stdout + watched.stderr
     assert json.loads(watched.stdout.splitlines()[-1])["status"] == "cancelled"

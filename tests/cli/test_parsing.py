@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.commands import build_job_body, fmt_duration, parse_value, progress_line, register
+from cli.commands import build_job_body, fmt_duration, parse_value, progress_line, register, shown_status
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -127,3 +127,7 @@ def test_progress_line_shows_step_loss_and_eta() -> None:
     assert "eta 1m30s" in line and line.endswith("running")
     done = progress_line({"status": "succeeded", "progress": {"step": 0, "total_steps": None}, "metrics": {}})
     assert "100%" in done and "eta" not in done
+    # A cancel or pause asked of a running job shows as what it leads to until the job stops.
+    assert progress_line({**job, "stop_requested": "cancel"}).endswith("cancelling")
+    assert shown_status({**job, "stop_requested": "pause"}) == "pausing"
+    assert shown_status({"status": "paused", "stop_requested": None}) == "paused"

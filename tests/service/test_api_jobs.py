@@ -154,6 +154,43 @@ def test_cancel_pause_resume_queued(api: Api) -> None:
     assert merge.status_code == 409
 
 
+def test_cancel_and_pause_of_a_running_job_answer_with_the_state_they_lead_to(api: Api) -> None:
+    """A running job stops at its next step: the POST answers "cancelling" / "pausing" (the openai client
+    takes it), while GET keeps OpenAI's "running" with `stop_requested` until the worker stops it."""
+    from openai import OpenAI
+
+    from core import jobs
+    from core.states import JobStatus
+
+    train, _ = _files(api)
+    to_cancel, to_pause = (_create(api, {"model": MODEL, "training_file": train}).json()["id"] for _ in "ab")
+    with api.session() as s:
+        for job_id in (to_cancel, to_pause):
+            assert jobs.claim(s, job_id, f"worker-{job_id}") is not None  # what a worker does: now running
+    client = OpenAI(base_url="http://testserver/v1", api_key=api.key_a, http_client=api.client, max_retries=0)
+    cancelled = client.fine_tuning.jobs.cancel(to_cancel)
+    assert cancelled.id == to_cancel and cancelled.status == "cancelling"
+    paused = api.client.post(f"/v1/fine_tuning/jobs/{to_pause}/pause", headers=api.h())
+    assert paused.status_code == 200 and paused.json()["status"] == "pausing"
+    assert paused.json()["stop_requested"] == "pause"
+    for job_id, request in ((to_cancel, "cancel"), (to_pause, "pause")):
+        got = api.client.get(f"/v1/fine_tuning/jobs/{job_id}", headers=api.h()).json()
+        assert (got["status"], got["stop_requested"]) == ("running", request)
+        listed = api.client.get("/v1/fine_tuning/jobs?status=running", headers=api.h()).json()["data"]
+        assert {j["id"]: j["stop_requested"] for j in listed}[job_id] == request
+    again = api.client.post(f"/v1/fine_tuning/jobs/{to_cancel}/cancel", headers=api.h()).json()
+    assert again["status"] == "cancelling"  # asking again answers the same
+    with api.session() as s:  # the worker honours the requests at its next step
+        jobs.finish_stopped(s, to_cancel, f"worker-{to_cancel}", JobStatus.CANCELLED)
+        jobs.finish_stopped(s, to_pause, f"worker-{to_pause}", JobStatus.PAUSED)
+    for job_id, final in ((to_cancel, "cancelled"), (to_pause, "paused")):
+        got = api.client.get(f"/v1/fine_tuning/jobs/{job_id}", headers=api.h()).json()
+        assert (got["status"], got["stop_requested"]) == (final, None)
+    assert client.fine_tuning.jobs.retrieve(to_pause).status == "paused"
+    done = api.client.post(f"/v1/fine_tuning/jobs/{to_pause}/cancel", headers=api.h()).json()
+    assert done["status"] == "cancelled" and done["stop_requested"] is None  # immediate: the final state
+
+
 def test_events_pagination_and_stream(api: Api) -> None:
     train, _ = _files(api)
     job_id = _create(api, {"model": MODEL, "training_file": train}).json()["id"]

@@ -203,7 +203,7 @@ def test_cancel_while_running(pg_stack: Stack) -> None:
     job_id = _create(pg_stack, train, LONG)  # 800 steps: it will not finish first
     wait_for(lambda: pg_stack.job(job_id)["progress"]["step"] >= 2, 180, "the job to make progress")
     with pg_stack.client() as c:
-        assert c.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] in ("running", "cancelled")
+        assert c.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] in ("cancelling", "cancelled")
     job = pg_stack.wait_status(job_id, {"cancelled"}, timeout=60)
     assert job["progress"]["step"] < job["progress"]["total_steps"]
     assert any(e["message"] == "Job cancelled" for e in pg_stack.events(job_id))

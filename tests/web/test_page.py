@@ -164,11 +164,22 @@ def test_cancel_a_running_job_from_its_page(browser: Any, service: Service, tmp_
         "document.querySelector('#job-view [data-testid=job-status]')?.textContent === 'running'",
         timeout=120_000,
     )
+    # Every status the page shows from here on (the answer to the click is drawn at once).
+    page.evaluate(
+        """() => {
+          window.shownStatuses = [];
+          const view = document.querySelector('#job-view');
+          new MutationObserver(() => window.shownStatuses.push(
+            view.querySelector('[data-testid=job-status]')?.textContent)).observe(
+            view, { subtree: true, childList: true, characterData: true });
+        }"""
+    )
     page.get_by_test_id("cancel-button").click()
     page.wait_for_function(
         "document.querySelector('#job-view [data-testid=job-status]')?.textContent === 'cancelled'",
         timeout=60_000,
     )
+    assert "cancelling" in page.evaluate("window.shownStatuses")  # the state the cancel leads to
     assert page.get_by_test_id("cancel-button").is_disabled()
     page.get_by_test_id("nav-jobs").click()
     assert page.locator(f"tr[data-job-id='{job['id']}']").get_attribute("data-status") == "cancelled"

@@ -3,7 +3,7 @@
 
 import { api } from "./api.js";
 import { LineChart } from "./chart.js";
-import { TERMINAL, badge, bytes, duration, el, num, progressBar, when } from "./util.js";
+import { TERMINAL, badge, bytes, duration, el, num, progressBar, shownStatus, when } from "./util.js";
 
 const POLL_MS = 2000;
 const LOSS = /loss$/;
@@ -79,7 +79,7 @@ export function renderJob(root, jobId, notify) {
     button.disabled = true;
     try {
       job = await api.action(jobId, action);
-      notify(`Job ${action} requested`, "ok");
+      notify(`Job ${action} requested: ${shownStatus(job).replace("_", " ")}`, "ok");
       drawJob();
     } catch (err) {
       notify(err.message, "error");
@@ -102,7 +102,7 @@ export function renderJob(root, jobId, notify) {
   function drawJob() {
     const p = job.progress || {};
     head.replaceChildren(
-      el("h2", { class: "mono" }, job.id), badge(job.status),
+      el("h2", { class: "mono" }, job.id), badge(shownStatus(job)),
       el("div", { class: "muted small" }, `${job.model} · ${(job.method || {}).type || ""} · created ${when(job.created_at)}`,
         job.fine_tuned_model ? ` · ${job.fine_tuned_model}` : ""));
     const facts = [
@@ -120,7 +120,7 @@ export function renderJob(root, jobId, notify) {
     };
     actions.replaceChildren(
       button("cancel", "Cancel", !TERMINAL.has(s), "danger"),
-      button("pause", "Pause", s === "running" || s === "queued"),
+      button("pause", "Pause", (s === "running" && !job.stop_requested) || s === "queued"),
       button("resume", "Resume", s === "paused"));
     const err = job.error;
     errorBox.hidden = !(err && (err.message || err.code));

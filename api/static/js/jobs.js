@@ -1,7 +1,7 @@
 // The jobs table: polls the list every 2 s while shown; status, progress bar and ETA per job.
 
 import { api } from "./api.js";
-import { badge, duration, el, progressBar, when } from "./util.js";
+import { badge, duration, el, progressBar, shownStatus, when } from "./util.js";
 
 const POLL_MS = 2000;
 
@@ -12,7 +12,7 @@ function row(job) {
   return el("tr", { dataset: { testid: "job-row", jobId: job.id, status: job.status } },
     el("td", {}, el("a", { href, class: "mono", title: job.id, dataset: { testid: "job-link" } }, job.id),
       job.suffix ? el("div", { class: "muted small" }, job.suffix) : null),
-    el("td", {}, badge(job.status)),
+    el("td", {}, badge(shownStatus(job))),
     el("td", { class: "col-progress" }, progressBar(job)),
     el("td", { dataset: { testid: "job-eta" } }, eta),
     el("td", {}, job.model),

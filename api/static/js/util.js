@@ -59,6 +59,13 @@ export function fraction(job) {
   return p.total_steps ? Math.min(1, (p.step || 0) / p.total_steps) : 0;
 }
 
+/** The status to show: "cancelling" / "pausing" while a running job has that request pending (the API's
+ * `stop_requested`; its `status` stays "running" until the job stops at its next step). */
+export function shownStatus(job) {
+  if (job.status === "running" && job.stop_requested) return job.stop_requested === "cancel" ? "cancelling" : "pausing";
+  return job.status;
+}
+
 /** A status pill. */
 export function badge(status) {
   return el("span", { class: `badge status-${status}`, dataset: { testid: "job-status" } }, status.replace("_", " "));
