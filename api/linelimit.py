@@ -12,6 +12,8 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.datasets import not_jsonl
+
 _BOUNDARY = re.compile(rb'boundary="?([^";,]+)"?', re.IGNORECASE)
 _FILENAME = re.compile(rb'filename="([^"]*)"', re.IGNORECASE)
 _HEAD = 1024  # bytes of each line kept: enough for a part header or a boundary
@@ -99,12 +101,16 @@ class LineLimit:
 
         await self.app(scope, limited_receive, guarded_send)
         if too_long is not None:
-            await _reply_400(send, lines.filename, too_long, self.max_line)
+            # A first line without end is often a file that is not JSONL at all (Parquet, gzip...): say so.
+            verdict = not_jsonl(lines.head, lines.filename) if too_long == 1 else None
+            await _reply_400(send, lines.filename, too_long, self.max_line, verdict)
 
 
-async def _reply_400(send: Send, filename: str, line: int, limit: int) -> None:
+async def _reply_400(send: Send, filename: str, line: int, limit: int, verdict: str | None = None) -> None:
     error = {
-        "message": f"{filename}: line {line}: longer than the {limit} byte line limit; one JSONL line holds "
+        "message": f"{filename}: {verdict}"
+        if verdict
+        else f"{filename}: line {line}: longer than the {limit} byte line limit; one JSONL line holds "
         "one example (split long texts, or check that the file has newlines)",
         "type": "invalid_request_error",
         "param": "file",

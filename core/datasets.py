@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -271,6 +272,76 @@ def _decode(raw: bytes, n: int) -> tuple[str | None, str | None]:
         )
 
 
+# Files that are plainly not JSONL, told apart by their first bytes.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "a gzip-compressed file"),
+    (b"PAR1", "a Parquet file"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an Excel 97-2003 workbook (XLS)"),
+    (b"BZh", "a bzip2-compressed file"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file"),
+    (b"\x28\xb5\x2f\xfd", "a zstd-compressed file"),
+)
+_EXAMPLES = {
+    "classification": '{"text": "a great movie", "label": 1}',
+    "chat": '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}',
+    "prompt_completion": '{"prompt": "2 + 2 =", "completion": " 4"}',
+}
+_PANDAS = 'pandas: df.to_json("train.jsonl", orient="records", lines=True)'
+
+
+def not_jsonl(first: bytes, filename: str = "") -> str | None:
+    """One sentence for a file that is plainly not JSONL (CSV, TSV, a JSON array, pretty-printed JSON,
+    Parquet, XLSX, a compressed file...), judged from its first non-blank line (raw bytes): what it looks like
+    and one line of the expected format. None when the line may be JSONL (line-by-line checks then apply).
+    `filename` only tells an Excel workbook from other zip archives (a zip header may hold a newline byte)."""
+
+    def told(
+        what: str, fix: str = "upload JSONL", example: str = "classification", hint: str = _PANDAS
+    ) -> str:
+        line = (
+            f"this looks like {what}, not JSONL; {fix}: one JSON object per line, e.g. {_EXAMPLES[example]}"
+        )
+        return f"{line} ({hint})" if hint else line
+
+    for magic, what in _MAGIC:
+        if first.startswith(magic):
+            if magic == b"\x1f\x8b":
+                return told(what, "decompress it and upload the JSONL inside", hint="")
+            excel = filename.lower().endswith((".xlsx", ".xlsm")) or b"[Content_Types].xml" in first
+            if magic == b"PK\x03\x04" and (excel or b"xl/" in first):
+                what = "an Excel workbook (XLSX)"
+            return told(what)
+    try:
+        text = first.removeprefix(b"\xef\xbb\xbf").decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None  # the line-by-line check names the byte
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        value = None
+    else:
+        if not isinstance(value, list) or not any(isinstance(v, dict) for v in value):
+            return None  # an object (JSONL), or a value the line-by-line check names
+    if text.startswith("["):
+        return told("a JSON array (one document holding every example)")
+    if text == "{":
+        return told("pretty-printed JSON (one object spread over many lines)", hint="")
+    if "{" not in text and ("\t" in text or "," in text):
+        what = "TSV" if "\t" in text else "CSV"
+        header = text if len(text) <= 60 else text[:57] + "..."
+        words = set(re.split(r"[\s,\"';]+", text.lower()))
+        example = (
+            "chat"
+            if {"messages", "role", "content"} & words
+            else "prompt_completion"
+            if {"prompt", "completion"} <= words
+            else "classification"
+        )
+        return told(f"{what} (first line {header!r})", example=example)
+    return None
+
+
 def _sorted_labels(labels: set[Any], kind: LabelKind | None) -> list[str]:
     if kind == "int":
         return [str(x) for x in sorted(labels)]
@@ -286,6 +357,10 @@ def validate_lines(
     scan = _Scan(filename, max_problems)
     seen_line = False
     for n, raw in enumerate(lines, start=1):
+        if not seen_line and raw.strip() and (verdict := not_jsonl(raw, filename)) is not None:
+            scan.add(0, verdict)  # one message for the file, not one per line
+            seen_line = True
+            break
         text, problem = _decode(raw, n)
         if problem is not None:
             seen_line = True

@@ -18,7 +18,7 @@ from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
 from api.errors import APIError, not_found
 from api.schemas import FileDeleted, FilePublic, ListPage
 from core import files as file_store
-from core.datasets import validate_lines
+from core.datasets import not_jsonl, validate_lines
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 CHUNK = 1 << 20
@@ -65,9 +65,12 @@ def _capped_lines(fh: BinaryIO, filename: str, cap: int) -> Iterator[bytes]:
     while line := fh.readline(cap + 1):
         number += 1
         if len(line) > cap and not line.endswith(b"\n"):
+            verdict = not_jsonl(line[:1024], filename) if number == 1 else None
             raise APIError(
                 400,
-                f"{filename}: line {number}: longer than the {cap} byte line limit",
+                f"{filename}: {verdict}"
+                if verdict
+                else f"{filename}: line {number}: longer than the {cap} byte line limit",
                 param="file",
                 code="invalid_file",
             )

@@ -3,8 +3,13 @@ and a 1 GB single line streamed to a real `sgft serve`, refused early without be
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 import json
 import os
+import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,6 +84,86 @@ def test_broken_dataset_is_refused_naming_the_line(api: Api, case: str) -> None:
     assert f"{case}.jsonl" in error["message"]
     assert api.client.get("/v1/files", headers=api.h()).json()["data"] == []  # nothing stored
     assert not list((api.settings.data_dir / "tmp").glob("*"))  # the spooled upload is removed
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def _csv(delimiter: str) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=delimiter)
+    writer.writerow(["text", "label"])
+    writer.writerows([json.loads(line)["text"], json.loads(line)["label"]] for line in SST2_ROWS)
+    return out.getvalue().encode()
+
+
+SST2_ROWS = sst2_bytes("train", 40).decode().splitlines()
+SHEET = (
+    b'<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData/></worksheet>'
+)
+# name -> (content, file name, what the message must call it). Each has more than 20 lines or none at all:
+# the answer is one sentence for the file, never "line N: invalid JSON" per line.
+NOT_JSONL: dict[str, tuple[bytes, str, str]] = {
+    "csv": (_csv(","), "train.csv", "looks like csv (first line 'text,label')"),
+    "tsv": (_csv("\t"), "train.tsv", "looks like tsv"),
+    "csv_named_jsonl": (_csv(","), "train.jsonl", "looks like csv"),
+    "json_array": (json.dumps([json.loads(r) for r in SST2_ROWS]).encode(), "train.json", "a json array"),
+    "json_array_indented": (
+        json.dumps([json.loads(r) for r in SST2_ROWS], indent=2).encode(),
+        "train.json",
+        "a json array",
+    ),
+    "pretty_printed_object": (json.dumps(json.loads(SST2_ROWS[0]), indent=2).encode(), "one.json", "pretty"),
+    "gzip": (gzip.compress(sst2_bytes("train", 40)), "train.jsonl.gz", "gzip"),
+    # Parquet's framing: the magic "PAR1" opens and closes the file around its pages and footer.
+    "parquet": (b"PAR1" + bytes(range(256)) * 4 + b"\x00\x01\x00\x00PAR1", "train.parquet", "parquet"),
+    "xlsx": (
+        _zip(
+            {
+                "[Content_Types].xml": b"<Types/>",
+                "xl/workbook.xml": b"<workbook/>",
+                "xl/worksheets/sheet1.xml": SHEET,
+            }
+        ),
+        "train.xlsx",
+        "excel workbook (xlsx)",
+    ),
+    "zip": (_zip({"train.jsonl": sst2_bytes("train", 40)}), "train.zip", "zip archive"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_JSONL))
+def test_a_file_that_is_not_jsonl_gets_one_message_naming_it_and_the_format(api: Api, case: str) -> None:
+    content, name, looks_like = NOT_JSONL[case]
+    response = api.upload(content, name=name)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert message.startswith(f"{name}: this looks like") and looks_like in message.lower(), message
+    assert "line 2" not in message and "invalid json" not in message.lower()  # one sentence, not per line
+    example = re.search(r"e\.g\. (\{.*\})", message)
+    assert example is not None and json.loads(example.group(1)) == {"text": "a great movie", "label": 1}
+    assert api.client.get("/v1/files", headers=api.h()).json()["data"] == []  # nothing stored
+
+
+def test_a_binary_first_line_over_the_line_cap_is_named_as_what_it_is(api: Api) -> None:
+    """A gzip file whose first megabyte has no newline byte: the line limit would refuse it by its length;
+    the answer says what the file is instead."""
+    body = bytes(b for b in os.urandom(LINE_CAP + 4096) if b != 0x0A)
+    response = api.upload(b"\x1f\x8b\x08\x00" + body + b"\n", name="big.jsonl.gz")
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "looks like a gzip-compressed file" in message and "line limit" not in message, message
+
+
+def test_jsonl_whose_first_line_is_broken_still_gets_line_by_line_problems(api: Api) -> None:
+    content = b'{"text": "x", "label": 1\n' + OK
+    message = api.upload(content, name="almost.jsonl").json()["error"]["message"]
+    assert "line 1: invalid JSON" in message and "looks like" not in message
 
 
 def test_over_the_size_cap_is_413(api: Api) -> None:
