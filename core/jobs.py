@@ -53,6 +53,11 @@ def rowcount(result: Any) -> int:
     return result.rowcount
 
 
+def worker_tag(worker_id: str | None) -> str:
+    """How events name a worker: the random tag of its claim (`host:pid:tag`), never its host or process."""
+    return (worker_id or "unknown").rsplit(":", 1)[-1]
+
+
 def _set_status(
     session: Session,
     job_id: str,
@@ -184,7 +189,7 @@ def claim(session: Session, job_id: str, worker_id: str) -> Job | None:
     assert job is not None
     session.refresh(job)
     resume = f" from checkpoint at step {job.checkpoint_step}" if job.checkpoint_key else ""
-    add_event(session, job_id, f"Attempt {job.attempts} started on worker {worker_id}{resume}")
+    add_event(session, job_id, f"Attempt {job.attempts} started on worker {worker_tag(worker_id)}{resume}")
     session.commit()
     return job
 
@@ -389,7 +394,7 @@ def requeue_stale(session: Session, heartbeat_timeout: float, max_attempts: int)
         cas = update(Job).where(
             Job.id == job.id, Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < cutoff
         )
-        silent = f"worker {job.worker_id} stopped sending heartbeats"
+        silent = f"worker {worker_tag(job.worker_id)} stopped sending heartbeats"
         if job.stop_request == "cancel":
             values = {**base, "status": JobStatus.CANCELLED.value, "finished_at": now()}
             message = f"Job cancelled ({silent})"

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from core.jobs import LostOwnership, add_event, rowcount
+from core.jobs import LostOwnership, add_event, rowcount, worker_tag
 from core.models import Job, now
 from core.states import MERGE_REQUEST_FROM, JobStatus, MergeStatus
 
@@ -109,7 +109,7 @@ def requeue_stale(session: Session, heartbeat_timeout: float, max_attempts: int)
     ).all()
     requeued: list[str] = []
     for job in stale:
-        silent = f"worker {job.merge_worker_id} stopped sending heartbeats"
+        silent = f"worker {worker_tag(job.merge_worker_id)} stopped sending heartbeats"
         again = job.merge_attempts < max_attempts
         target = MergeStatus.QUEUED if again else MergeStatus.FAILED
         res = session.execute(

@@ -215,7 +215,8 @@ def run_training(
     metrics["trainable_parameters"] = float(run.prepared.trainable_parameters)
     if stop is not None:
         status: Literal["cancelled", "paused"] = "cancelled" if stop == "cancel" else "paused"
-        say(f"Stopped ({status}) at step {run.step}; checkpoint {last_ckpt}")
+        kept = f"; checkpoint saved at step {run.step}" if last_ckpt is not None else ""
+        say(f"Stopped ({status}) at step {run.step}{kept}")
         return TrainResult(status, run.step, total, run.trained_tokens, metrics, None, last_ckpt, run.history)
     extra = {"max_seq_length": hp.max_seq_length, "seed": spec.seed, "lora_rank": run.prepared.lora_rank}
     delta = save_delta(model, spec.method, work_dir / "delta", run.task, run.label_names, spec.model, extra)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 
 from training.spec import OutOfMemory, TrainingError
+from worker.redact import redact
 
 OOM_MARKERS = ("can't allocate memory", "not enough memory", "out of memory")
 FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -44,8 +45,14 @@ def database_full(exc: BaseException) -> bool:
     return any("database or disk is full" in str(e) for e in _chain(exc))
 
 
-def describe(exc: BaseException) -> tuple[str, str, str | None]:
-    """(error code, message, param) for the job row."""
+def describe(exc: BaseException, *hidden: str) -> tuple[str, str, str | None]:
+    """(error code, message, param) for the job row, without server paths (worker.redact; `hidden`: roots
+    such as the artifact store's, named only as "<artifact store>")."""
+    code, message, param = _describe(exc)
+    return code, redact(message, *hidden), param
+
+
+def _describe(exc: BaseException) -> tuple[str, str, str | None]:
     if isinstance(exc, OutOfMemory):
         return exc.code, exc.message, exc.param
     if is_out_of_memory(exc):

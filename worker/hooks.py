@@ -15,6 +15,7 @@ from core import jobs
 from core.db import get_sessionmaker
 from core.storage import Storage
 from training.spec import Hooks, StepInfo, StopReason
+from worker.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,9 @@ class JobHooks:
         self.uploaded_steps.add(step)
 
     def on_message(self, message: str) -> None:
+        """An event for the user: any server path in it is cut to its last component (worker.redact)."""
         with self.factory() as s:
-            jobs.worker_event(s, self.job_id, self.worker_id, message)
+            jobs.worker_event(s, self.job_id, self.worker_id, redact(message, self.storage.root))
 
     def should_stop(self) -> StopReason | None:
         """The row's stop_request, read at most twice a second."""

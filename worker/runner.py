@@ -26,6 +26,7 @@ from core.storage import Storage
 from training.spec import JobSpec, TrainingError, TrainResult
 from worker import failures
 from worker.hooks import Heartbeat, JobHooks
+from worker.redact import redact
 from worker.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
     except (OperationalError, InterfaceError) as exc:
         if failures.database_full(exc):  # not an outage: recorded as storage_full if the write goes through
             log.error("job %s: the database's disk is full", job_id)
-            _fail(factory, job_id, worker_id, *failures.describe(exc))
+            _fail(factory, job_id, worker_id, *failures.describe(exc, storage.root))
         else:
             # The database went away mid-run: nothing can be recorded now, and a failure recorded once it is
             # back would blame the job. Its heartbeat goes stale; the reaper re-queues it from its checkpoint.
@@ -86,7 +87,7 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
                 "job %s: database unavailable (%s); leaving it to the reaper", job_id, type(exc).__name__
             )
     except Exception as exc:
-        code, message, param = failures.describe(exc)
+        code, message, param = failures.describe(exc, storage.root)
         if code == "internal_error":
             log.exception("job %s crashed", job_id)
         else:
@@ -232,6 +233,7 @@ def merge_job(job_id: str, settings: Settings | None = None) -> None:
     except Exception as exc:
         log.exception("merge of %s failed", job_id)
         detail = exc.message if isinstance(exc, TrainingError) else f"{type(exc).__name__}: {exc}"
+        detail = redact(detail, storage.root)
         try:
             with factory() as s:
                 merges.fail(s, job_id, worker_id, detail)
