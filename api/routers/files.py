@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, BinaryIO
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
@@ -26,6 +27,21 @@ def _clean_name(name: str | None) -> str:
     """The base name only (never used as a path), printable, at most 255 characters."""
     base = PureWindowsPath(PurePosixPath(name or "upload.jsonl").name).name
     return re.sub(r"[^\w.\- ]", "_", base)[:255] or "upload.jsonl"
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with the name twice (RFC 6266): an ASCII fallback for old clients, and the exact name
+    percent-encoded as UTF-8 (RFC 5987). A header is Latin-1 on the wire, so a raw "données.jsonl" or
+    "中.jsonl" cannot go in it as is."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def _declared_size(length: str | None) -> int | None:
+    """Content-Length as a number when it is one (ASCII digits, not absurdly long); None otherwise."""
+    if length is None or not (length.isascii() and length.isdigit()):
+        return None
+    return int(length) if len(length) <= 20 else 10**20
 
 
 def _spool(upload: UploadFile, target: Path, cap: int) -> int:
@@ -69,8 +85,8 @@ async def upload_file(
     purpose: Annotated[str, Form()] = "fine-tune",
 ) -> FilePublic:
     """Upload a JSONL dataset (purpose "fine-tune"); malformed data is a 400 naming lines and problems."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > settings.max_upload_bytes + 65536:
+    length = _declared_size(request.headers.get("content-length"))
+    if length is not None and length > settings.max_upload_bytes + 65536:
         raise APIError(413, f"File is larger than the {settings.max_upload_bytes} byte limit", param="file")
     if purpose != "fine-tune":
         raise APIError(400, f"purpose {purpose!r} is not supported; use 'fine-tune'", param="purpose")
@@ -144,7 +160,7 @@ def file_content(file_id: str, key: KeyDep, session: SessionDep, storage: Storag
     session.commit()  # no transaction stays open while the bytes stream
     media = "application/gzip" if row.filename.endswith(".tar.gz") else "application/octet-stream"
     headers = {
-        "Content-Disposition": f'attachment; filename="{row.filename}"',
+        "Content-Disposition": content_disposition(row.filename),
         "Content-Length": str(row.bytes),
     }
     return StreamingResponse(chunks(), media_type=media, headers=headers)
