@@ -106,7 +106,8 @@ def check_hyperparameters(hyper: dict[str, Any]) -> None:
 
 
 def _usable_file(session: Session, tenant_id: str, file_id: str, param: str) -> tuple[File, DatasetReport]:
-    row = get_file(session, tenant_id, file_id)
+    # Locked (shared) until the job is committed: a concurrent DELETE of the file waits, then sees the job.
+    row = get_file(session, tenant_id, file_id, lock="share")
     if row is None:
         raise APIError(400, f"{param}: no such file {file_id!r}", param=param, code="file_not_found")
     if row.purpose != "fine-tune" or row.report is None:

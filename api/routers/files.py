@@ -168,8 +168,29 @@ def file_content(file_id: str, key: KeyDep, session: SessionDep, storage: Storag
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(file_id: str, key: KeyDep, session: SessionDep, storage: StorageDep) -> FileDeleted:
-    row = file_store.get_file(session, key.tenant_id, file_id)
+    # (No docstring: it would change the OpenAPI description.) A file a job still needs is a 409: the
+    # data of a queued, running or paused job, or any job's result. The row stays locked from the check
+    # to the delete, and job creation locks the rows of its files (core.files.get_file).
+    row = file_store.get_file(session, key.tenant_id, file_id, lock="update")
     if row is None:
         raise not_found("file", file_id, "file_id")
+    uses = file_store.uses_of(session, row)
+    if uses:
+        session.rollback()
+        raise APIError(409, _in_use_message(file_id, uses), param="file_id", code="file_in_use")
     file_store.delete_file(session, storage, row)
     return FileDeleted(id=file_id)
+
+
+def _in_use_message(file_id: str, uses: list[file_store.FileUse]) -> str:
+    data = [u for u in uses if u.role != "result_files"]
+    results = [u for u in uses if u.role == "result_files"]
+    parts = [f"it is the {u.role} of {u.status} job {u.job_id}" for u in data]
+    parts += [f"it is a result of job {u.job_id} (in its result_files)" for u in results]
+    fixes = []
+    if data:
+        fixes.append("cancel the job or wait until it finishes")
+    if results:
+        fixes.append("a job's results stay while the job exists")
+    fix = "; ".join(fixes)
+    return f"File {file_id} is in use and cannot be deleted: {'; '.join(parts)}. {fix[0].upper()}{fix[1:]}."

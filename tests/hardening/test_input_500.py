@@ -6,21 +6,13 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
-from api.app import create_app
-from core.db import get_engine, get_sessionmaker
-from core.keys import create_key
-from core.models import Base
-from tests.service.api_fixtures import Api, make_settings, sst2_bytes
-from tests.service.helpers import PG_ADMIN, pg_admin_exec
+from tests.service.api_fixtures import Api, sst2_bytes
 from tests.service.stack import Stack, free_port
 
 # Cursors that are no id of anything: non-ASCII digits (str.isdigit() is True for all of them), numbers
@@ -164,28 +156,6 @@ def test_a_file_with_a_non_ascii_name_downloads_with_its_name(api: Api, name: st
     assert disposition.isascii()
     fallback = "".join(c if c.isascii() else "_" for c in name)
     assert disposition == f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
-
-
-@pytest.fixture
-def pg_api(tmp_path: Path) -> Iterator[Api]:
-    """The app on a scratch PostgreSQL database (dropped after the test)."""
-    name = f"sgft_input_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    try:
-        pg_admin_exec(f"CREATE DATABASE {name}")
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        settings = make_settings(tmp_path, database_url=url)
-        Base.metadata.create_all(get_engine(url))
-        with get_sessionmaker(url)() as s:
-            _, key_a = create_key(s, "tenant-a", settings.secret_key)
-            _, key_b = create_key(s, "tenant-b", settings.secret_key)
-        with TestClient(create_app(settings)) as client:
-            yield Api(client, settings, key_a, key_b)
-    finally:
-        get_engine(url).dispose()
-        pg_admin_exec(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.mark.integration
