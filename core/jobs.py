@@ -143,6 +143,12 @@ def create_job(
     return job, True
 
 
+def find_idempotent(session: Session, tenant_id: str, key: str, request_hash: str) -> Job | None:
+    """The job an earlier request with this Idempotency-Key created (None: the key is new);
+    IdempotencyConflict when that request had another body."""
+    return _idempotent(session, tenant_id, key, request_hash)
+
+
 def _idempotent(session: Session, tenant_id: str, key: str, request_hash: str) -> Job | None:
     row = session.get(IdempotencyKey, (tenant_id, key))
     if row is None:
