@@ -174,7 +174,7 @@ def event_id(job_id: str, seq: int) -> str:
     return f"ftevent-{job_id.removeprefix('ftjob-')}-{seq}"
 
 
-MAX_SEQ_DIGITS = 18  # every 18-digit number fits a signed 64-bit integer column
+MAX_SEQ = 2**31 - 1  # job_events.seq is an INTEGER column: 32 bits on PostgreSQL
 
 
 def parse_event_cursor(value: str | None) -> int | None:
@@ -183,8 +183,8 @@ def parse_event_cursor(value: str | None) -> int | None:
         return None
     tail = value.rsplit("-", 1)[-1]
     # ASCII digits only (str.isdigit() also takes '²' or '١', which int() refuses or reads), and no more
-    # than a 64-bit seq can hold: a longer number is no event of any job, and the database cannot bind it.
-    if not (tail.isascii() and tail.isdigit() and len(tail) <= MAX_SEQ_DIGITS):
+    # than the column holds: a larger number is no event of any job, and PostgreSQL refuses to compare it.
+    if not (tail.isascii() and tail.isdigit() and len(tail) <= 10 and int(tail) <= MAX_SEQ):
         from api.errors import APIError
 
         raise APIError(

@@ -16,8 +16,8 @@ from tests.service.api_fixtures import Api, sst2_bytes
 from tests.service.stack import Stack, free_port
 
 # Cursors that are no id of anything: non-ASCII digits (str.isdigit() is True for all of them), numbers
-# longer than a 64-bit integer and than Python's int() limit (4300 digits), an event id with a bad seq.
-BAD_CURSORS = ["١٢٣", "²", "໒໓", "9" * 30, "9" * 5000, "ftevent-abc-²", "ftevent-abc-" + "1" * 40]
+# past the 32-bit seq column (PostgreSQL), a 64-bit integer and int()'s limit (4300 digits), a bad event id.
+BAD_CURSORS = ["١٢٣", "²", "໒໓", str(2**31), "9" * 30, "9" * 5000, "ftevent-abc-²", "ftevent-abc-" + "1" * 40]
 HUGE = 10**400  # larger than any float: float(HUGE) and math.isfinite(HUGE) raise OverflowError
 
 
