@@ -15,6 +15,7 @@ from api.errors import install_error_handlers
 from api.keycache import KeyCache
 from api.linelimit import LineLimit
 from api.metrics import RecordRequests
+from api.nonul import NoNul
 from api.ratelimit import RateLimiter
 from api.routers import files, job_events, jobs, models, ops
 from core.settings import Settings, get_settings
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Uploads may be multipart-wrapped: allow 64 KiB of envelope above the file cap.
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 65536, other_max_bytes=1 << 20)
     app.add_middleware(LineLimit, max_line=settings.max_line_bytes)  # one huge line: refused while streaming
+    app.add_middleware(NoNul)  # a NUL in the path, query or headers: 400 (PostgreSQL cannot compare it)
     for module in (ops, files, jobs, job_events, models, web):
         app.include_router(module.router)
     return app

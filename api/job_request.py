@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -48,11 +47,27 @@ def normalize_method(body: JobCreate) -> tuple[dict[str, Any], dict[str, Any]]:
         raise APIError(400, f"method: unexpected key(s) {sorted(extra)}", param="method")
     if not isinstance(section, dict) or set(section) - {"hyperparameters"}:
         raise APIError(400, f"method.{method['type']} takes only 'hyperparameters'", param="method")
-    hyper = {**(body.hyperparameters or {}), **(section.get("hyperparameters") or {})}
+    nested = section.get("hyperparameters")
+    nested = {} if nested is None else nested
+    if not isinstance(nested, dict):
+        param = f"method.{method['type']}.hyperparameters"
+        raise APIError(400, f"{param} must be an object of name: value, got {json_type(nested)}", param=param)
+    hyper = {**(body.hyperparameters or {}), **nested}
     check_hyperparameters(hyper)
     for key in ("n_epochs", "batch_size", "learning_rate_multiplier"):
         hyper.setdefault(key, "auto")
     return {"type": kind, kind: {"hyperparameters": hyper}}, hyper
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages ("a list", "a number", ...)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
+        type(value), "a value"
+    )
 
 
 def check_hyperparameters(hyper: dict[str, Any]) -> None:
@@ -65,10 +80,14 @@ def check_hyperparameters(hyper: dict[str, Any]) -> None:
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise APIError(400, f"{param} must be a number or 'auto', got {value!r}", param=param)
             low, high, whole = BOUNDS[key]
-            if whole and math.isfinite(value) and value != int(value):
+            # No float() or int() of the value: a JSON integer may have thousands of digits (float() then
+            # overflows), and Python compares an int with a float bound exactly. is_integer() is False for
+            # inf and nan, which the bounds refuse anyway.
+            if whole and isinstance(value, float) and not value.is_integer():
                 raise APIError(400, f"{param} must be a whole number, got {value!r}", param=param)
             if not low <= value <= high:
-                message = f"{param} must be between {low:g} and {high:g}, got {value!r}"
+                shown = repr(value) if len(repr(value)) <= 40 else f"a number with {len(str(value))} digits"
+                message = f"{param} must be between {low:g} and {high:g}, got {shown}"
                 raise APIError(400, message, param=param)
         elif key in CHOICES:
             if value != "auto" and value not in CHOICES[key]:

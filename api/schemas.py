@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from core.models import Checkpoint, File, Job, JobEvent
 from core.queries import EventRecord, JobRecord
@@ -50,6 +50,13 @@ class FileDeleted(BaseModel):
     deleted: bool = True
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\u0000)")
+    return value
+
+
+NoNul = Annotated[str, AfterValidator(_no_nul)]  # compared with database columns: PostgreSQL refuses NUL
 MetaKey = Annotated[str, Field(max_length=64)]
 MetaValue = Annotated[str, Field(max_length=512)]
 
@@ -59,9 +66,9 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, max_length=200)
-    training_file: str = Field(min_length=1, max_length=64)
-    validation_file: str | None = Field(default=None, max_length=64)
+    model: NoNul = Field(min_length=1, max_length=200)
+    training_file: NoNul = Field(min_length=1, max_length=64)
+    validation_file: NoNul | None = Field(default=None, max_length=64)
     hyperparameters: dict[str, Any] | None = None
     method: dict[str, Any] | None = None
     suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
@@ -186,15 +193,25 @@ def event_id(job_id: str, seq: int) -> str:
     return f"ftevent-{job_id.removeprefix('ftjob-')}-{seq}"
 
 
+MAX_SEQ = 2**31 - 1  # job_events.seq is an INTEGER column: 32 bits on PostgreSQL
+
+
 def parse_event_cursor(value: str | None) -> int | None:
     """The seq inside an event id (or a bare number); None when absent."""
     if not value:
         return None
     tail = value.rsplit("-", 1)[-1]
-    if not tail.isdigit():
+    # ASCII digits only (str.isdigit() also takes '²' or '١', which int() refuses or reads), and no more
+    # than the column holds: a larger number is no event of any job, and PostgreSQL refuses to compare it.
+    if not (tail.isascii() and tail.isdigit() and len(tail) <= 10 and int(tail) <= MAX_SEQ):
         from api.errors import APIError
 
-        raise APIError(400, f"after: {value!r} is not an event id", param="after", code="invalid_value")
+        raise APIError(
+            400,
+            f"after: {value[:80]!r} is not an event id (ftevent-<job>-<number>, or the number alone)",
+            param="after",
+            code="invalid_value",
+        )
     return int(tail)
 
 

@@ -4,8 +4,8 @@ Pure Python (no torch): the API runs it on upload, the training engine again bef
 
 Formats, one JSON object a line (blank lines are ignored):
 - classification: `{"text": str, "label": int | str | float}` or with a second segment `"text_pair": str`.
-  Labels are all ints, all strings (mapped to ids in sorted order) or numbers with at least one float
-  (regression; ints are read as floats there).
+  Labels are all ints, all strings (mapped to ids in sorted order; at most MAX_CLASSES distinct ones) or
+  numbers with at least one float (regression; ints are read as floats there, so they must fit one).
 - chat: `{"messages": [{"role": "system"|"user"|"assistant", "content": str, "weight"?: 0|1}, ...]}` (the
   OpenAI chat fine-tuning format); at least one assistant message, the part that is learnt.
 - prompt_completion: `{"prompt": str, "completion": str}`; the completion is learnt.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,10 @@ TASK_OF_FORMAT: dict[str, str] = {
 ROLES = ("system", "user", "assistant")
 KIND_WORDS = {"int": "integer", "str": "string", "float": "numeric (regression)"}
 FORMAT_HELP = "expected {'text', 'label'} (classification), {'messages'} (chat) or {'prompt', 'completion'}"
+# Distinct integer or string labels a classification file may have: each is a class (an output of the
+# head), and the file's report stores them all. Regression files (numeric labels, one float or more) have
+# no such limit: their labels are not stored.
+MAX_CLASSES = 1000
 
 
 @dataclass
@@ -196,7 +201,9 @@ class _Scan:
     kind_line: int = 0
     pair: bool | None = None
     pair_line: int = 0
-    labels: set[Any] = field(default_factory=set)
+    labels: set[Any] = field(default_factory=set)  # int/str labels only, at most MAX_CLASSES + 1
+    too_many_line: int = 0  # the line of the first label past MAX_CLASSES distinct ones
+    huge_int_line: int = 0  # the first integer label too large for a float (a problem in regression)
     examples: int = 0
 
     def add(self, line: int, message: str) -> None:
@@ -221,8 +228,31 @@ class _Scan:
             return False
         elif kind == "float" and self.kind == "int":
             self.kind = "float"  # a single float makes the file a regression file; ints read as floats
-        self.labels.add(label)
+            self.labels.clear()  # regression labels are not classes: nothing to keep
+        if kind == "int" and not self.huge_int_line and not _fits_float(label):
+            self.huge_int_line = n
+        if self.kind != "float" and label not in self.labels:
+            if len(self.labels) < MAX_CLASSES:
+                self.labels.add(label)
+            elif not self.too_many_line:
+                self.too_many_line = n
         return True
+
+    def finish(self) -> None:
+        """Problems that only the whole file shows (its label kind is known at its end)."""
+        if self.kind == "float" and self.huge_int_line:
+            self.add(
+                self.huge_int_line,
+                "label is an integer too large for a number (this file has float labels, so it is a "
+                "regression file and its labels are read as floats); write a smaller number",
+            )
+        elif self.kind in ("int", "str") and self.too_many_line:
+            self.add(
+                self.too_many_line,
+                f"more than {MAX_CLASSES} distinct labels (this line has label number {MAX_CLASSES + 1}); "
+                f"a classification file may have at most {MAX_CLASSES} classes: use numeric labels with "
+                "a decimal point for regression, or fewer classes",
+            )
 
     def record(self, n: int, record: dict[str, Any]) -> None:
         fmt = format_of(record)
@@ -318,7 +348,7 @@ def not_jsonl(first: bytes, filename: str = "") -> str | None:
         return None  # the line-by-line check names the byte
     try:
         value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # invalid JSON, or a number past int()'s digit limit
         value = None
     else:
         if not isinstance(value, list) or not any(isinstance(v, dict) for v in value):
@@ -340,6 +370,14 @@ def not_jsonl(first: bytes, filename: str = "") -> str | None:
         )
         return told(f"{what} (first line {header!r})", example=example)
     return None
+
+
+def _fits_float(value: int) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _sorted_labels(labels: set[Any], kind: LabelKind | None) -> list[str]:
@@ -377,6 +415,10 @@ def validate_lines(
         except json.JSONDecodeError as exc:
             scan.add(n, f"invalid JSON ({exc.msg} at column {exc.colno}); write one JSON object per line")
             continue
+        except ValueError:  # an integer of more than sys.get_int_max_str_digits() digits (4300)
+            limit = sys.get_int_max_str_digits()
+            scan.add(n, f"a number with more than {limit} digits; write numbers with fewer digits")
+            continue
         except RecursionError:  # e.g. "[[[[..." 100,000 deep: the parser's stack, not a JSON error
             scan.add(n, "invalid JSON (nested too deeply); write one flat JSON object per line")
             continue
@@ -384,6 +426,7 @@ def validate_lines(
             scan.add(n, f"expected a JSON object, got {_type_name(record)}")
             continue
         scan.record(n, record)
+    scan.finish()
     if not seen_line:
         scan.add(0, "the file is empty")
     elif scan.examples < min_examples and not scan.problems:
@@ -431,7 +474,8 @@ def check_pair(train: DatasetReport, valid: DatasetReport) -> list[Problem]:
             )
         )
     elif tk in ("int", "str") and vk == tk:
-        unseen = [label for label in valid.labels if label not in set(train.labels)]
+        known = set(train.labels)  # once: a lookup per validation label, not a rebuild
+        unseen = [label for label in valid.labels if label not in known]
         if unseen:
             shown = ", ".join(repr(x) for x in unseen[:10])
             out.append(Problem(0, f"{valid.filename} has label(s) {shown} that {train.filename} never has"))

@@ -16,6 +16,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core.files import get_file
 from core.ids import new_id
 from core.models import Checkpoint, IdempotencyKey, Job, JobEvent, now
 from core.states import RESUME_FROM, IllegalTransition, JobStatus, check_transition, sources_of
@@ -25,6 +26,14 @@ log = logging.getLogger(__name__)
 
 class LostOwnership(Exception):
     """The calling worker no longer owns the job (re-queued, cancelled by the reaper, or finished)."""
+
+
+class MissingFile(Exception):
+    """A file the new job names was deleted after the request was validated."""
+
+    def __init__(self, param: str, file_id: str) -> None:
+        super().__init__(f"{param}: no such file {file_id!r}")
+        self.param = param
 
 
 class IdempotencyConflict(Exception):
@@ -109,6 +118,11 @@ def create_job(
         earlier = _idempotent(session, new.tenant_id, idempotency_key, request_hash)
         if earlier is not None:
             return earlier, False
+    for param, file_id in (("training_file", new.training_file), ("validation_file", new.validation_file)):
+        # Locked (shared) until the job is committed: a concurrent DELETE waits, then sees the job.
+        if file_id and get_file(session, new.tenant_id, file_id, lock="share") is None:
+            session.rollback()
+            raise MissingFile(param, file_id)
     job = Job(
         id=new_id("ftjob"),
         tenant_id=new.tenant_id,
@@ -150,6 +164,12 @@ def create_job(
     session.commit()
     session.refresh(job)
     return job, True
+
+
+def find_idempotent(session: Session, tenant_id: str, key: str, request_hash: str) -> Job | None:
+    """The job an earlier request with this Idempotency-Key created (None: the key is new);
+    IdempotencyConflict when that request had another body."""
+    return _idempotent(session, tenant_id, key, request_hash)
 
 
 def _idempotent(session: Session, tenant_id: str, key: str, request_hash: str) -> Job | None:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, BinaryIO
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
@@ -42,6 +43,21 @@ def sweep_uploads(tmp_dir: Path, older_than: float = UPLOAD_TMP_TTL) -> int:
                 path.unlink()
                 removed += 1
     return removed
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with the name twice (RFC 6266): an ASCII fallback for old clients, and the exact name
+    percent-encoded as UTF-8 (RFC 5987). A header is Latin-1 on the wire, so a raw "données.jsonl" or
+    "中.jsonl" cannot go in it as is."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def _declared_size(length: str | None) -> int | None:
+    """Content-Length as a number when it is one (ASCII digits, not absurdly long); None otherwise."""
+    if length is None or not (length.isascii() and length.isdigit()):
+        return None
+    return int(length) if len(length) <= 20 else 10**20
 
 
 def _spool(upload: UploadFile, target: Path, cap: int) -> int:
@@ -88,8 +104,8 @@ async def upload_file(
     purpose: Annotated[str, Form()] = "fine-tune",
 ) -> FilePublic:
     """Upload a JSONL dataset (purpose "fine-tune"); malformed data is a 400 naming lines and problems."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > settings.max_upload_bytes + 65536:
+    length = _declared_size(request.headers.get("content-length"))
+    if length is not None and length > settings.max_upload_bytes + 65536:
         raise APIError(413, f"File is larger than the {settings.max_upload_bytes} byte limit", param="file")
     if purpose != "fine-tune":
         raise APIError(400, f"purpose {purpose!r} is not supported; use 'fine-tune'", param="purpose")
@@ -163,7 +179,7 @@ def file_content(file_id: str, key: KeyDep, session: SessionDep, storage: Storag
     session.commit()  # no transaction stays open while the bytes stream
     media = "application/gzip" if row.filename.endswith(".tar.gz") else "application/octet-stream"
     headers = {
-        "Content-Disposition": f'attachment; filename="{row.filename}"',
+        "Content-Disposition": content_disposition(row.filename),
         "Content-Length": str(row.bytes),
     }
     return StreamingResponse(chunks(), media_type=media, headers=headers)
@@ -171,8 +187,29 @@ def file_content(file_id: str, key: KeyDep, session: SessionDep, storage: Storag
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(file_id: str, key: KeyDep, session: SessionDep, storage: StorageDep) -> FileDeleted:
-    row = file_store.get_file(session, key.tenant_id, file_id)
+    # (No docstring: it would change the OpenAPI description.) A file a job still needs is a 409: the
+    # data of a queued, running or paused job, or any job's result. The row stays locked from the check
+    # to the delete, and job creation locks the rows of its files (core.files.get_file).
+    row = file_store.get_file(session, key.tenant_id, file_id, lock="update")
     if row is None:
         raise not_found("file", file_id, "file_id")
+    uses = file_store.uses_of(session, row)
+    if uses:
+        session.rollback()
+        raise APIError(409, _in_use_message(file_id, uses), param="file_id", code="file_in_use")
     file_store.delete_file(session, storage, row)
     return FileDeleted(id=file_id)
+
+
+def _in_use_message(file_id: str, uses: list[file_store.FileUse]) -> str:
+    data = [u for u in uses if u.role != "result_files"]
+    results = [u for u in uses if u.role == "result_files"]
+    parts = [f"it is the {u.role} of {u.status} job {u.job_id}" for u in data]
+    parts += [f"it is a result of job {u.job_id} (in its result_files)" for u in results]
+    fixes = []
+    if data:
+        fixes.append("cancel the job or wait until it finishes")
+    if results:
+        fixes.append("a job's results stay while the job exists")
+    fix = "; ".join(fixes)
+    return f"File {file_id} is in use and cannot be deleted: {'; '.join(parts)}. {fix[0].upper()}{fix[1:]}."

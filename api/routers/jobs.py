@@ -56,12 +56,22 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
     """Create a fine-tuning job; a retry with the same Idempotency-Key returns the same job."""
-    request.app.state.job_limiter.hit(key.id)
-    new = build_new_job(session, settings, key.tenant_id, body)
+    digest = request_hash(body)
     try:
-        job, created = job_ops.create_job(session, new, idempotency_key, request_hash(body))
+        if idempotency_key:
+            # A replay creates nothing: it answers the earlier job and is not counted against the rate
+            # limit. Only a key already committed is a replay; concurrent first uses of a key are all
+            # counted (one creates the job, the others answer it), so no burst of new jobs gets past.
+            earlier = job_ops.find_idempotent(session, key.tenant_id, idempotency_key, digest)
+            if earlier is not None:
+                return JobPublic.of(load_job(session, key.tenant_id, earlier.id))
+        request.app.state.job_limiter.hit(key.id)
+        new = build_new_job(session, settings, key.tenant_id, body)
+        job, created = job_ops.create_job(session, new, idempotency_key, digest)
     except job_ops.IdempotencyConflict as exc:
         raise APIError(409, str(exc), param="Idempotency-Key", code="idempotency_key_reused") from None
+    except job_ops.MissingFile as exc:
+        raise APIError(400, str(exc), param=exc.param, code="file_not_found") from None
     if created:
         _enqueue(session, settings, job)
     return JobPublic.of(load_job(session, key.tenant_id, job.id))

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from core.datasets import DatasetReport, Problem, check_pair, check_training, validate_file, validate_lines
+from core.datasets import (
+    MAX_CLASSES,
+    DatasetReport,
+    Problem,
+    check_pair,
+    check_training,
+    validate_file,
+    validate_lines,
+)
 
 SST2_DEV = Path("/work/shared/data/sst2/dev.jsonl")
 
@@ -152,3 +161,36 @@ def test_check_pair_unseen_label_kind_and_format() -> None:
     floats = report({"text": "a", "label": 0.5}, {"text": "b", "label": 2.0})
     assert check_pair(floats, ints) == []
     assert check_pair(train, train) == []
+
+
+def test_classification_labels_are_capped_naming_the_line_count_and_fix() -> None:
+    at_cap = report(*({"text": "t", "label": n} for n in range(MAX_CLASSES)))
+    assert at_cap.ok and len(at_cap.labels) == MAX_CLASSES
+    strings = [{"text": "t", "label": f"c{n}"} for n in range(MAX_CLASSES)] + [{"text": "t", "label": "c0"}]
+    assert report(*strings).ok  # a repeated label is no new class
+    over = report(*({"text": "t", "label": n} for n in range(MAX_CLASSES + 5)))
+    assert [p.line for p in over.problems] == [MAX_CLASSES + 1]
+    message = over.problems[0].message
+    assert f"more than {MAX_CLASSES} distinct labels" in message and "regression" in message
+    assert len(over.labels) <= MAX_CLASSES  # memory stays bounded while scanning
+
+
+def test_regression_files_have_no_label_cap_and_store_no_labels() -> None:
+    rep = report(*({"text": "t", "label": n + 0.5} for n in range(3 * MAX_CLASSES)))
+    assert rep.ok and rep.label_kind == "float" and rep.labels == []
+    ints_first = report(
+        *({"text": "t", "label": n} for n in range(2 * MAX_CLASSES)), {"text": "t", "label": 0.5}
+    )
+    assert ints_first.ok and ints_first.label_kind == "float"
+
+
+def test_check_pair_is_linear_in_the_labels() -> None:
+    """Reports stored before the cap may hold any number of labels: 50,000 unseen ones take one pass (the
+    set of training labels was rebuilt per validation label: 2.5e9 steps)."""
+    n = 50_000
+    train = DatasetReport("train.jsonl", "classification", n, "int", [str(i) for i in range(n)], [])
+    valid = DatasetReport("valid.jsonl", "classification", n, "int", [str(i + n) for i in range(n)], [])
+    started = time.perf_counter()
+    problems = check_pair(train, valid)
+    assert time.perf_counter() - started < 1.0
+    assert len(problems) == 1 and f"'{n}'" in problems[0].message
