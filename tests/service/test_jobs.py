@@ -36,7 +36,7 @@ def test_idempotent_create(session: Session) -> None:
         seed=1,
         suffix=None,
         metadata=None,
-        training_file="file-a",
+        training_file=first.training_file,  # a file that exists (make_job gave it a row)
         validation_file=None,
     )
     a, created_a = jobs.create_job(session, new, "key-1", "hash-1")

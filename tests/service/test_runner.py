@@ -45,6 +45,8 @@ def test_missing_input_fails_with_clear_error(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     with get_sessionmaker(settings.database_url)() as s:
         job = make_job(s, training_file="file-deleted")
+        s.delete(s.get_one(File, "file-deleted"))  # deleted after the job was created
+        s.commit()
     run_job(job.id, settings)
     with get_sessionmaker(settings.database_url)() as s:
         after = queries.get_job(s, job.tenant_id, job.id)
