@@ -5,8 +5,9 @@ order, split into micro-batches (gradient accumulation), dynamically padded; lr 
 the precision's autocast (training.precision: bf16 on CUDA by default) / backward, each micro-batch's mean
 loss weighted by its share of the step's loss units (examples or learnt tokens), so accumulation equals one
 big batch; optimizer step; hooks; evaluation every `eval_every` steps and at the end; checkpoint every
-`checkpoint_every` steps; `should_stop` polled every step ("cancel"/"pause": checkpoint, return). At the
-end: the delta in work_dir/delta.
+`checkpoint_every` steps; `should_stop` polled every step ("cancel"/"pause": checkpoint, return). Each
+step's loss is watched for divergence, each better evaluation's delta kept (training.outcome). At the end:
+the delta in work_dir/delta, the best evaluated step's under result_checkpoint "best", else the last one's.
 """
 
 from __future__ import annotations

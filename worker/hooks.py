@@ -29,8 +29,10 @@ SHOWN_BY_METHOD = {
 
 
 def shown_settings(values: dict[str, Any], requested: Iterable[str], method: str) -> dict[str, Any]:
-    """The resolved values a job shows: SHOWN, its method's own, and those the request named."""
-    names = [*SHOWN, *SHOWN_BY_METHOD.get(method, ()), *requested]
+    """The resolved values a job shows: SHOWN, its method's own (but those unset, e.g. no support_block), and
+    every name the request gave."""
+    asked = list(requested)
+    names = [n for n in (*SHOWN, *SHOWN_BY_METHOD.get(method, ())) if values.get(n) is not None] + asked
     return {name: values[name] for name in dict.fromkeys(names) if name in values}
 
 

@@ -39,7 +39,6 @@ def test_lr_0_1_on_sst2_shows_its_settings_keeps_the_best_step_and_warns(api: Ap
         "density": 0.01,
         "support": "dynamic",
         "selection": "gradient",
-        "support_block": None,
         "max_seq_length": 32,
         "basis_steps": 2,
     }
@@ -68,10 +67,29 @@ def test_a_diverging_job_fails_with_diverged(api: Api) -> None:
     train = api.upload_ok(regression("train", 64))
     valid = api.upload_ok(regression("dev", 32), "valid.jsonl")
     hyper = {"learning_rate": 0.1, "batch_size": 8, "n_epochs": 3, "max_seq_length": 32}
-    body = {"training_file": train, "validation_file": valid, "method": {"type": "full"}, "hyperparameters": hyper}
+    body = {
+        "training_file": train,
+        "validation_file": valid,
+        "method": {"type": "full"},
+        "hyperparameters": hyper,
+    }
     job, events = _run(api, body)
     assert job["status"] == "failed" and job["error"]["code"] == "diverged"
     assert job["error"]["param"] == "learning_rate"
     assert job["error"]["message"].startswith("Training diverged at step 11: the training loss stayed above")
     assert job["error"]["message"].endswith("lower the learning rate: it was 0.1; try 0.01 (a tenth)")
     assert job["hyperparameters"]["learning_rate"] == 0.1 and job["hyperparameters"]["batch_size"] == 8
+
+
+def test_best_without_a_validation_file_is_refused(api: Api) -> None:
+    train = api.upload_ok(sst2_bytes("train", 16))
+    body = {
+        "model": "all-MiniLM-L6-v2",
+        "training_file": train,
+        "hyperparameters": {"result_checkpoint": "best"},
+    }
+    response = api.client.post("/v1/fine_tuning/jobs", headers=api.h(), json=body)
+    assert (
+        response.status_code == 400
+        and response.json()["error"]["param"] == "hyperparameters.result_checkpoint"
+    )
