@@ -159,6 +159,10 @@ def build_new_job(session: Session, settings: Settings, tenant_id: str, body: Jo
             code="task_mismatch",
         )
     method, hyper = normalize_method(body)
+    if hyper.get("result_checkpoint") == "best" and not body.validation_file:
+        param = "hyperparameters.result_checkpoint"
+        message = f"{param} 'best' keeps the step of lowest validation loss: it needs a validation_file"
+        raise APIError(400, message, param=param)
     return NewJob(
         tenant_id=tenant_id,
         model=entry.name,

@@ -151,6 +151,7 @@ def job_fields(job: Job | JobRecord) -> dict[str, Any]:
             "message": job.error_message or "",
             "param": job.error_param,
         }
+    hyper, method = shown_hyperparameters(job)
     finish = None
     if job.status == "running" and job.seconds_remaining is not None and job.heartbeat_at:
         finish = int(job.heartbeat_at + job.seconds_remaining)
@@ -163,8 +164,8 @@ def job_fields(job: Job | JobRecord) -> dict[str, Any]:
         "status": job.status,
         "error": error,
         "fine_tuned_model": job.fine_tuned_model,
-        "hyperparameters": job.hyperparameters,
-        "method": job.method,
+        "hyperparameters": hyper,
+        "method": method,
         "seed": job.seed,
         "training_file": job.training_file,
         "validation_file": job.validation_file,
@@ -186,6 +187,20 @@ def job_fields(job: Job | JobRecord) -> dict[str, Any]:
         "merge_status": job.merge_status,
         "stop_requested": job.stop_request if job.status == "running" else None,
     }
+
+
+def shown_hyperparameters(job: Job | JobRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(hyperparameters, method) as the job shows them: the request, with the values in use over its "auto"
+    once the worker has resolved them (as OpenAI's jobs show theirs)."""
+    resolved = job.resolved_hyperparameters
+    if not resolved:
+        return job.hyperparameters, job.method
+    hyper = {**job.hyperparameters, **resolved}
+    kind = job.method.get("type")
+    section = job.method.get(kind) if isinstance(kind, str) else None
+    if not isinstance(section, dict):
+        return hyper, job.method
+    return hyper, {**job.method, str(kind): {**section, "hyperparameters": hyper}}
 
 
 def event_id(job_id: str, seq: int) -> str:

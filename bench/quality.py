@@ -2,9 +2,11 @@
 
 Every run goes through the service's engine (`training.run_training`) on the same fixed training subset (a
 seeded sample of SST-2 train), is evaluated on the whole SST-2 dev set (872 sentences), max length 128 with
-dynamic padding. Reported per method over seeds: dev accuracy mean and spread (min-max), wall time per run,
-trainable parameters; then SparseGrad's per-seed difference to LoRA and to full fine-tuning (mean ± standard
-error over the seeds both ran) and the target's verdict (at least LoRA, within 0.5 points of full). Writes
+dynamic padding. The dev set is also the validation file, so every run pins result_checkpoint "last": the
+reported model is the last step's, never one selected on the dev set it is scored on. Reported per method
+over seeds: dev accuracy mean and spread (min-max), wall time per run, trainable parameters; then
+SparseGrad's per-seed difference to LoRA and to full fine-tuning (mean ± standard error over the seeds both
+ran) and the target's verdict (at least LoRA, within 0.5 points of full). Writes
 bench/out/quality.json, bench/out/quality.md and bench/out/loss_curves.png.
 
 Two set-ups. The default is the service's: LoRA, MeProp and SparseGrad train only the MLP layers (adapters or
@@ -60,6 +62,9 @@ COMMON: dict[str, Any] = {
     "warmup_ratio": 0.1,
     "eval_at_start": False,
 }
+# The dev set is both the validation file and the reported score: the result is always the last step, never
+# one picked by its score on that dev set (no override changes this).
+PINNED: dict[str, Any] = {"result_checkpoint": "last"}
 
 
 def _env(name: str, default: str) -> str:
@@ -93,6 +98,7 @@ def run_one(
 
     hp = {**COMMON, **METHOD_HP[method], "n_epochs": epochs, "eval_every": 10**6, "checkpoint_every": 10**6}
     hp.update(overrides or {})
+    hp.update(PINNED)
     spec = JobSpec(model=MODEL, method=method, task="classification", hyperparameters=hp, seed=seed)  # type: ignore[arg-type]
     started = time.perf_counter()
     result = run_training(spec, train, valid, work)

@@ -32,6 +32,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "selection": ("gradient", "adam"),
     "bias_correction": ("global", "entry"),
     "lr_scheduler": ("linear", "cosine"),
+    "result_checkpoint": ("best", "last"),
 }
 BOOLS: tuple[str, ...] = ("train_layernorm", "train_rest_dense", "eval_at_start", "per_layer_basis")
 

@@ -272,6 +272,13 @@ def worker_event(session: Session, job_id: str, worker_id: str, message: str, le
     session.commit()
 
 
+def record_resolved(session: Session, job_id: str, worker_id: str, values: dict[str, Any]) -> None:
+    """The hyper-parameters the running worker trains with ("auto" resolved), shown by the API over the
+    request; the request itself stays in `hyperparameters` (a resumed attempt resolves from it again)."""
+    _owned(session, job_id, worker_id, resolved_hyperparameters=values, heartbeat_at=now())
+    session.commit()
+
+
 def add_checkpoint(
     session: Session, job_id: str, worker_id: str, step: int, storage_key: str, metrics: dict[str, float]
 ) -> Checkpoint:

@@ -68,7 +68,9 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(200))
     task: Mapped[str] = mapped_column(String(40))
     method: Mapped[dict[str, Any]] = mapped_column(JSON)
-    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)  # as requested (the worker reads these)
+    # The values in use once the worker resolved "auto" (core.jobs.record_resolved); the API shows them.
+    resolved_hyperparameters: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     seed: Mapped[int] = mapped_column(Integer)
     suffix: Mapped[str | None] = mapped_column(String(64), default=None)
     # "metadata" is reserved by SQLAlchemy's declarative base: the column keeps the public name.

@@ -26,6 +26,7 @@ class JobRecord(NamedTuple):
     model: str
     method: dict[str, Any]
     hyperparameters: dict[str, Any]
+    resolved_hyperparameters: dict[str, Any] | None
     seed: int
     suffix: str | None
     meta: dict[str, Any] | None

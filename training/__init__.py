@@ -11,6 +11,7 @@ from training.loop import run_training
 from training.merge import merge_delta
 from training.spec import (
     DataError,
+    Diverged,
     Hooks,
     HyperparameterError,
     JobSpec,
@@ -23,6 +24,7 @@ from training.spec import (
 
 __all__ = [
     "DataError",
+    "Diverged",
     "Hooks",
     "HyperparameterError",
     "JobSpec",

@@ -6,7 +6,8 @@ A checkpoint folder `step-N/` holds
 - `basis.safetensors` (sparsegrad): the HOSVD basis, so a resume skips the basis phase,
 - `rng.safetensors` + `state.json`: torch (CPU, CUDA) RNG states; step, data position (epoch, index into
   the seeded permutation), Python and NumPy RNG states, history, early-stopping state, resolved
-  hyper-parameters and what the run was (model, method, seed, data fingerprint) to refuse a mismatched resume.
+  hyper-parameters and what the run was (model, method, seed, data fingerprint) to refuse a mismatched resume,
+- `best-delta/` (with a validation file and result_checkpoint "best"): the delta of the best step so far.
 It is written to a hidden sibling folder and renamed into place, so a crash never leaves half a checkpoint.
 """
 
@@ -86,8 +87,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     basis: sg.Basis | None,
     state: dict[str, Any],
+    best_delta: Path | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically (hidden temp folder, then rename) and return it."""
+    """Write a checkpoint folder atomically (hidden temp folder, then rename) and return it; `best_delta`
+    (the delta of the run's best step so far, training.outcome) is carried in it as `best-delta/`."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -101,6 +104,8 @@ def save_checkpoint(
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
     body = {"format_version": FORMAT_VERSION, **state, "rng": rng_plain}
     (tmp / "state.json").write_text(json.dumps(body, indent=1))
+    if best_delta is not None:
+        shutil.copytree(best_delta, tmp / "best-delta")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder

@@ -15,6 +15,7 @@
 | eval_every, checkpoint_every | max(10, ceil(total_steps / 5)) | [1, 1e6] |
 | max_steps | none: epochs decide | [1, 1e7] |
 | early_stopping_patience | 0 = off (evaluations without a better valid_loss before stopping) | [0, 100] |
+| result_checkpoint | "best" (step of lowest valid_loss) with a validation file, else "last" | choice |
 | density | 0.01 (SparseGrad / MeProp: share of MLP coefficients updated per step) | [1e-4, 1] |
 | basis_steps | 10 (SparseGrad's preliminary gradient steps) | [1, 200] |
 | basis_probe_steps | 0 (off); n: fit the head n steps for the basis phase, then restore it | [0, 1000] |
@@ -30,6 +31,10 @@
 | lr_scheduler | "linear" ("cosine"), after linear warmup | choice |
 | weight_decay | 0.0 | [0, 1] |
 | eval_at_start | true: evaluate before the first step (the "before" numbers) | bool |
+
+result_checkpoint "best" keeps the evaluated step (>= 1) whose valid_loss is lowest: the same criterion
+early_stopping_patience counts from, so a run stopped early publishes the step `patience` evaluations before
+the stop, and one that ran to the end its best evaluation (training.outcome). "last" publishes the last step.
 
 The base learning rates are starting values, not a tuned optimum: bench/quality.py measures them on SST-2
 (all-MiniLM-L6-v2); only SST-2 may be used to change them.
@@ -82,6 +87,7 @@ class Hyper:
     lr_scheduler: str
     weight_decay: float
     eval_at_start: bool
+    result_checkpoint: str
     total_steps: int
     steps_per_epoch: int
 
@@ -154,8 +160,16 @@ def auto_batch_size(n: int, task: str) -> int:
     return 8 if n < 500 else 16 if n < 5000 else 32
 
 
-def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max_length: int) -> Hyper:
-    """Validate `raw` and fill every "auto" (see the module table). `model_max_length`: position limit."""
+def resolve(
+    raw: dict[str, Any],
+    n_train: int,
+    task: str,
+    method: str,
+    model_max_length: int,
+    validation: bool = False,
+) -> Hyper:
+    """Validate `raw` and fill every "auto" (see the module table). `model_max_length`: position limit;
+    `validation`: the job has a validation file."""
     validate(raw)
 
     def get(name: str, auto: Any) -> Any:
@@ -195,6 +209,12 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
     if lr is None:
         lr = BASE_LR[task][method] * get("learning_rate_multiplier", 1.0)
         lr = check_number("learning_rate", lr)
+    kept = get("result_checkpoint", "best" if validation else "last")
+    if kept == "best" and not validation:
+        raise HyperparameterError(
+            "result_checkpoint 'best' picks the step of lowest validation loss: it needs a validation_file",
+            param="result_checkpoint",
+        )
     if method == "full" and not is_auto(raw.get("dense_learning_rate")):
         raise HyperparameterError(
             "dense_learning_rate applies to sparsegrad, meprop and lora; "
@@ -228,6 +248,7 @@ def resolve(raw: dict[str, Any], n_train: int, task: str, method: str, model_max
         lr_scheduler=get("lr_scheduler", "linear"),
         weight_decay=get("weight_decay", 0.0),
         eval_at_start=get("eval_at_start", True),
+        result_checkpoint=kept,
         total_steps=total,
         steps_per_epoch=steps_per_epoch,
     )
@@ -259,3 +280,14 @@ def get_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, kind:
     if kind == "cosine":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
     return base_lr * (1.0 - progress)
+
+
+def in_use(hp: Hyper, task: str, method: str, lora_rank: int | None) -> dict[str, Any]:
+    """Every hyper-parameter's value in use, "auto" resolved (what a started job shows): the Hyper fields
+    but the step counts, with `learning_rate_multiplier` = learning_rate / the task's and method's base
+    rate and `lora_rank` as LoRA chose it."""
+    values = {k: v for k, v in hp.to_dict().items() if k not in ("total_steps", "steps_per_epoch")}
+    values["n_epochs"] = int(hp.n_epochs) if float(hp.n_epochs).is_integer() else hp.n_epochs
+    values["learning_rate_multiplier"] = float(f"{hp.learning_rate / BASE_LR[task][method]:.6g}")
+    values["lora_rank"] = lora_rank if lora_rank is not None else hp.lora_rank
+    return values

@@ -5,17 +5,17 @@ order, split into micro-batches (gradient accumulation), dynamically padded; lr 
 the precision's autocast (training.precision: bf16 on CUDA by default) / backward, each micro-batch's mean
 loss weighted by its share of the step's loss units (examples or learnt tokens), so accumulation equals one
 big batch; optimizer step; hooks; evaluation every `eval_every` steps and at the end; checkpoint every
-`checkpoint_every` steps; `should_stop` polled every step ("cancel"/"pause": checkpoint, return). At the
-end: the delta in work_dir/delta.
+`checkpoint_every` steps; `should_stop` polled every step ("cancel"/"pause": checkpoint, return). Each
+step's loss is watched for divergence, each better evaluation's delta kept (training.outcome). At the end:
+the delta in work_dir/delta, the best evaluated step's under result_checkpoint "best", else the last one's.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -24,9 +24,10 @@ import torch
 
 from training import checkpoint as ckpt
 from training.data import collate, epoch_order, loss_units, micro_batches
-from training.hparams import Hyper, get_lr
+from training.hparams import Hyper, get_lr, in_use
 from training.methods import save_delta, trainable_state
 from training.metrics import evaluate
+from training.outcome import BEST_DELTA, DivergenceWatch, kept_message, majority_warning, save_best
 from training.setup import Run, build_run
 from training.spec import Hooks, JobSpec, OutOfMemory, StepInfo, TrainingError, TrainResult
 
@@ -64,15 +65,27 @@ def _write_metrics(work_dir: Path, history: list[dict[str, float]], start: int =
     return len(history)
 
 
+def _write_delta(run: Run, out: Path) -> Path:
+    extra = {
+        "max_seq_length": run.hp.max_seq_length,
+        "seed": run.spec.seed,
+        "lora_rank": run.prepared.lora_rank,
+    }
+    model, spec = run.prepared.model, run.spec
+    return save_delta(model, spec.method, out, run.task, run.label_names, spec.model, extra)
+
+
 def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
     folder = work_dir / "checkpoints" / f"step-{run.step}"
     model = run.prepared.model
+    best = work_dir / BEST_DELTA
     ckpt.save_checkpoint(
         folder,
         trainable_state(model, run.spec.method),
         run.prepared.optimizer,
         run.prepared.basis,
         run.position_state(),
+        best if best.is_dir() else None,
     )
     older = sorted((work_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     for old in older[:-KEEP_CHECKPOINTS]:
@@ -129,6 +142,12 @@ def run_training(
         )
     hp, model, optimizer = run.hp, run.prepared.model, run.prepared.optimizer
     total = hp.total_steps
+    if hooks.on_resolved:
+        hooks.on_resolved(in_use(hp, run.task, spec.method, run.prepared.lora_rank))
+    watch = DivergenceWatch(hp.learning_rate, run.history)
+    keep_best = hp.result_checkpoint == "best"
+    if resume_from is not None and (Path(resume_from) / BEST_DELTA).is_dir():
+        shutil.copytree(Path(resume_from) / BEST_DELTA, work_dir / BEST_DELTA, dirs_exist_ok=True)
     warmup = round(hp.warmup_ratio * total)
     eval_batches = _eval_batches(run) if run.valid else []
     say(
@@ -171,12 +190,7 @@ def run_training(
             optimizer.zero_grad(set_to_none=True)
         run.step += 1
         train_loss = loss_sum / max(sum(units), 1)
-        if not math.isfinite(train_loss):
-            raise TrainingError(
-                f"the training loss became {train_loss} at step {run.step}; lower the learning rate "
-                f"(now {hp.learning_rate:g}) or its multiplier",
-                param="learning_rate",
-            )
+        watch.check(run.step, train_loss)
         tokens = sum(int(b["attention_mask"].sum()) for b in batches)
         run.trained_tokens += tokens
         session_steps, session_tokens = session_steps + 1, session_tokens + tokens
@@ -199,6 +213,9 @@ def run_training(
             metrics = _evaluate(run, hooks, eval_batches)
             if run.best_loss is None or metrics["valid_loss"] < run.best_loss:
                 run.best_loss, run.bad_evals = metrics["valid_loss"], 0
+                run.best_step, run.best_eval = run.step, dict(metrics)
+                if keep_best and run.step < total:  # the last step's delta is written at the end anyway
+                    save_best(work_dir, lambda out: _write_delta(run, out))
             else:
                 run.bad_evals += 1
             if 0 < hp.early_stopping_patience <= run.bad_evals and run.step < total:
@@ -211,20 +228,62 @@ def run_training(
         if stop is not None or (run.step % hp.checkpoint_every == 0 and not finished):
             last_ckpt = _checkpoint(run, work_dir, hooks)
     train_loss_now = next((r["train_loss"] for r in reversed(run.history) if "train_loss" in r), float("nan"))
-    metrics = {**run.last_eval, "train_loss": train_loss_now}
-    metrics["trainable_parameters"] = float(run.prepared.trainable_parameters)
     if stop is not None:
+        metrics = {**run.last_eval, "train_loss": train_loss_now}
+        metrics["trainable_parameters"] = float(run.prepared.trainable_parameters)
         status: Literal["cancelled", "paused"] = "cancelled" if stop == "cancel" else "paused"
         kept = f"; checkpoint saved at step {run.step}" if last_ckpt is not None else ""
         say(f"Stopped ({status}) at step {run.step}{kept}")
         return TrainResult(status, run.step, total, run.trained_tokens, metrics, None, last_ckpt, run.history)
-    extra = {"max_seq_length": hp.max_seq_length, "seed": spec.seed, "lora_rank": run.prepared.lora_rank}
-    delta = save_delta(model, spec.method, work_dir / "delta", run.task, run.label_names, spec.model, extra)
+    delta, kept, kept_eval = _result(run, work_dir, say, bool(eval_batches))
+    metrics = {**kept_eval, "train_loss": train_loss_now, "result_step": float(kept)}
+    metrics["trainable_parameters"] = float(run.prepared.trainable_parameters)
     say(f"Training finished at step {run.step}; delta written")
+    warnings = []
+    if run.task == "classification" and run.label_names:
+        warning = majority_warning(run.valid, run.label_names, kept_eval)
+        if warning:
+            warnings.append(warning)
+            (hooks.on_warning or say)(warning)
     final_ckpt = last_ckpt if last_ckpt is not None and last_ckpt.name == f"step-{run.step}" else None
     return TrainResult(
-        "completed", run.step, total, run.trained_tokens, metrics, delta, final_ckpt, run.history
+        "completed",
+        run.step,
+        total,
+        run.trained_tokens,
+        metrics,
+        delta,
+        final_ckpt,
+        run.history,
+        result_step=kept,
+        warnings=warnings,
     )
+
+
+def _result(
+    run: Run, work_dir: Path, say: Callable[[str], None], evaluated: bool
+) -> tuple[Path, int, dict[str, float]]:
+    """Write the result delta (the best step's under result_checkpoint "best", else the last) and say which
+    step it holds; returns (delta folder, step, that step's validation metrics)."""
+    out, best_dir = work_dir / "delta", work_dir / BEST_DELTA
+    best, last_loss = run.best_step, run.last_eval.get("valid_loss")
+    mode = run.hp.result_checkpoint
+    if mode == "best" and best is not None and best != run.step and best_dir.is_dir():
+        shutil.rmtree(out, ignore_errors=True)
+        best_dir.rename(out)
+        assert last_loss is not None
+        say(kept_message(mode, run.step, last_loss, best, run.best_loss))
+        return out, best, dict(run.best_eval)
+    shutil.rmtree(best_dir, ignore_errors=True)
+    delta = _write_delta(run, out)
+    if mode == "best" and best is not None and best != run.step:
+        say(
+            f"Kept the last step ({run.step}) as the result: the weights of the best step ({best}) were not "
+            "in the checkpoint this run resumed from"
+        )
+    elif evaluated and last_loss is not None:
+        say(kept_message(mode, run.step, last_loss, best, run.best_loss))
+    return delta, run.step, dict(run.last_eval)
 
 
 @contextmanager

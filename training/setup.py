@@ -60,6 +60,8 @@ class Run:
     history: list[dict[str, float]] = field(default_factory=list)
     best_loss: float | None = None
     bad_evals: int = 0
+    best_step: int | None = None  # the evaluated step (>= 1) of lowest valid_loss
+    best_eval: dict[str, float] = field(default_factory=dict)  # its metrics
     last_eval: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -84,6 +86,8 @@ class Run:
             "history": self.history,
             "best_loss": self.best_loss,
             "bad_evals": self.bad_evals,
+            "best_step": self.best_step,
+            "best_eval": self.best_eval,
             "last_eval": self.last_eval,
             "hyper": self.hp.to_dict(),
             "run": self.identity(),
@@ -138,7 +142,14 @@ def build_run(
             param="training_file",
         )
     state = _read_resume(resume_from) if resume_from is not None else None
-    hp = resolve(spec.hyperparameters, train_report.examples, task, spec.method, max_positions(entry))
+    hp = resolve(
+        spec.hyperparameters,
+        train_report.examples,
+        task,
+        spec.method,
+        max_positions(entry),
+        validation=valid_file is not None,
+    )
     if spec.method == "lora" and hp.train_layernorm:
         raise HyperparameterError("train_layernorm is not available with LoRA", param="train_layernorm")
     seed_all(spec.seed)
@@ -264,7 +275,8 @@ def _restore(run: Run, folder: Path, state: dict[str, Any]) -> None:
                 f"({saved.get(key)!r} there, {now[key]!r} now)",
                 param="resume_from",
             )
-    if state["hyper"] != run.hp.to_dict():
+    # A setting newer than the checkpoint (absent from it) takes its resolved value now.
+    if {**run.hp.to_dict(), **state["hyper"]} != run.hp.to_dict():
         changed = sorted(k for k, v in state["hyper"].items() if run.hp.to_dict().get(k) != v)
         raise TrainingError(f"cannot resume: hyperparameters changed since the checkpoint: {changed}")
     from training.methods import load_trainable_state
@@ -275,6 +287,7 @@ def _restore(run: Run, folder: Path, state: dict[str, Any]) -> None:
         setattr(run, key, state[key])
     run.history = list(state["history"])
     run.last_eval = dict(state["last_eval"])
+    run.best_step, run.best_eval = state.get("best_step"), dict(state.get("best_eval") or {})
     ckpt.restore_rng(folder, state)
 
 

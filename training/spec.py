@@ -47,6 +47,8 @@ class Hooks:
     on_eval: Callable[[int, dict[str, float]], None] | None = None  # (step, metrics)
     on_checkpoint: Callable[[int, Path, dict[str, float]], None] | None = None  # (step, dir, metrics)
     on_message: Callable[[str], None] | None = None  # human-readable events ("computing basis…")
+    on_warning: Callable[[str], None] | None = None  # the same at warning level (None: on_message)
+    on_resolved: Callable[[dict[str, Any]], None] | None = None  # hyper-parameters in use, "auto" resolved
     should_stop: Callable[[], StopReason | None] | None = None  # polled once per step
 
 
@@ -56,10 +58,12 @@ class TrainResult:
     step: int
     total_steps: int
     trained_tokens: int
-    metrics: dict[str, float]  # final validation metrics (and train_loss)
+    metrics: dict[str, float]  # validation metrics of result_step (and the last train_loss)
     delta_dir: Path | None  # adapter_config.json + adapter_model.safetensors; None unless completed
     checkpoint_dir: Path | None  # latest checkpoint (resume from here)
     history: list[dict[str, float]] = field(default_factory=list)  # per-step/eval rows for metrics file
+    result_step: int | None = None  # the step whose weights the delta holds (best or last; None: no delta)
+    warnings: list[str] = field(default_factory=list)  # warning-level messages (e.g. majority label)
 
 
 class TrainingError(Exception):
@@ -87,3 +91,9 @@ class OutOfMemory(TrainingError):
 
 class HyperparameterError(TrainingError):
     code = "invalid_hyperparameters"
+
+
+class Diverged(TrainingError):
+    """The training loss became NaN/inf or stayed far above its start: the learning rate is too high."""
+
+    code = "diverged"

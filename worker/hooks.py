@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -19,14 +20,39 @@ from worker.redact import redact
 
 log = logging.getLogger(__name__)
 
+# What a started job shows in `hyperparameters` (beside every name its request gave): the values in use.
+SHOWN = ("n_epochs", "batch_size", "learning_rate", "learning_rate_multiplier", "result_checkpoint")
+SHOWN_BY_METHOD = {
+    "sparsegrad": ("density", "support", "selection", "support_block"),
+    "meprop": ("density",),
+    "lora": ("lora_rank",),
+}
+
+
+def shown_settings(values: dict[str, Any], requested: Iterable[str], method: str) -> dict[str, Any]:
+    """The resolved values a job shows: SHOWN, its method's own (but those unset, e.g. no support_block), and
+    every name the request gave."""
+    asked = list(requested)
+    names = [n for n in (*SHOWN, *SHOWN_BY_METHOD.get(method, ())) if values.get(n) is not None] + asked
+    return {name: values[name] for name in dict.fromkeys(names) if name in values}
+
 
 class JobHooks:
     """Builds `training.spec.Hooks` for one claimed job. At most ~2 progress writes per second."""
 
     def __init__(
-        self, job_id: str, worker_id: str, db_url: str, storage: Storage, min_interval: float = 0.5
+        self,
+        job_id: str,
+        worker_id: str,
+        db_url: str,
+        storage: Storage,
+        min_interval: float = 0.5,
+        method: str = "sparsegrad",
+        requested: Iterable[str] = (),
     ) -> None:
         self.job_id = job_id
+        self.method = method
+        self.requested = list(requested)
         self.worker_id = worker_id
         self.factory = get_sessionmaker(db_url)
         self.storage = storage
@@ -43,6 +69,8 @@ class JobHooks:
             on_eval=self.on_eval,
             on_checkpoint=self.on_checkpoint,
             on_message=self.on_message,
+            on_warning=self.on_warning,
+            on_resolved=self.on_resolved,
             should_stop=self.should_stop,
         )
 
@@ -110,6 +138,16 @@ class JobHooks:
         """An event for the user: any server path in it is cut to its last component (worker.redact)."""
         with self.factory() as s:
             jobs.worker_event(s, self.job_id, self.worker_id, redact(message, self.storage.root))
+
+    def on_warning(self, message: str) -> None:
+        with self.factory() as s:
+            jobs.worker_event(s, self.job_id, self.worker_id, message, level="warning")
+
+    def on_resolved(self, values: dict[str, Any]) -> None:
+        """The hyper-parameters in use go on the job row (the API shows them over the request's "auto")."""
+        shown = shown_settings(values, self.requested, self.method)
+        with self.factory() as s:
+            jobs.record_resolved(s, self.job_id, self.worker_id, shown)
 
     def should_stop(self) -> StopReason | None:
         """The row's stop_request, read at most twice a second."""

@@ -69,7 +69,10 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
         return
     storage = Storage(settings.artifacts_url)
     work = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=scratch_dir(settings)))
-    recorder = JobHooks(job_id, worker_id, settings.database_url, storage)
+    method = str(job.method.get("type", "sparsegrad"))
+    recorder = JobHooks(
+        job_id, worker_id, settings.database_url, storage, method=method, requested=job.hyperparameters
+    )
     try:
         result = _train(job, settings, storage, work, recorder, worker_id)
         recorder.flush()

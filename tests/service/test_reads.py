@@ -150,8 +150,9 @@ RECORDS = [
         tenant_id="tenant-1",
         status=status,
         model="m",
-        method={"type": "sparsegrad"},
-        hyperparameters={"learning_rate": 1e-05, "n_epochs": 3, "text": 'é ✓ "q"'},
+        method={"type": "sparsegrad", "sparsegrad": {"hyperparameters": {"n_epochs": "auto"}}},
+        hyperparameters={"learning_rate": 1e-05, "n_epochs": "auto", "text": 'é ✓ "q"'},
+        resolved_hyperparameters=resolved,
         seed=1,
         suffix=suffix,
         meta=meta,
@@ -174,10 +175,10 @@ RECORDS = [
         created_at=1_700_000_000.9,
         finished_at=finished,
     )
-    for status, suffix, meta, finished in (
-        ("running", None, None, None),
-        ("failed", "s", {"team": "a"}, 1_700_000_100.2),
-        ("succeeded", None, {}, 0.0),
+    for status, suffix, meta, finished, resolved in (
+        ("running", None, None, None, {"n_epochs": 3, "batch_size": 8}),
+        ("failed", "s", {"team": "a"}, 1_700_000_100.2, None),
+        ("succeeded", None, {}, 0.0, {}),
     )
 ]
 EVENTS = [
