@@ -112,6 +112,6 @@ USER 10001:10001
 WORKDIR /home/sgft
 # The worker answers a Celery ping through the broker (so this also checks the broker connection). Its node
 # name is `sgft-<random>@<hostname>` (cli/main.py), so the reply of this container's node is looked for.
-HEALTHCHECK --interval=60s --timeout=20s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=30s --timeout=20s --start-period=60s --retries=3 \
     CMD ["sh", "-c", "celery --app worker.celery_app inspect ping --timeout 5 | grep -q \"@$(hostname): OK\""]
 CMD ["sgft", "worker", "--queues", "cpu"]
