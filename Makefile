@@ -35,7 +35,7 @@ test-compose: install compose-wheels
 	@docker info >/dev/null 2>&1 || { echo "test-compose: no Docker engine answers"; \
 		if [ "$$CI" = true ]; then exit 1; else echo "test-compose: skipped"; exit 0; fi; }
 	$(MAKE) compose-standins
-	SGFT_COMPOSE=1 .venv/bin/pytest -q -rA -p no:cacheprovider tests/compose
+	SGFT_COMPOSE=1 .venv/bin/pytest -q -rA --durations=0 -p no:cacheprovider tests/compose
 
 # The CPU torch wheel (on this machine's disk, through pip's configuration) for the worker's
 # TORCH_SOURCE=wheel build, in the build context.

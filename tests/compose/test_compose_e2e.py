@@ -45,10 +45,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
         STATE["up_started"] = start + TIMINGS["compose build"]
         yield p
     finally:
-        logs = p.logs()
         p.compose("down", "-v", "--remove-orphans", check=False)
-        print(f"\n----- last logs -----\n{logs}")
-        print("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in TIMINGS.items()))
+        print("\ntimings: " + ", ".join(f"{k} {v:.0f} s" for k, v in TIMINGS.items()))
 
 
 @pytest.fixture(scope="module")
