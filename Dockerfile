@@ -1,8 +1,11 @@
-# syntax=docker/dockerfile:1
 # Two images from one file (see docs/deploy.md):
 #   docker build --target api    -t sgft-api .     # API, migrations, reaper: no torch (a few hundred MB)
 #   docker build --target worker -t sgft-worker .  # Celery worker: CUDA build of torch + .[train]
-# No secret is baked in: every setting comes from the environment (SGFT_*) at run time.
+#   docker build --target worker --build-arg TORCH_SOURCE=wheel -t sgft-worker .
+#                                                  # ... CPU torch from deploy/wheels/ (no GPU; tests)
+# No secret is baked in: every setting comes from the environment (SGFT_*) at run time. Nothing needs
+# Docker Hub beyond the two base images (no `# syntax=` line: the engine's built-in Dockerfile frontend, or
+# the legacy builder, reads this file).
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 # The torch wheel from PyPI carries its own CUDA user-space libraries (cuda-toolkit, cuDNN, NCCL as pip
@@ -61,14 +64,23 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
-# worker-build: the CUDA build of torch first (its own cached layer), then the project with [train,s3].
+# worker-build: torch first (its own cached layer), then the project with [train,s3].
 FROM worker-base AS worker-build
 ARG TORCH_VERSION=2.13.0
-# Another CUDA build: --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 (for example).
+# index (default): the CUDA build from TORCH_INDEX_URL; another CUDA build is
+# --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 (for example).
+# wheel: the torch-${TORCH_VERSION}+...whl file found in deploy/wheels/ (a CPU build: `make compose-wheels`).
+ARG TORCH_SOURCE=index
 ARG TORCH_INDEX_URL=https://pypi.org/simple
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY deploy/wheels/ /tmp/wheels/
 RUN python3.11 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+    && if [ "${TORCH_SOURCE}" = wheel ]; then \
+         /opt/venv/bin/pip install /tmp/wheels/torch-"${TORCH_VERSION}"+*.whl; \
+       else \
+         /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"; \
+       fi \
+    && rm -rf /tmp/wheels
 WORKDIR /src
 COPY pyproject.toml ./
 COPY api ./api
@@ -100,6 +112,6 @@ USER 10001:10001
 WORKDIR /home/sgft
 # The worker answers a Celery ping through the broker (so this also checks the broker connection). Its node
 # name is `sgft-<random>@<hostname>` (cli/main.py), so the reply of this container's node is looked for.
-HEALTHCHECK --interval=60s --timeout=20s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=30s --timeout=20s --start-period=60s --retries=3 \
     CMD ["sh", "-c", "celery --app worker.celery_app inspect ping --timeout 5 | grep -q \"@$(hostname): OK\""]
 CMD ["sgft", "worker", "--queues", "cpu"]
