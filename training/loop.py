@@ -232,8 +232,8 @@ def run_training(
         metrics = {**run.last_eval, "train_loss": train_loss_now}
         metrics["trainable_parameters"] = float(run.prepared.trainable_parameters)
         status: Literal["cancelled", "paused"] = "cancelled" if stop == "cancel" else "paused"
-        kept = f"; checkpoint saved at step {run.step}" if last_ckpt is not None else ""
-        say(f"Stopped ({status}) at step {run.step}{kept}")
+        saved = f"; checkpoint saved at step {run.step}" if last_ckpt is not None else ""
+        say(f"Stopped ({status}) at step {run.step}{saved}")
         return TrainResult(status, run.step, total, run.trained_tokens, metrics, None, last_ckpt, run.history)
     delta, kept, kept_eval = _result(run, work_dir, say, bool(eval_batches))
     metrics = {**kept_eval, "train_loss": train_loss_now, "result_step": float(kept)}
