@@ -95,7 +95,7 @@ def test_no_event_or_error_shows_a_server_path(tmp_path: Path) -> None:
     dataset = _stored_dataset(settings, tenant_id, sst2_lines("train", 32))
     with factory() as s:
         long = make_job(s, model="tiny-bert", training_file=dataset.id, method=full,
-                        hyperparameters={"n_epochs": 10, "max_steps": 5000, "batch_size": 4})  # fmt: skip
+                        hyperparameters={"n_epochs": 50, "max_steps": 5000, "batch_size": 1})  # fmt: skip
     runner = threading.Thread(target=run_job, args=(long.id, settings))
     runner.start()
     deadline = time.monotonic() + 240
@@ -107,7 +107,7 @@ def test_no_event_or_error_shows_a_server_path(tmp_path: Path) -> None:
     assert not runner.is_alive() and step >= 2
     cancelled = _messages(settings, long)
     stopped = [m for m in cancelled if m.startswith("Stopped (cancelled) at step")]
-    assert len(stopped) == 1 and stopped[0].endswith(f"; checkpoint saved at step {_step(settings, long)}")
+    assert len(stopped) == 1 and stopped[0].endswith(f"; checkpoint saved at step {_step(settings, long)}"), cancelled[-6:]
 
     gone = _stored_dataset(settings, tenant_id, sst2_lines("train", 8))
     (Path(settings.artifacts_url) / gone.storage_key).unlink()  # the stored upload vanished
