@@ -1,7 +1,7 @@
 """One tenant's big work against another's small requests, on the embedded default (SQLite, one API
 process, the app `sgft serve` runs). Tenant A uploads a 20,000-line file of SST-2 text (each line 30
 sentences), then asks for an estimate with a 20,000-line, 500-class training file and a validation file
-holding every class, ten times. Meanwhile /healthz is polled every 20 ms, and tenant B lists its files
+holding every class, thirty times. Meanwhile /healthz is polled every 20 ms, and tenant B lists its files
 and jobs and uploads a small file, one after another.
 Prints each kind of request's p50 / p99 / worst time, and writes bench/out/isolation.json.
 """
@@ -26,7 +26,7 @@ from bench.service_load import start_api
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.jsonl"
 LINES = 20_000
 SENTENCES = 30  # per line
-ROUNDS = 10
+ROUNDS = 30
 OUT = Path(__file__).parent / "out"
 
 
