@@ -107,7 +107,8 @@ def test_no_event_or_error_shows_a_server_path(tmp_path: Path) -> None:
     assert not runner.is_alive() and step >= 2
     cancelled = _messages(settings, long)
     stopped = [m for m in cancelled if m.startswith("Stopped (cancelled) at step")]
-    assert len(stopped) == 1 and stopped[0].endswith(f"; checkpoint saved at step {_step(settings, long)}"), cancelled[-6:]
+    saved = f"; checkpoint saved at step {_step(settings, long)}"
+    assert len(stopped) == 1 and stopped[0].endswith(saved), cancelled[-6:]
 
     gone = _stored_dataset(settings, tenant_id, sst2_lines("train", 8))
     (Path(settings.artifacts_url) / gone.storage_key).unlink()  # the stored upload vanished
