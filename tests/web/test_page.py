@@ -84,7 +84,8 @@ def test_upload_train_watch_curve_and_download(
     page.wait_for_function(f"document.querySelector('#upload-result')?.dataset.fileId !== '{valid_id}'")
     assert errors.is_hidden()
     train_id = page.locator("#upload-result").get_attribute("data-file-id")
-    assert page.locator("#training-file").input_value() == train_id
+    assert page.locator("#training-file").input_value() == ""  # nothing preselected
+    page.locator("#training-file").select_option(train_id)
 
     page.locator("#model").select_option(TINY_MODEL)
     page.locator("#method").select_option("sparsegrad")

@@ -25,7 +25,7 @@ export function renderCreate(root, notify, navigate) {
 
   const model = el("select", { id: "model", name: "model", required: true });
   const method = el("select", { id: "method", name: "method" }, ...METHODS.map(([v, t]) => el("option", { value: v }, t)));
-  const training = el("select", { id: "training-file", name: "training_file", required: true });
+  const training = el("select", { id: "training-file", name: "training_file" });
   const validation = el("select", { id: "validation-file", name: "validation_file" });
   const epochs = numberInput("n-epochs", { min: 1, max: 100, step: 1 });
   const lr = numberInput("lr-multiplier", { min: 0, step: "any" });
@@ -55,20 +55,22 @@ export function renderCreate(root, notify, navigate) {
 
   method.addEventListener("change", () => { densityField.hidden = !["sparsegrad", "meprop"].includes(method.value); });
 
-  async function loadFiles(selectId) {
+  async function loadFiles() {
     const page = await api.files();
     const mine = page.data.filter((f) => f.purpose === "fine-tune").sort((a, b) => b.created_at - a.created_at);
-    const options = (withNone) => [
-      ...(withNone ? [el("option", { value: "" }, "— none —")] : []),
+    // Nothing is preselected: the newest upload may well be the validation file.
+    const options = (none) => [
+      el("option", { value: "" }, none),
       ...mine.map((f) => el("option", { value: f.id }, `${f.filename} · ${f.id.slice(0, 13)}…`)),
     ];
     const keep = [training.value, validation.value];
-    training.replaceChildren(...options(false));
-    validation.replaceChildren(...options(true));
-    training.value = selectId || keep[0] || (mine[0] ? mine[0].id : "");
+    training.replaceChildren(...options("— choose a file —"));
+    validation.replaceChildren(...options("— none —"));
+    training.value = keep[0] || "";
     validation.value = keep[1] || "";
     filesList.replaceChildren(...(mine.length ? mine.map((f) => el("li", { dataset: { fileId: f.id } },
-      el("span", {}, f.filename), el("span", { class: "muted small" }, `${bytes(f.bytes)} · ${when(f.created_at)}`)))
+      el("span", {}, f.filename),
+      el("span", { class: "muted small" }, `${bytes(f.bytes)} · ${when(f.created_at)}`)))
       : [el("li", { class: "muted" }, "No datasets uploaded yet.")]));
   }
 
@@ -88,7 +90,7 @@ export function renderCreate(root, notify, navigate) {
     try {
       const f = await api.upload(file);
       fileInput.value = "";
-      await loadFiles(f.id);
+      await loadFiles();
       uploadResult.textContent = `Uploaded ${f.filename} as ${f.id}.`;
       uploadResult.dataset.fileId = f.id; // set last: the selects already offer the new file
     } catch (err) {
@@ -105,6 +107,12 @@ export function renderCreate(root, notify, navigate) {
   jobForm.addEventListener("submit", async (e) => {
     e.preventDefault();
     createError.hidden = true;
+    if (!training.value) {
+      createError.textContent = "Choose a training file.";
+      createError.hidden = false;
+      training.focus();
+      return;
+    }
     const hp = {};
     const put = (key, input, cast = Number) => { if (input.value !== "") hp[key] = cast(input.value); };
     put("n_epochs", epochs);
