@@ -107,3 +107,11 @@ def test_no_training_file_is_preselected(open_page: Any, mock: MockApi) -> None:
     assert "Choose a training file" in error.inner_text()
     assert ("POST", "fine_tuning/jobs") not in mock.requests
     assert page.js_errors == []
+
+
+def test_datasets_list_shows_ids(open_page: Any) -> None:
+    page = open_page("#/new")
+    page.locator("#files-list li[data-file-id]").first.wait_for()
+    texts = page.locator("#files-list li").all_inner_texts()
+    assert len(texts) == 2
+    assert "file-valid0000002" in texts[0] and "file-train0000001" in texts[1]  # same names, told apart

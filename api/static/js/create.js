@@ -69,7 +69,7 @@ export function renderCreate(root, notify, navigate) {
     training.value = keep[0] || "";
     validation.value = keep[1] || "";
     filesList.replaceChildren(...(mine.length ? mine.map((f) => el("li", { dataset: { fileId: f.id } },
-      el("span", {}, f.filename),
+      el("span", {}, f.filename, " ", el("code", { class: "small", dataset: { testid: "file-id" } }, f.id)),
       el("span", { class: "muted small" }, `${bytes(f.bytes)} · ${when(f.created_at)}`)))
       : [el("li", { class: "muted" }, "No datasets uploaded yet.")]));
   }
