@@ -115,3 +115,35 @@ def test_datasets_list_shows_ids(open_page: Any) -> None:
     texts = page.locator("#files-list li").all_inner_texts()
     assert len(texts) == 2
     assert "file-valid0000002" in texts[0] and "file-train0000001" in texts[1]  # same names, told apart
+
+
+def test_merge_button_shows_progress_retry_and_the_merged_file(open_page: Any, mock: MockApi) -> None:
+    page = open_page(f"#/jobs/{JOB}")
+    merge = page.get_by_test_id("merge-button")
+    merge.wait_for()
+    assert merge.inner_text() == "Merge" and merge.is_enabled()
+    page.wait_for_selector("#job-view[data-live=false]")  # polling stopped: the job is finished
+    merge.click()
+    page.wait_for_function(
+        "document.querySelector('[data-testid=merge-button]')?.textContent === 'Merge queued…'"
+    )
+    assert ("POST", f"fine_tuning/jobs/{JOB}/merge") in mock.requests
+    assert page.get_by_test_id("merge-button").is_disabled()
+    mock.job["merge_status"] = "running"
+    page.wait_for_function("document.querySelector('[data-testid=merge-button]')?.textContent === 'Merging…'")
+    mock.job["merge_status"] = "failed"
+    page.wait_for_function(
+        "document.querySelector('[data-testid=merge-button]')?.textContent.includes('retry')"
+    )
+    assert page.get_by_test_id("merge-button").is_enabled()
+    page.get_by_test_id("merge-button").click()  # the retry polls again
+    page.wait_for_function(
+        "document.querySelector('[data-testid=merge-button]')?.textContent === 'Merge queued…'"
+    )
+    mock.job["merge_status"] = "succeeded"
+    mock.job["result_files"] = ["file-delta", "file-merged"]
+    link = page.get_by_test_id("merged-download")
+    link.wait_for()
+    assert link.get_attribute("data-file-id") == "file-merged"
+    page.wait_for_selector("#job-view[data-live=false]")
+    assert page.js_errors == []

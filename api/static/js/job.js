@@ -1,5 +1,5 @@
 // One job: status, progress and ETA, live loss / metric curves (from "metrics" events fetched with `after`),
-// events, checkpoints, hyper-parameters, and the cancel / pause / resume / download buttons.
+// events, checkpoints, hyper-parameters, and the cancel / pause / resume / merge / download buttons.
 
 import { api } from "./api.js";
 import { LineChart } from "./chart.js";
@@ -7,6 +7,7 @@ import { TERMINAL, badge, bytes, duration, el, num, progressBar, shownStatus, wh
 
 const POLL_MS = 2000;
 const LOSS = /loss$/;
+const MERGING = new Set(["queued", "running"]);
 const METRIC = /(accuracy|f1|pearson|spearman|matthews|mcc|precision|recall|exact)/;
 
 /** Which chart a metrics key belongs to: "loss", "metric" or null (step, lr, tokens... are not plotted). */
@@ -81,6 +82,7 @@ export function renderJob(root, jobId, notify) {
       job = await api.action(jobId, action);
       notify(`Job ${action} requested: ${shownStatus(job).replace("_", " ")}`, "ok");
       drawJob();
+      if (view.dataset.live === "false") { view.dataset.live = "true"; timer = setTimeout(poll, POLL_MS); } // a merge
     } catch (err) {
       notify(err.message, "error");
       button.disabled = false;
@@ -97,6 +99,20 @@ export function renderJob(root, jobId, notify) {
     } finally {
       button.disabled = false;
     }
+  }
+
+  /** Merge button (its label follows merge_status) or, once merged, a link to the merged file. */
+  function mergeControl(button) {
+    const m = job.merge_status;
+    if (m === "succeeded") {
+      const files = job.result_files || [];
+      const link = el("a", { href: "#", dataset: { testid: "merged-download", fileId: files[files.length - 1] } },
+        "Download merged model");
+      link.addEventListener("click", (e) => { e.preventDefault(); download(files[files.length - 1], link); });
+      return link;
+    }
+    const label = { queued: "Merge queued…", running: "Merging…", failed: "Merge failed: retry" }[m] || "Merge";
+    return button("merge", label, !MERGING.has(m));
   }
 
   function drawJob() {
@@ -121,7 +137,8 @@ export function renderJob(root, jobId, notify) {
     actions.replaceChildren(
       button("cancel", "Cancel", !TERMINAL.has(s), "danger"),
       button("pause", "Pause", (s === "running" && !job.stop_requested) || s === "queued"),
-      button("resume", "Resume", s === "paused"));
+      button("resume", "Resume", s === "paused"),
+      s === "succeeded" ? mergeControl(button) : null);
     const err = job.error;
     errorBox.hidden = !(err && (err.message || err.code));
     if (!errorBox.hidden) errorBox.textContent = `${err.code || "error"}: ${err.message || ""}`;
@@ -193,7 +210,7 @@ export function renderJob(root, jobId, notify) {
     }
     if (stopped) return;
     // A finished job changes no more; one last pass above picked up its final events.
-    if (job && TERMINAL.has(job.status)) { view.dataset.live = "false"; return; }
+    if (job && TERMINAL.has(job.status) && !MERGING.has(job.merge_status)) { view.dataset.live = "false"; return; }
     timer = setTimeout(poll, POLL_MS);
   }
   poll();
