@@ -147,3 +147,29 @@ def test_merge_button_shows_progress_retry_and_the_merged_file(open_page: Any, m
     assert link.get_attribute("data-file-id") == "file-merged"
     page.wait_for_selector("#job-view[data-live=false]")
     assert page.js_errors == []
+
+
+def metrics_event(i: int, step: int, loss: float) -> dict[str, Any]:
+    return {
+        "id": f"ev-{i}",
+        "type": "metrics",
+        "created_at": 1000 + i,
+        "data": {"step": step, "train_loss": loss},
+    }
+
+
+def test_checkpoints_show_the_train_loss_at_their_step(open_page: Any, mock: MockApi) -> None:
+    mock.events = [
+        metrics_event(i, step, loss) for i, (step, loss) in enumerate([(10, 0.9), (19, 0.7), (30, 0.5)])
+    ]
+    mock.checkpoints = [
+        {"id": "ck1", "step_number": 20, "created_at": 1050, "metrics": {"step": 20, "valid_loss": 0.6}},
+        {"id": "ck2", "step_number": 30, "created_at": 1090, "metrics": {"step": 30, "train_loss": 0.45}},
+    ]
+    page = open_page(f"#/jobs/{JOB}")
+    page.wait_for_selector("#job-view[data-live=false]")
+    rows = [r.split("\t")[:3] for r in page.locator("#checkpoints-body tr").all_inner_texts()]
+    assert rows == [
+        ["20", "0.7000", "0.6000"],
+        ["30", "0.4500", "—"],
+    ]  # nearest event's; its own when it has one

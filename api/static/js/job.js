@@ -73,7 +73,7 @@ export function renderJob(root, jobId, notify) {
   let job = null;
   let stopped = false;
   let timer = null;
-  let checkpointCount = -1;
+  let checkpointKey = null; // checkpoints and loss points last drawn
   let resultsKey = null; // result file ids last drawn (null: nothing drawn yet)
 
   async function act(action, button) {
@@ -180,12 +180,20 @@ export function renderJob(root, jobId, notify) {
     if (drawn) { charts.loss.draw(); charts.metric.draw(); }
   }
 
+  // A checkpoint's metrics are its last evaluation (valid_*): its train loss is the metrics event's nearest its step.
+  function trainLoss(c) {
+    const train = charts.loss.series.get("train_loss");
+    const own = (c.metrics || {}).train_loss;
+    return own ?? (train ? LineChart.nearest(train.points, c.step_number)[1] : undefined);
+  }
+
   async function refreshCheckpoints() {
     const page = await api.checkpoints(jobId);
-    if (page.data.length === checkpointCount) return;
-    checkpointCount = page.data.length;
+    const key = `${page.data.length}:${charts.loss.pointCount}`;
+    if (key === checkpointKey) return;
+    checkpointKey = key;
     checkpoints.replaceChildren(...(page.data.length ? page.data.map((c) => el("tr", {},
-      el("td", {}, c.step_number), el("td", {}, num((c.metrics || {}).train_loss)),
+      el("td", {}, c.step_number), el("td", {}, num(trainLoss(c))),
       el("td", {}, num((c.metrics || {}).valid_loss)), el("td", { class: "muted" }, when(c.created_at))))
       : [el("tr", {}, el("td", { colspan: 4, class: "muted" }, "None yet."))]));
   }
