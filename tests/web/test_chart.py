@@ -55,3 +55,18 @@ def test_metrics_keys_go_to_the_right_chart(page: Any) -> None:
           .map(chartOf); }"""
     )
     assert got == ["loss", "loss", "metric", "metric", "metric", None, None, None]
+
+
+def test_train_loss_is_drawn_smoothed_over_the_faint_raw_curve(page: Any) -> None:
+    got = page.evaluate(
+        """async () => { const {LineChart, ema} = await import('/static/js/chart.js');
+        const c = document.createElement('canvas'); c.style.width = '400px'; c.style.height = '200px';
+        document.body.append(c);
+        const chart = new LineChart(c, { smooth: { alpha: 0.5, match: /^train/ } });
+        [[1, 1], [2, 3], [3, 1], [4, 3]].forEach(([x, y]) => chart.add('train_loss', x, y));
+        chart.add('valid_loss', 2, 2); chart.add('valid_loss', 4, 2); chart.add('valid_loss', 6, 2);
+        chart.draw();
+        return [ema([[1, 1], [2, 3], [3, 1], [4, 3]], 0.5), c.dataset.smoothed,
+                chart.series.get('train_loss').points.length]; }"""
+    )
+    assert got == [[[1, 1], [2, 2], [3, 1.5], [4, 2.25]], "train_loss", 4]  # raw points kept

@@ -15,13 +15,21 @@ export function ticks(lo, hi, count = 5) {
   return out.length < 2 && count < 40 ? ticks(lo, hi, count * 2) : out;
 }
 
+/** Exponential moving average: s[0] = y[0], s[i] = s[i-1] + alpha * (y[i] - s[i-1]); alpha 1 is no smoothing. */
+export function ema(points, alpha) {
+  let s = null;
+  return points.map(([x, y]) => [x, (s = s === null ? y : s + alpha * (y - s))]);
+}
+
 const fmt = (v) => (Math.abs(v) >= 1000 || Number.isInteger(v) ? String(Math.round(v)) : Number(v.toPrecision(3)).toString());
 
 export class LineChart {
   /** @param {HTMLCanvasElement} canvas */
-  constructor(canvas, { empty = "Waiting for metrics…" } = {}) {
+  /** `smooth`: series drawn as their EMA (weight `alpha` per new point) over the raw curve, faint. */
+  constructor(canvas, { empty = "Waiting for metrics…", smooth = null } = {}) {
     this.canvas = canvas;
     this.empty = empty;
+    this.smooth = smooth; // e.g. {alpha: 0.1, match: /^train/}
     this.series = new Map(); // name -> {color, points: [[x, y]...]} with x increasing
     this.hoverX = null;
     this.observer = new ResizeObserver(() => this.draw());
@@ -55,6 +63,8 @@ export class LineChart {
     for (const s of this.series.values()) n += s.points.length;
     return n;
   }
+
+  isSmoothed(name) { return Boolean(this.smooth && this.smooth.match.test(name) && this.series.get(name).points.length > 2); }
 
   disconnect() { this.observer.disconnect(); }
 
@@ -135,18 +145,30 @@ export class LineChart {
     const xt = ticks(x0, x1, Math.max(2, Math.floor((right - left) / 70))).filter((t) => Number.isInteger(t));
     for (const t of xt) ctx.fillText(fmt(t), px(t), bottom + 6);
 
-    // Series.
-    for (const { color, points } of this.series.values()) {
+    // Series; a smoothed one has its raw curve faint behind it.
+    const line = (pts) => {
+      ctx.beginPath();
+      pts.forEach(([x, y], i) => (i ? ctx.lineTo(px(x), py(y)) : ctx.moveTo(px(x), py(y))));
+      ctx.stroke();
+    };
+    const smoothed = [];
+    for (const [name, { color, points: raw }] of this.series) {
       ctx.strokeStyle = color;
       ctx.fillStyle = color;
-      ctx.lineWidth = 2;
       ctx.lineJoin = "round";
-      ctx.beginPath();
-      points.forEach(([x, y], i) => (i ? ctx.lineTo(px(x), py(y)) : ctx.moveTo(px(x), py(y))));
-      ctx.stroke();
+      let points = raw;
+      if (this.isSmoothed(name)) {
+        smoothed.push(name);
+        ctx.globalAlpha = 0.25; ctx.lineWidth = 1; line(raw); ctx.globalAlpha = 1;
+        points = ema(raw, this.smooth.alpha);
+      }
+      ctx.lineWidth = 2;
+      line(points);
       const dots = points.length <= 30 ? points : [points[points.length - 1]];
       for (const [x, y] of dots) { ctx.beginPath(); ctx.arc(px(x), py(y), 2.5, 0, 2 * Math.PI); ctx.fill(); }
     }
+
+    canvas.dataset.smoothed = smoothed.join(",");
 
     // Hover line.
     if (this.hoverX !== null) {
@@ -159,7 +181,8 @@ export class LineChart {
     ctx.textAlign = "left";
     ctx.textBaseline = "middle";
     let lx = left;
-    for (const [name, { color, points }] of this.series) {
+    for (const [name, { color, points: raw }] of this.series) {
+      const points = this.isSmoothed(name) ? ema(raw, this.smooth.alpha) : raw;
       const [sx, sy] = this.hoverX === null ? points[points.length - 1] : LineChart.nearest(points, this.hoverX);
       const label = `${name} ${fmt(sy)}${this.hoverX === null ? "" : ` @${fmt(sx)}`}`;
       ctx.fillStyle = color; ctx.fillRect(lx, 11, 10, 10);

@@ -67,7 +67,8 @@ export function renderJob(root, jobId, notify) {
   events.classList.toggle("hide-metrics", true);
   showMetrics.addEventListener("change", () => events.classList.toggle("hide-metrics", !showMetrics.checked));
 
-  const charts = { loss: new LineChart(lossCanvas), metric: new LineChart(metricCanvas, { empty: "Appears with validation" }) };
+  // Per-batch train loss is spiky: drawn as an EMA with alpha 0.1 (each new batch weighs 0.1), raw faint behind.
+  const charts = { loss: new LineChart(lossCanvas, { smooth: { alpha: 0.1, match: /^train/ } }), metric: new LineChart(metricCanvas, { empty: "Appears with validation" }) };
   const seen = new Set();
   let after = null;
   let job = null;
