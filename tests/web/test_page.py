@@ -85,6 +85,11 @@ def test_upload_train_watch_curve_and_download(
     assert errors.is_hidden()
     train_id = page.locator("#upload-result").get_attribute("data-file-id")
     assert page.locator("#training-file").input_value() == ""  # nothing preselected
+    page.get_by_test_id("create-button").click()  # without a training file: an inline error, no request
+    page.locator("#create-error").wait_for()
+    assert "Choose a training file" in page.locator("#create-error").inner_text()
+    listed = " ".join(page.locator("#files-list li").all_inner_texts())
+    assert train_id in listed and valid_id in listed  # the datasets list tells files apart by id
     page.locator("#training-file").select_option(train_id)
 
     page.locator("#model").select_option(TINY_MODEL)
@@ -128,6 +133,9 @@ def test_upload_train_watch_curve_and_download(
     assert "train_loss" in (page.locator("#loss-chart").get_attribute("data-series") or "")
     assert page.locator("#events li").count() > 0
     assert page.locator("#checkpoints-body tr").count() >= 1
+    losses = [r.split("\t")[1] for r in page.locator("#checkpoints-body tr").all_inner_texts()]
+    assert all(loss != "—" for loss in losses), losses  # each checkpoint shows the train loss at its step
+    assert "train_loss" in (page.locator("#loss-chart").get_attribute("data-smoothed") or "")
     assert "0.05" in page.locator("#hyperparameters").inner_text()
     page.screenshot(path=str(screenshots / "job.png"))
     DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
@@ -151,6 +159,14 @@ def test_upload_train_watch_curve_and_download(
     if meta["filename"].endswith(".tar.gz"):
         names = tarfile.open(fileobj=io.BytesIO(stored)).getnames()
         assert any(n.endswith("adapter_model.safetensors") for n in names), names
+
+    # Merge from the page: a real worker merges; the button follows merge_status, then becomes a link.
+    page.get_by_test_id("merge-button").click()
+    link = page.get_by_test_id("merged-download")
+    link.wait_for(timeout=180_000)
+    merged = service.api("GET", f"/v1/fine_tuning/jobs/{job_id}")
+    assert merged["merge_status"] == "succeeded"
+    assert link.get_attribute("data-file-id") == merged["result_files"][-1]
     assert page.js_errors == []
 
 
