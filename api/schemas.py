@@ -295,9 +295,12 @@ class Estimate(BaseModel):
     training_examples: int
     validation_examples: int
     approx_tokens_per_epoch: int
-    n_epochs: int | None
+    n_epochs: int | float | None
     batch_size: int | None
+    learning_rate: float | None = None
     total_steps: int | None
-    measured_tokens_per_second: float | None
+    measured_tokens_per_second: float | None  # this service's finished jobs on the model
+    tokens_per_second: float | None = None  # the rate the duration uses: measured, else the table's
+    throughput_source: Literal["service", "table"] | None = None
     estimated_seconds: float | None
     note: str

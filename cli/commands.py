@@ -188,6 +188,30 @@ def build_job_body(args: argparse.Namespace, upload: Callable[[Path], str]) -> J
     return body
 
 
+CONFIRM_ABOVE_SECONDS = 30 * 60
+
+
+def estimate_line(est: JSON) -> str:
+    """`estimate: 380 steps (10 epochs x batch 8) on 300 examples, about 35m04s (table of measured rates)`."""
+    steps, epochs, batch = est.get("total_steps"), est.get("n_epochs"), est.get("batch_size")
+    seconds = est.get("estimated_seconds")
+    source = {"service": "this service's finished jobs", "table": "table of measured rates"}.get(
+        str(est.get("throughput_source")), "no measured rate"
+    )
+    when = f"about {fmt_duration(seconds)}" if seconds is not None else "duration unknown"
+    return (
+        f"estimate: {steps if steps is not None else '?'} steps ({epochs} epochs x batch {batch}) on "
+        f"{est.get('training_examples')} examples, {when} ({source})"
+    )
+
+
+def should_confirm(seconds: float | None, yes: bool, stdin_tty: bool, stdout_tty: bool) -> bool:
+    """Ask before creating only on a terminal (stdin and stdout), above 30 minutes, without --yes: a script
+    or a pipe is never prompted."""
+    long = seconds is not None and seconds > CONFIRM_ABOVE_SECONDS
+    return long and not yes and stdin_tty and stdout_tty
+
+
 @_run
 def jobs_create(args: argparse.Namespace) -> int:
     """Create a job (uploading local dataset paths first); optionally watch it."""
@@ -200,6 +224,18 @@ def jobs_create(args: argparse.Namespace) -> int:
             return str(f["id"])
 
         body = build_job_body(args, upload)
+        est = client.estimate(body)
+        if not args.json:
+            print(estimate_line(est), file=sys.stderr)
+        seconds = est.get("estimated_seconds")
+        if should_confirm(seconds, args.yes, sys.stdin.isatty(), sys.stdout.isatty()):
+            try:
+                answer = input(f"This job is expected to take {fmt_duration(seconds)}. Create it? [y/N] ")
+            except EOFError:
+                answer = ""
+            if answer.strip().lower() not in ("y", "yes"):
+                print("not created", file=sys.stderr)
+                return 1
         job = client.create_job(body, idempotency_key=args.idempotency_key)
         _emit(args, job, f"{job['id']}  {job['status']}  {job.get('model')}")
         if args.watch:
@@ -447,6 +483,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--idempotency-key")
     p.add_argument("--watch", action="store_true", help="follow the job after creating it")
+    p.add_argument(
+        "--yes", "-y", action="store_true", help="create without asking, even when expected above 30 minutes"
+    )
     p.set_defaults(fn=jobs_create)
     p = jobs.add_parser("list", parents=[common], help="list jobs, newest first")
     p.add_argument("--limit", type=int, default=20)

@@ -46,13 +46,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.hparam_auto import BASE_LR, auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
 from core.hparam_bounds import BOOLS, CHOICES, NUMBER_BOUNDS, target_patterns
 from training.spec import HyperparameterError
 
-BASE_LR: dict[str, dict[str, float]] = {
-    "classification": {"full": 5e-5, "lora": 1e-3, "sparsegrad": 1e-3, "meprop": 1e-3},
-    "causal_lm": {"full": 2e-5, "lora": 2e-4, "sparsegrad": 2e-4, "meprop": 2e-4},
-}
+# The auto rules for epochs, batch size and base rate live in core.hparam_auto (the API estimate uses them).
 CAUSAL_SUPPORT_BLOCK = 2.0  # auto_support_block, and the block the memory budget falls back to
 KNOWN = sorted([*NUMBER_BOUNDS, *CHOICES, *BOOLS, "target_modules"])
 
@@ -149,17 +147,6 @@ def validate(raw: dict[str, Any]) -> None:
         )
 
 
-def auto_epochs(n: int) -> int:
-    """ceil(3000 / n) in [2, 10] for small data sets; one pass over 20,000 examples or more."""
-    return 1 if n >= 20_000 else min(10, max(2, math.ceil(3000 / max(n, 1))))
-
-
-def auto_batch_size(n: int, task: str) -> int:
-    if task == "causal_lm":
-        return 2 if n < 50 else 4
-    return 8 if n < 500 else 16 if n < 5000 else 32
-
-
 def resolve(
     raw: dict[str, Any],
     n_train: int,
@@ -194,11 +181,8 @@ def resolve(
             param="max_seq_length",
         )
     epochs = get("n_epochs", auto_epochs(n_train))
-    steps_per_epoch = math.ceil(n_train / batch_size)
     max_steps = get("max_steps", None)
-    total = math.ceil(steps_per_epoch * epochs)
-    if max_steps is not None:
-        total = min(total, max_steps)
+    steps_per_epoch, total = plan_steps(n_train, batch_size, epochs, max_steps)
     every = max(10, math.ceil(total / 5))
     support = get("support", "dynamic")
     density = get("density", 0.01)
@@ -207,7 +191,7 @@ def resolve(
         block = None  # a block as large as the layer confines nothing
     lr = get("learning_rate", None)
     if lr is None:
-        lr = BASE_LR[task][method] * get("learning_rate_multiplier", 1.0)
+        lr = auto_learning_rate(task, method, get("learning_rate_multiplier", 1.0))
         lr = check_number("learning_rate", lr)
     kept = get("result_checkpoint", "best" if validation else "last")
     if kept == "best" and not validation:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -18,11 +17,13 @@ from core import jobs as job_ops
 from core import merges, queries
 from core.datasets import DatasetReport
 from core.files import get_file
+from core.hparam_auto import auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
 from core.models import Job
 from core.queue import send_merge, send_run
 from core.reader import reader
 from core.settings import Settings
 from core.states import IllegalTransition
+from core.throughput import TABLE_BASIS, table_throughput
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -107,7 +108,9 @@ async def list_jobs(
 def estimate(
     request: Request, body: JobCreate, key: KeyDep, session: SessionDep, settings: SettingsDep
 ) -> Estimate:
-    """Examples, approximate tokens, steps and (from this service's measured throughput) duration."""
+    """Examples, approximate tokens, steps and duration, "auto" settings resolved by the engine's rules. The
+    duration uses this service's measured throughput on the model, else the measured table
+    (core.throughput); `note` says which."""
     request.app.state.job_limiter.hit(key.id)  # it validates as a creation does, so it counts as one
     new = build_new_job(session, settings, key.tenant_id, body)
     train_row = get_file(session, key.tenant_id, new.training_file)
@@ -117,36 +120,51 @@ def estimate(
     if new.validation_file:
         valid_row = get_file(session, key.tenant_id, new.validation_file)
         valid_n = DatasetReport.from_dict(valid_row.report).examples if valid_row and valid_row.report else 0
+    method = str(new.method["type"])
     hp = new.hyperparameters
-    epochs = hp.get("n_epochs") if isinstance(hp.get("n_epochs"), int | float) else None
-    batch = hp.get("batch_size") if isinstance(hp.get("batch_size"), int | float) else None
-    steps = None
-    if epochs is not None and batch:
-        steps = math.ceil(train.examples / int(batch)) * math.ceil(float(epochs))
-        if isinstance(hp.get("max_steps"), int) and hp["max_steps"] > 0:
-            steps = min(steps, int(hp["max_steps"]))
-    tokens = train_row.bytes // 4  # ~4 bytes per token of English text: an approximation, said so in `note`
-    rate = queries.throughput(session, new.model)
-    seconds = tokens * float(epochs) / rate if rate and epochs is not None else None
-    note = "Tokens are approximated as bytes/4. "
-    note += (
-        "Duration uses the measured throughput of this service's finished jobs on this model."
-        if rate
-        else "No finished job on this model yet, so no measured throughput to estimate duration from."
+
+    def given(name: str) -> float | None:
+        value = hp.get(name)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    epochs = given("n_epochs") or float(auto_epochs(train.examples))
+    batch = int(given("batch_size") or auto_batch_size(train.examples, new.task))
+    max_steps = given("max_steps")
+    per_epoch, steps = plan_steps(train.examples, batch, epochs, int(max_steps) if max_steps else None)
+    lr = given("learning_rate") or auto_learning_rate(
+        new.task, method, given("learning_rate_multiplier") or 1.0
     )
-    if epochs is None or not batch:
-        note += " n_epochs/batch_size are 'auto' (chosen by the engine at run time), so steps are unknown."
+    tokens = train_row.bytes // 4  # ~4 bytes per token of English text: an approximation, said so in `note`
+    measured = queries.throughput(session, new.model)
+    rate = measured or table_throughput(new.model, method)
+    seconds = tokens * (steps / per_epoch) / rate if rate and per_epoch else None
+    note = "Tokens are approximated as bytes/4. 'auto' settings are resolved by the engine's own rules. "
+    if measured:
+        note += "Duration uses the measured throughput of this service's finished jobs on this model."
+    elif rate:
+        note += (
+            "No finished job on this model yet: duration uses the table of measured throughputs "
+            f"({TABLE_BASIS})."
+        )
+    else:
+        note += (
+            "No finished job on this model yet and no measured throughput for it in the table: "
+            "duration unknown."
+        )
     return Estimate(
         model=new.model,
-        method=str(new.method["type"]),
+        method=method,
         task=new.task,
         training_examples=train.examples,
         validation_examples=valid_n,
         approx_tokens_per_epoch=tokens,
-        n_epochs=int(epochs) if epochs is not None else None,
-        batch_size=int(batch) if batch else None,
+        n_epochs=int(epochs) if epochs.is_integer() else epochs,
+        batch_size=batch,
+        learning_rate=lr,
         total_steps=steps,
-        measured_tokens_per_second=rate,
+        measured_tokens_per_second=measured,
+        tokens_per_second=rate,
+        throughput_source="service" if measured else "table" if rate else None,
         estimated_seconds=seconds,
         note=note,
     )

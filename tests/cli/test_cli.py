@@ -124,3 +124,41 @@ def test_errors_are_clear_and_non_zero(service: Service) -> None:
     assert no_server.returncode == 3 and "cannot reach the service" in no_server.stderr
     no_model = sgft(service, "jobs", "create", "--training-file", "file-x")
     assert no_model.returncode == 5 and "a model is required" in no_model.stderr
+
+
+def test_create_prints_the_estimate_and_asks_only_on_a_terminal(service: Service, tmp_path: Path) -> None:
+    """A long job (50 epochs of 900 lines on MiniLM: over an hour by the measured table) asks on a terminal
+    and is not created on "n"; piped, it is never prompted: the estimate is printed and the job created."""
+    train = sst2_slice(tmp_path / "train.jsonl", 900)
+    file_id = json.loads(sgft(service, "files", "upload", str(train), "--json").stdout)["id"]
+    args = [
+        "jobs", "create", "--model", "all-MiniLM-L6-v2", "--training-file", file_id, "--n-epochs", "50",
+    ]  # fmt: skip
+
+    def jobs() -> int:
+        return len(json.loads(sgft(service, "jobs", "list", "--limit", "100", "--json").stdout)["data"])
+
+    before = jobs()
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [*SGFT, *args], cwd=REPO, env=service.env, stdin=follower, stdout=follower, stderr=follower
+    )
+    os.close(follower)
+    seen = b""
+    while b"[y/N]" not in seen:
+        seen += os.read(leader, 4096)
+    os.write(leader, b"n\n")
+    assert proc.wait(timeout=60) == 1
+    os.close(leader)
+    assert b"estimate: " in seen and b"Create it?" in seen
+    assert jobs() == before  # answered "n": nothing created
+    piped = subprocess.run(
+        [*SGFT, *args], cwd=REPO, env=service.env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    assert "estimate: 2850 steps (50 epochs x batch 16) on 900 examples, about 1h" in piped.stderr
+    assert "[y/N]" not in piped.stdout + piped.stderr
+    job_id = piped.stdout.split()[0]
+    assert jobs() == before + 1
+    assert sgft(service, "jobs", "cancel", job_id).returncode == 0

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from cli.commands import build_job_body, fmt_duration, parse_value, progress_line, register, shown_status
+from cli.commands import (
+    build_job_body,
+    estimate_line,
+    fmt_duration,
+    parse_value,
+    progress_line,
+    register,
+    should_confirm,
+    shown_status,
+)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -131,3 +140,25 @@ def test_progress_line_shows_step_loss_and_eta() -> None:
     assert progress_line({**job, "stop_requested": "cancel"}).endswith("cancelling")
     assert shown_status({**job, "stop_requested": "pause"}) == "pausing"
     assert shown_status({"status": "paused", "stop_requested": None}) == "paused"
+
+
+def test_confirmation_only_on_a_terminal_above_30_minutes() -> None:
+    long, short = 31 * 60.0, 29 * 60.0
+    assert should_confirm(long, yes=False, stdin_tty=True, stdout_tty=True)
+    assert not should_confirm(long, yes=True, stdin_tty=True, stdout_tty=True)  # --yes
+    assert not should_confirm(long, yes=False, stdin_tty=False, stdout_tty=True)  # piped input
+    assert not should_confirm(long, yes=False, stdin_tty=True, stdout_tty=False)  # piped output
+    assert not should_confirm(short, yes=False, stdin_tty=True, stdout_tty=True)
+    assert not should_confirm(None, yes=False, stdin_tty=True, stdout_tty=True)  # unknown duration
+
+
+def test_estimate_line() -> None:
+    est = {
+        "total_steps": 380, "n_epochs": 10, "batch_size": 8, "training_examples": 300,
+        "estimated_seconds": 2104, "throughput_source": "table",
+    }  # fmt: skip
+    line = estimate_line(est)
+    assert line == (
+        "estimate: 380 steps (10 epochs x batch 8) on 300 examples, about 35m04s (table of measured rates)"
+    )
+    assert "duration unknown" in estimate_line({**est, "estimated_seconds": None, "throughput_source": None})

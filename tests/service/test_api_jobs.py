@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -14,6 +15,7 @@ from core.keys import create_key
 from core.models import Base
 from core.queue import producer
 from tests.service.api_fixtures import CHAT, Api, make_settings, sst2_bytes
+from training.hparams import resolve
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -243,7 +245,37 @@ def test_models_and_estimate(api: Api) -> None:
     body = {"model": MODEL, "training_file": train, "hyperparameters": {"n_epochs": 2, "batch_size": 4}}
     estimate = api.client.post("/v1/fine_tuning/jobs/estimate", headers=api.h(), json=body).json()
     assert estimate["training_examples"] == 16 and estimate["total_steps"] == 8
-    assert estimate["estimated_seconds"] is None  # no finished job yet: nothing measured to extrapolate
+    # no finished job yet: the table of measured CPU throughputs gives the duration, and `note` says so
+    assert estimate["measured_tokens_per_second"] is None and estimate["throughput_source"] == "table"
+    assert estimate["estimated_seconds"] > 0 and "table of measured throughputs" in estimate["note"]
+
+
+def test_estimate_resolves_auto_settings_as_the_engine_does(api: Api, tmp_path: Path) -> None:
+    """A fresh service (no finished job), every setting "auto": steps and a duration, and the epochs, batch
+    size, steps and learning rate the engine resolves for the same file."""
+    data = sst2_bytes("train", 40)
+    train = api.upload_ok(data)
+    for method in ("sparsegrad", "lora", "full", "meprop"):
+        body = {
+            "model": MODEL,
+            "training_file": train,
+            "method": {"type": method},
+            "hyperparameters": {"n_epochs": "auto", "batch_size": "auto"},
+        }
+        answer = api.client.post("/v1/fine_tuning/jobs/estimate", headers=api.h(), json=body)
+        assert answer.status_code == 200, answer.text
+        est = answer.json()
+        hp = resolve({"n_epochs": "auto", "batch_size": "auto"}, 40, "classification", method, 512)
+        assert (est["n_epochs"], est["batch_size"]) == (hp.n_epochs, hp.batch_size) == (10, 8)
+        assert est["total_steps"] == hp.total_steps == 50
+        assert est["learning_rate"] == hp.learning_rate
+        assert est["throughput_source"] == "table" and est["estimated_seconds"] > 0
+        per_step = est["approx_tokens_per_epoch"] / hp.steps_per_epoch
+        assert est["estimated_seconds"] == pytest.approx(per_step * 50 / est["tokens_per_second"])
+    capped = {"model": MODEL, "training_file": train, "hyperparameters": {"max_steps": 7}}
+    est = api.client.post("/v1/fine_tuning/jobs/estimate", headers=api.h(), json=capped).json()
+    engine = resolve({"max_steps": 7}, 40, "classification", "sparsegrad", 512)
+    assert est["total_steps"] == engine.total_steps == 7
 
 
 def test_rate_limit_per_key(tmp_path: Path) -> None:
