@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.job_limiter = RateLimiter(settings.job_rate_limit, 60.0)
+    # Estimates validate files as a creation does (bounded work), and `sgft jobs create` asks for one first.
+    app.state.estimate_limiter = RateLimiter(4 * settings.job_rate_limit, 60.0, "estimates")
     app.state.key_cache = KeyCache(settings.secret_key)  # a revoked key stops working within its ttl (5 s)
     install_error_handlers(app)
     app.add_middleware(RecordRequests)

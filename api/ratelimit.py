@@ -12,9 +12,10 @@ from api.errors import APIError
 class RateLimiter:
     """At most `limit` events per `window` seconds per key."""
 
-    def __init__(self, limit: int, window: float = 60.0) -> None:
+    def __init__(self, limit: int, window: float = 60.0, what: str = "job creations") -> None:
         self.limit = limit
         self.window = window
+        self.what = what
         self._events: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
 
@@ -29,8 +30,8 @@ class RateLimiter:
                 retry = max(1, int(events[0] + self.window - now) + 1)
                 raise APIError(
                     429,
-                    f"Rate limit reached: at most {self.limit} job creations or estimates per "
-                    f"{int(self.window)} s per API key; retry in {retry} s.",
+                    f"Rate limit reached: at most {self.limit} {self.what} per {int(self.window)} s per API "
+                    f"key; retry in {retry} s.",
                     code="rate_limit_exceeded",
                     headers={"Retry-After": str(retry)},
                 )

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="Re-send a queued job unclaimed for this long."
     )
     job_rate_limit: int = Field(
-        default=30, ge=1, description="Job creations and estimates per API key per minute."
+        default=30, ge=1, description="Job creations per API key per minute (estimates: four times as many)."
     )
     visibility_timeout: int = Field(
         default=7 * 24 * 3600, description="Broker redelivery timeout; above any job."

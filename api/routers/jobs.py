@@ -111,7 +111,7 @@ def estimate(
     """Examples, approximate tokens, steps and duration, "auto" settings resolved by the engine's rules. The
     duration uses this service's measured throughput on the model, else the measured table
     (core.throughput); `note` says which."""
-    request.app.state.job_limiter.hit(key.id)  # it validates as a creation does, so it counts as one
+    request.app.state.estimate_limiter.hit(key.id)
     new = build_new_job(session, settings, key.tenant_id, body)
     train_row = get_file(session, key.tenant_id, new.training_file)
     assert train_row is not None and train_row.report is not None
