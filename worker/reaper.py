@@ -41,7 +41,8 @@ def _reap_merges(settings: Settings) -> dict[str, list[str]]:
         lost = merges.lost_queued(s, settings.queued_grace)
         queue_of = dict(lost)
         for job_id in requeued:  # queued just now: sent at once, without waiting out the grace period
-            queue_of.setdefault(job_id, s.get_one(jobs.Job, job_id).queue)
+            if job_id not in queue_of:
+                queue_of[job_id] = s.get_one(jobs.Job, job_id).queue
     resent: list[str] = []
     for job_id, queue in queue_of.items():
         try:

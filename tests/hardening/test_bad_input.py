@@ -15,14 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
-from api.app import create_app
-from core.db import get_engine, get_sessionmaker
-from core.keys import create_key
-from core.models import Base
-from tests.service.api_fixtures import CHAT, Api, make_settings, sst2_bytes
-from tests.service.stack import Stack, free_port
+from tests.service.api_fixtures import CHAT, Api, running_api, sst2_bytes
+from tests.service.stack import Stack, serve_sqlite
 
 OK = b'{"text": "fine", "label": 1}\n{"text": "bad", "label": 0}\n'
 LINE_CAP = 1 << 20  # api.linelimit: the longest JSONL line accepted
@@ -63,14 +58,7 @@ CORPUS: dict[str, tuple[bytes, str]] = {
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     """The app on SQLite with a 4 MiB upload cap (room for a line over the 1 MiB line cap)."""
-    settings = make_settings(tmp_path, max_upload_bytes=4 << 20)
-    Base.metadata.create_all(get_engine(settings.database_url))
-    with get_sessionmaker(settings.database_url)() as s:
-        _, key_a = create_key(s, "tenant-a", settings.secret_key)
-        _, key_b = create_key(s, "tenant-b", settings.secret_key)
-    with TestClient(create_app(settings)) as client:
-        yield Api(client, settings, key_a, key_b)
-    get_engine(settings.database_url).dispose()
+    yield from running_api(tmp_path, max_upload_bytes=4 << 20)
 
 
 @pytest.mark.parametrize("case", sorted(CORPUS))
@@ -196,22 +184,9 @@ def test_labels_that_do_not_match_the_task(api: Api) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A real `sgft serve` (uvicorn) on SQLite with an 8 MiB upload cap."""
-    tmp = tmp_path_factory.mktemp("badinput")
-    (tmp / "logs").mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SGFT_")}
-    env.update(
-        {"SGFT_DATA_DIR": str(tmp / "data"), "SGFT_PORT": str(port), "SGFT_MAX_UPLOAD_BYTES": str(8 << 20)}
+    yield from serve_sqlite(
+        tmp_path_factory.mktemp("badinput"), "streamer", SGFT_MAX_UPLOAD_BYTES=str(8 << 20)
     )
-    stack = Stack(env=env, logs=tmp / "logs", url=f"http://127.0.0.1:{port}")
-    stack.sgft("migrate")
-    stack.key = stack.sgft("keys", "create", "--tenant", "streamer").strip()
-    stack.start("api", "serve")
-    try:
-        stack.wait_ready()
-        yield stack
-    finally:
-        stack.stop_all()
 
 
 def _peak_rss_kib(pid: int) -> int:

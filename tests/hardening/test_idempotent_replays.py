@@ -8,13 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from api.app import create_app
-from core.db import get_engine, get_sessionmaker
-from core.keys import create_key
-from core.models import Base
-from tests.service.api_fixtures import Api, make_settings, sst2_bytes
+from tests.service.api_fixtures import Api, running_api, sst2_bytes
 
 LIMIT = 3
 
@@ -22,14 +17,7 @@ LIMIT = 3
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     """The app on SQLite with a limit of 3 job creations per key per minute."""
-    settings = make_settings(tmp_path, job_rate_limit=LIMIT)
-    Base.metadata.create_all(get_engine(settings.database_url))
-    with get_sessionmaker(settings.database_url)() as s:
-        _, key_a = create_key(s, "tenant-a", settings.secret_key)
-        _, key_b = create_key(s, "tenant-b", settings.secret_key)
-    with TestClient(create_app(settings)) as client:
-        yield Api(client, settings, key_a, key_b)
-    get_engine(settings.database_url).dispose()
+    yield from running_api(tmp_path, job_rate_limit=LIMIT)
 
 
 def _post(

@@ -5,7 +5,6 @@ of it (a 500 used to reset the next request on the same connection)."""
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from urllib.parse import quote
 
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from tests.service.api_fixtures import Api, sst2_bytes
-from tests.service.stack import Stack, free_port
+from tests.service.stack import Stack, serve_sqlite
 
 # Cursors that are no id of anything: non-ASCII digits (str.isdigit() is True for all of them), numbers
 # past the 32-bit seq column (PostgreSQL), a 64-bit integer and int()'s limit (4300 digits), a bad event id.
@@ -185,20 +184,7 @@ def test_nul_characters_are_a_400_on_postgresql(pg_api: Api) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A real `sgft serve` (uvicorn, HTTP/1.1 keep-alive) on SQLite."""
-    tmp = tmp_path_factory.mktemp("input500")
-    (tmp / "logs").mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SGFT_")}
-    env.update({"SGFT_DATA_DIR": str(tmp / "data"), "SGFT_PORT": str(port), "SGFT_BROKER_URL": "memory://"})
-    stack = Stack(env=env, logs=tmp / "logs", url=f"http://127.0.0.1:{port}")
-    stack.sgft("migrate")
-    stack.key = stack.sgft("keys", "create", "--tenant", "prober").strip()
-    stack.start("api", "serve")
-    try:
-        stack.wait_ready()
-        yield stack
-    finally:
-        stack.stop_all()
+    yield from serve_sqlite(tmp_path_factory.mktemp("input500"), "prober", SGFT_BROKER_URL="memory://")
 
 
 @pytest.mark.integration

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.service.helpers import sst2_lines
-from tests.service.stack import Stack, free_port
+from tests.service.stack import Stack, serve_sqlite
 
 pytestmark = pytest.mark.integration
 
@@ -24,25 +24,14 @@ pytestmark = pytest.mark.integration
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`sgft serve` on SQLite, two tenants; an abandoned upload (2 h old) and a live one (now) in tmp/."""
     tmp = tmp_path_factory.mktemp("isolation")
-    (tmp / "logs").mkdir()
     uploads = tmp / "data" / "tmp"
     uploads.mkdir(parents=True)
     for name, age in (("upload-abandoned", 7200), ("upload-live", 0)):
         (uploads / name).write_bytes(b"x")
         os.utime(uploads / name, (time.time() - age, time.time() - age))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SGFT_")}
-    env.update({"SGFT_DATA_DIR": str(tmp / "data"), "SGFT_PORT": str(port), "SGFT_JOB_RATE_LIMIT": "1000"})
-    stack = Stack(env=env, logs=tmp / "logs", url=f"http://127.0.0.1:{port}")
-    stack.sgft("migrate")
-    stack.key = stack.sgft("keys", "create", "--tenant", "alice").strip()
-    stack.other = stack.sgft("keys", "create", "--tenant", "bob").strip()  # type: ignore[attr-defined]
-    stack.start("api", "serve")
-    try:
-        stack.wait_ready()
+    for stack in serve_sqlite(tmp, "alice", SGFT_JOB_RATE_LIMIT="1000"):
+        stack.other = stack.sgft("keys", "create", "--tenant", "bob").strip()  # type: ignore[attr-defined]
         yield stack
-    finally:
-        stack.stop_all()
 
 
 def _db(stack: Stack) -> Path:

@@ -10,14 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from api.app import create_app
 from core.datasets import MAX_CLASSES
-from core.db import get_engine, get_sessionmaker
-from core.keys import create_key
-from core.models import Base, File
-from tests.service.api_fixtures import Api, make_settings
+from core.models import File
+from tests.service.api_fixtures import Api, running_api
 from training.data import check_files
 from training.spec import DataError
 
@@ -31,14 +27,7 @@ def _lines(labels: Iterator[object]) -> bytes:
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     """The app on SQLite with an 8 MiB upload cap (room for 20,000-line files)."""
-    settings = make_settings(tmp_path, max_upload_bytes=8 << 20)
-    Base.metadata.create_all(get_engine(settings.database_url))
-    with get_sessionmaker(settings.database_url)() as s:
-        _, key_a = create_key(s, "tenant-a", settings.secret_key)
-        _, key_b = create_key(s, "tenant-b", settings.secret_key)
-    with TestClient(create_app(settings)) as client:
-        yield Api(client, settings, key_a, key_b)
-    get_engine(settings.database_url).dispose()
+    yield from running_api(tmp_path, max_upload_bytes=8 << 20)
 
 
 @pytest.mark.parametrize("kind", ["int", "str"])

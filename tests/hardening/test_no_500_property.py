@@ -13,16 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.app import create_app
-from core.db import get_engine, get_sessionmaker
 from core.hparam_bounds import BOOLS, CHOICES, NUMBER_BOUNDS
-from core.keys import create_key
-from core.models import Base
-from tests.service.api_fixtures import Api, make_settings, sst2_bytes
+from tests.service.api_fixtures import Api, running_api, sst2_bytes
 
 # Deterministic, no example database: the same cases on every run (about 15 s on 2 shared cores).
 RUN = settings(
@@ -84,14 +79,7 @@ def _no_500(response: Any, what: object) -> None:
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     """The app on SQLite, with no job rate limit to speak of (every example may create a job)."""
-    settings = make_settings(tmp_path, job_rate_limit=1_000_000)
-    Base.metadata.create_all(get_engine(settings.database_url))
-    with get_sessionmaker(settings.database_url)() as s:
-        _, key_a = create_key(s, "tenant-a", settings.secret_key)
-        _, key_b = create_key(s, "tenant-b", settings.secret_key)
-    with TestClient(create_app(settings)) as client:
-        yield Api(client, settings, key_a, key_b)
-    get_engine(settings.database_url).dispose()
+    yield from running_api(tmp_path, job_rate_limit=1_000_000)
 
 
 def _file_and_job(api: Api) -> dict[str, str]:

@@ -17,10 +17,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 
 from api.app import create_app
-from core.db import get_engine, get_sessionmaker
 from core.keys import create_key, revoke_key
-from core.models import ApiKey, Base, Checkpoint, Job
-from tests.service.api_fixtures import Api, make_settings, sst2_bytes
+from core.models import ApiKey, Checkpoint, Job
+from tests.service.api_fixtures import Api, running_api, sst2_bytes
 
 MODEL = "all-MiniLM-L6-v2"
 PARAM = re.compile(r"{(\w+)(?::path)?}")
@@ -179,14 +178,7 @@ def test_user_strings_never_reach_a_path_or_a_shell(
 
 
 def _app(tmp_path: Path, **overrides: int) -> Iterator[Api]:
-    settings = make_settings(tmp_path, **overrides)
-    Base.metadata.create_all(get_engine(settings.database_url))
-    with get_sessionmaker(settings.database_url)() as s:
-        _, key_a = create_key(s, "tenant-a", settings.secret_key)
-        _, key_b = create_key(s, "tenant-a", settings.secret_key)  # a second key of the same tenant
-    with TestClient(create_app(settings)) as client:
-        yield Api(client, settings, key_a, key_b)
-    get_engine(settings.database_url).dispose()
+    yield from running_api(tmp_path, "tenant-a", **overrides)  # a second key of the same tenant
 
 
 @pytest.fixture

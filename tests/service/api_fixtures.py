@@ -57,16 +57,24 @@ def make_settings(tmp: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    settings = make_settings(tmp_path)
+def running_api(tmp: Path, tenant_b: str = "tenant-b", **overrides: Any) -> Iterator[Api]:
+    """The app for `make_settings(tmp, **overrides)` with its tables and a key each for "tenant-a" and
+    `tenant_b` (use with `yield from` in a fixture); its engine is disposed afterwards."""
+    settings = make_settings(tmp, **overrides)
     Base.metadata.create_all(get_engine(settings.database_url))
     with get_sessionmaker(settings.database_url)() as s:
         _, key_a = create_key(s, "tenant-a", settings.secret_key)
-        _, key_b = create_key(s, "tenant-b", settings.secret_key)
-    with TestClient(create_app(settings)) as client:
-        yield Api(client, settings, key_a, key_b)
-    get_engine(settings.database_url).dispose()
+        _, key_b = create_key(s, tenant_b, settings.secret_key)
+    try:
+        with TestClient(create_app(settings)) as client:
+            yield Api(client, settings, key_a, key_b)
+    finally:
+        get_engine(settings.database_url).dispose()
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    yield from running_api(tmp_path)
 
 
 def sst2_bytes(split: str = "train", n: int = 16) -> bytes:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -131,3 +131,21 @@ class Stack:
             return wait_for(check, timeout, f"job {job_id} to reach {statuses}")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nlast state: {self.job(job_id)}\n{self.tail()}") from None
+
+
+def serve_sqlite(tmp: Path, tenant: str, **env: str) -> Iterator[Stack]:
+    """A real `sgft serve` on the embedded default (SQLite under `tmp/data`), migrated, with a key for
+    `tenant` and the extra `SGFT_*` settings in `env`; stopped afterwards (use with `yield from`)."""
+    (tmp / "logs").mkdir()
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SGFT_")}
+    clean.update({"SGFT_DATA_DIR": str(tmp / "data"), "SGFT_PORT": str(port), **env})
+    stack = Stack(env=clean, logs=tmp / "logs", url=f"http://127.0.0.1:{port}")
+    stack.sgft("migrate")
+    stack.key = stack.sgft("keys", "create", "--tenant", tenant).strip()
+    stack.start("api", "serve")
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop_all()
