@@ -16,6 +16,7 @@ from api.keycache import KeyCache
 from api.linelimit import LineLimit
 from api.metrics import RecordRequests
 from api.nonul import NoNul
+from api.openapi import install_openapi
 from api.ratelimit import RateLimiter
 from api.routers import files, job_events, jobs, models, ops
 from core.settings import Settings, get_settings
@@ -69,4 +70,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(NoNul)  # a NUL in the path, query or headers: 400 (PostgreSQL cannot compare it)
     for module in (ops, files, jobs, job_events, models, web):
         app.include_router(module.router)
+    install_openapi(app)
     return app

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import errno
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,24 @@ TYPE_OF_STATUS = {
     429: "rate_limit_error",
     503: "service_unavailable",
 }
+
+
+# What each error status means in this API: the OpenAPI description of that response.
+STATUS_MEANING = {
+    400: "Bad request: the message and `param` name the problem",
+    401: "Missing, incorrect or revoked API key",
+    404: "No such object for this tenant",
+    409: "Conflict with the object's state (the message says which)",
+    413: "Request body larger than the limit",
+    429: "Rate limit exceeded; retry after the Retry-After header's seconds",
+    503: "The database (or broker) is unavailable; retry after a few seconds",
+    507: "The service's storage is full; nothing was stored",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route (or router) that can answer `codes`, each with the error body's schema."""
+    return {code: {"model": ErrorResponse, "description": STATUS_MEANING[code]} for code in codes}
 
 
 class APIError(Exception):

@@ -78,6 +78,26 @@ class JobCreate(BaseModel):
     integrations: list[Any] | None = None  # accepted for client compatibility; none are supported
 
 
+class ErrorObject(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`."""
+
+    error: ErrorObject
+
+
+class Readiness(BaseModel):
+    """/readyz: "ok" (200) or "unavailable" (503), with each dependency's check."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str]
+
+
 class JobError(BaseModel):
     code: str
     message: str

@@ -16,12 +16,12 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
-from api.errors import APIError, not_found
+from api.errors import APIError, error_responses, not_found
 from api.schemas import FileDeleted, FilePublic, ListPage
 from core import files as file_store
 from core.datasets import not_jsonl, validate_lines
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=error_responses(400, 401, 503))
 CHUNK = 1 << 20
 UPLOAD_TMP_TTL = 3600.0  # seconds since its last write before a spooled upload counts as abandoned
 
@@ -93,7 +93,7 @@ def _capped_lines(fh: BinaryIO, filename: str, cap: int) -> Iterator[bytes]:
         yield line
 
 
-@router.post("", response_model=FilePublic)
+@router.post("", response_model=FilePublic, responses=error_responses(413, 507))
 async def upload_file(
     request: Request,
     key: KeyDep,
@@ -156,7 +156,7 @@ def list_files(
     )
 
 
-@router.get("/{file_id}", response_model=FilePublic)
+@router.get("/{file_id}", response_model=FilePublic, responses=error_responses(404))
 def get_file(file_id: str, key: KeyDep, session: SessionDep) -> FilePublic:
     row = file_store.get_file(session, key.tenant_id, file_id)
     if row is None:
@@ -164,7 +164,7 @@ def get_file(file_id: str, key: KeyDep, session: SessionDep) -> FilePublic:
     return FilePublic.of(row)
 
 
-@router.get("/{file_id}/content")
+@router.get("/{file_id}/content", responses=error_responses(404))
 def file_content(file_id: str, key: KeyDep, session: SessionDep, storage: StorageDep) -> StreamingResponse:
     """The file's bytes (uploads as JSONL; results as .tar.gz or .jsonl)."""
     row = file_store.get_file(session, key.tenant_id, file_id)
@@ -185,7 +185,7 @@ def file_content(file_id: str, key: KeyDep, session: SessionDep, storage: Storag
     return StreamingResponse(chunks(), media_type=media, headers=headers)
 
 
-@router.delete("/{file_id}", response_model=FileDeleted)
+@router.delete("/{file_id}", response_model=FileDeleted, responses=error_responses(404, 409, 507))
 def delete_file(file_id: str, key: KeyDep, session: SessionDep, storage: StorageDep) -> FileDeleted:
     # (No docstring: it would change the OpenAPI description.) A file a job still needs is a 409: the
     # data of a queued, running or paused job, or any job's result. The row stays locked from the check

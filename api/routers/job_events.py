@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import KeyDep, SessionDep, SettingsDep
-from api.errors import APIError, not_found
+from api.errors import APIError, error_responses, not_found
 from api.responses import JSONBytes, page_response
 from api.routers.jobs import load_job
 from api.schemas import CheckpointPublic, EventPublic, JobPublic, ListPage, event_fields, parse_event_cursor
@@ -22,12 +22,16 @@ from core.jobs import fine_tuned_name
 from core.reader import reader
 from core.states import JobStatus
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(
+    prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=error_responses(400, 401, 503)
+)
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 
 
-@router.get("/{fine_tuning_job_id}/events", response_model=ListPage[EventPublic])
+@router.get(
+    "/{fine_tuning_job_id}/events", response_model=ListPage[EventPublic], responses=error_responses(404)
+)
 async def list_events(
     request: Request,
     fine_tuning_job_id: str,
@@ -90,7 +94,11 @@ async def _sse(request: Request, db_url: str, job_id: str, after: int | None) ->
             yield b": keep-alive\n\n"
 
 
-@router.get("/{fine_tuning_job_id}/checkpoints", response_model=ListPage[CheckpointPublic])
+@router.get(
+    "/{fine_tuning_job_id}/checkpoints",
+    response_model=ListPage[CheckpointPublic],
+    responses=error_responses(404),
+)
 def list_checkpoints(
     fine_tuning_job_id: str,
     key: KeyDep,

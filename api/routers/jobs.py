@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.orm import Session
 
 from api.deps import KeyDep, SessionDep, SettingsDep
-from api.errors import APIError, not_found
+from api.errors import APIError, error_responses, not_found
 from api.job_request import build_new_job, request_hash
 from api.responses import JSONBytes, object_response, page_response
 from api.schemas import Estimate, JobCreate, JobPublic, ListPage, job_fields
@@ -26,7 +26,10 @@ from core.states import IllegalTransition
 from core.throughput import TABLE_BASIS, table_throughput
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+STATE_CHANGE = error_responses(404, 409, 507)
+router = APIRouter(
+    prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=error_responses(400, 401, 503)
+)
 
 
 def _enqueue(session: Session, settings: Settings, job: Job) -> None:
@@ -47,7 +50,7 @@ def load_job(session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-@router.post("", response_model=JobPublic)
+@router.post("", response_model=JobPublic, responses=error_responses(409, 413, 429, 507))
 def create_job(
     request: Request,
     body: JobCreate,
@@ -104,7 +107,7 @@ async def list_jobs(
     return page_response([job_fields(j) for j in rows], more)
 
 
-@router.post("/estimate", response_model=Estimate)
+@router.post("/estimate", response_model=Estimate, responses=error_responses(413, 429))
 def estimate(
     request: Request, body: JobCreate, key: KeyDep, session: SessionDep, settings: SettingsDep
 ) -> Estimate:
@@ -170,7 +173,7 @@ def estimate(
     )
 
 
-@router.get("/{fine_tuning_job_id}", response_model=JobPublic)
+@router.get("/{fine_tuning_job_id}", response_model=JobPublic, responses=error_responses(404))
 async def get_job(fine_tuning_job_id: str, key: KeyDep, settings: SettingsDep) -> JSONBytes:
     # The job as committed now: a poll is one SELECT, never a cached copy. (No docstring: it would change
     # the OpenAPI description.)
@@ -196,7 +199,7 @@ def _change(session: Session, job: Job, op: str) -> Job:
         ) from None
 
 
-@router.post("/{fine_tuning_job_id}/cancel", response_model=JobPublic)
+@router.post("/{fine_tuning_job_id}/cancel", response_model=JobPublic, responses=STATE_CHANGE)
 def cancel_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
     """Queued or paused: cancelled at once. Running: stops at its next step, keeping its checkpoint; the
     answer's status is then "cancelling" (the job's own status stays "running" until it stops)."""
@@ -204,14 +207,14 @@ def cancel_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep) -> Job
     return JobPublic.answer(job)
 
 
-@router.post("/{fine_tuning_job_id}/pause", response_model=JobPublic)
+@router.post("/{fine_tuning_job_id}/pause", response_model=JobPublic, responses=STATE_CHANGE)
 def pause_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep) -> JobPublic:
     """Queued: paused at once. Running: checkpoints and pauses at its next step; the answer's status is then
     "pausing" (the job's own status stays "running" until it stops)."""
     return JobPublic.answer(_change(session, load_job(session, key.tenant_id, fine_tuning_job_id), "pause"))
 
 
-@router.post("/{fine_tuning_job_id}/resume", response_model=JobPublic)
+@router.post("/{fine_tuning_job_id}/resume", response_model=JobPublic, responses=STATE_CHANGE)
 def resume_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep, settings: SettingsDep) -> JobPublic:
     """Paused -> queued; it continues from its last checkpoint."""
     job = _change(session, load_job(session, key.tenant_id, fine_tuning_job_id), "resume")
@@ -219,7 +222,7 @@ def resume_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep, settin
     return JobPublic.of(load_job(session, key.tenant_id, job.id))
 
 
-@router.post("/{fine_tuning_job_id}/merge", response_model=JobPublic)
+@router.post("/{fine_tuning_job_id}/merge", response_model=JobPublic, responses=STATE_CHANGE)
 def merge_job(fine_tuning_job_id: str, key: KeyDep, session: SessionDep, settings: SettingsDep) -> JobPublic:
     """Ask a worker to merge the delta into the base model; the merged model is added to result_files.
     Repeating the request while a merge is queued, running or done changes nothing; after a failed merge

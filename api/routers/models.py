@@ -6,12 +6,12 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from api.deps import KeyDep, SessionDep, SettingsDep
-from api.errors import not_found
+from api.errors import error_responses, not_found
 from api.schemas import ListPage, ModelPublic
 from core.models import Job, Tenant
 from core.registry import list_models
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(400, 401, 503))
 
 
 def _all(session: SessionDep, settings: SettingsDep, tenant_id: str) -> list[ModelPublic]:
@@ -39,7 +39,7 @@ def list_all(key: KeyDep, session: SessionDep, settings: SettingsDep) -> ListPag
     return ListPage(data=data, has_more=False, first_id=None, last_id=None)
 
 
-@router.get("/{model_id:path}", response_model=ModelPublic)
+@router.get("/{model_id:path}", response_model=ModelPublic, responses=error_responses(404))
 def get_one(model_id: str, key: KeyDep, session: SessionDep, settings: SettingsDep) -> ModelPublic:
     for model in _all(session, settings, key.tenant_id):
         if model.id == model_id:

@@ -11,17 +11,24 @@ from starlette.concurrency import run_in_threadpool
 
 from api import metrics
 from api.deps import SessionDep, SettingsDep
+from api.errors import STATUS_MEANING, error_responses
+from api.schemas import Readiness
 from core.queue import ping_broker
 
 router = APIRouter(tags=["operations"])
+# A NUL in the query or headers is a 400 on every route (api.nonul). The errors of /metrics are JSON though
+# its answer is text: declared by reference (a model would be documented under the route's text/plain).
+JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+METRICS_ERRORS = {code: {"description": STATUS_MEANING[code], "content": JSON_ERROR} for code in (400, 503)}
+UNREADY = {503: {"model": Readiness, "description": "The database or the broker does not answer"}}
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses=error_responses(400))
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness, responses={**error_responses(400), **UNREADY})
 async def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
     """200 when the database and the broker answer within a few seconds; 503 naming what is down."""
     checks: dict[str, str] = {}
@@ -41,6 +48,6 @@ async def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics", response_class=PlainTextResponse)  # documented as text/plain in the schema
+@router.get("/metrics", response_class=PlainTextResponse, responses=METRICS_ERRORS)
 def prometheus(session: SessionDep) -> Response:
     return metrics.render(session)
