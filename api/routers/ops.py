@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -19,8 +20,12 @@ router = APIRouter(tags=["operations"])
 # A NUL in the query or headers is a 400 on every route (api.nonul). The errors of /metrics are JSON though
 # its answer is text: declared by reference (a model would be documented under the route's text/plain).
 JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-METRICS_ERRORS = {code: {"description": STATUS_MEANING[code], "content": JSON_ERROR} for code in (400, 503)}
-UNREADY = {503: {"model": Readiness, "description": "The database or the broker does not answer"}}
+METRICS_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": STATUS_MEANING[code], "content": JSON_ERROR} for code in (400, 503)
+}
+UNREADY: dict[int | str, dict[str, Any]] = {
+    503: {"model": Readiness, "description": "The database or the broker does not answer"}
+}
 
 
 @router.get("/healthz", responses=error_responses(400))
