@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 export SGFT_DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: install run test lint bench models gpu-wheels gpu-check clean test-compose compose-wheels compose-standins
+.PHONY: install run test test-fast lint bench models gpu-wheels gpu-check clean test-compose compose-wheels compose-standins
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ lint: install
 
 test: lint
 	.venv/bin/pytest -q -rs
+
+# The tests that need no server process, PostgreSQL, Redis or browser (tests/conftest.py marks the others):
+# the library, the engine on tiny models, the API in-process on SQLite. `make test` stays the full suite.
+test-fast: install
+	.venv/bin/pytest -q -rs -m "not integration and not browser"
 
 # docker-compose.yml for real (tests/compose): the images built from the Dockerfile (the worker with CPU
 # torch), the stack up, jobs through the published port. Needs a Docker engine: without one it skips, and

@@ -12,18 +12,11 @@ from api.errors import APIError
 from api.schemas import JobCreate
 from core.datasets import TASK_OF_FORMAT, DatasetReport, check_pair
 from core.files import get_file
-from core.hparam_bounds import BOOLS as HP_BOOLS
-from core.hparam_bounds import CHOICES, NUMBER_BOUNDS, target_patterns
+from core.hparam_bounds import METHODS, HyperparameterProblem, check_rules
 from core.jobs import NewJob
 from core.models import File
-from core.registry import UnknownModel, get_model, list_models
+from core.registry import UnknownModel, get_model, list_models, position_limit
 from core.settings import Settings
-
-METHODS = ("sparsegrad", "lora", "full", "meprop")
-BOUNDS = NUMBER_BOUNDS  # the engine's own table: out of range is a 400 here, not a failed job later
-NUMERIC = set(BOUNDS)
-BOOLS = set(HP_BOOLS)
-OTHER = {"target_modules", *BOOLS}
 
 
 def request_hash(body: JobCreate) -> str:
@@ -53,7 +46,6 @@ def normalize_method(body: JobCreate) -> tuple[dict[str, Any], dict[str, Any]]:
         param = f"method.{method['type']}.hyperparameters"
         raise APIError(400, f"{param} must be an object of name: value, got {json_type(nested)}", param=param)
     hyper = {**(body.hyperparameters or {}), **nested}
-    check_hyperparameters(hyper)
     for key in ("n_epochs", "batch_size", "learning_rate_multiplier"):
         hyper.setdefault(key, "auto")
     return {"type": kind, kind: {"hyperparameters": hyper}}, hyper
@@ -70,39 +62,22 @@ def json_type(value: Any) -> str:
     )
 
 
-def check_hyperparameters(hyper: dict[str, Any]) -> None:
-    """Known names and value kinds only; numeric bounds are the training engine's (it names them)."""
-    for key, value in hyper.items():
-        param = f"hyperparameters.{key}"
-        if key in NUMERIC:
-            if value == "auto":
-                continue
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise APIError(400, f"{param} must be a number or 'auto', got {value!r}", param=param)
-            low, high, whole = BOUNDS[key]
-            # No float() or int() of the value: a JSON integer may have thousands of digits (float() then
-            # overflows), and Python compares an int with a float bound exactly. is_integer() is False for
-            # inf and nan, which the bounds refuse anyway.
-            if whole and isinstance(value, float) and not value.is_integer():
-                raise APIError(400, f"{param} must be a whole number, got {value!r}", param=param)
-            if not low <= value <= high:
-                shown = repr(value) if len(repr(value)) <= 40 else f"a number with {len(str(value))} digits"
-                message = f"{param} must be between {low:g} and {high:g}, got {shown}"
-                raise APIError(400, message, param=param)
-        elif key in CHOICES:
-            if value != "auto" and value not in CHOICES[key]:
-                raise APIError(400, f"{param} must be one of {', '.join(CHOICES[key])}", param=param)
-        elif key in BOOLS:
-            if not isinstance(value, bool):
-                raise APIError(400, f"{param} must be true or false", param=param)
-        elif key == "target_modules":
-            try:
-                target_patterns(value)
-            except ValueError as exc:
-                raise APIError(400, f"{param}: {exc}", param=param) from None
-        else:
-            known = ", ".join(sorted(NUMERIC | set(CHOICES) | OTHER))
-            raise APIError(400, f"Unknown hyperparameter {key!r}; known: {known}", param=param)
+def check_hyperparameters(
+    hyper: dict[str, Any], method: str, task: str, n_train: int, validation: bool, max_length: int | None
+) -> None:
+    """The engine's own checks (core.hparam_bounds): a job accepted here is accepted by the engine."""
+    try:
+        check_rules(
+            hyper,
+            method=method,
+            task=task,
+            n_train=n_train,
+            validation=validation,
+            model_max_length=max_length,
+            prefix="hyperparameters.",
+        )
+    except HyperparameterProblem as exc:
+        raise APIError(400, str(exc), param=f"hyperparameters.{exc.param}") from None
 
 
 def _file_row(session: Session, tenant_id: str, file_id: str, param: str) -> File:
@@ -159,10 +134,9 @@ def build_new_job(session: Session, settings: Settings, tenant_id: str, body: Jo
             code="task_mismatch",
         )
     method, hyper = normalize_method(body)
-    if hyper.get("result_checkpoint") == "best" and not body.validation_file:
-        param = "hyperparameters.result_checkpoint"
-        message = f"{param} 'best' keeps the step of lowest validation loss: it needs a validation_file"
-        raise APIError(400, message, param=param)
+    check_hyperparameters(
+        hyper, method["type"], entry.task, train.examples, valid_row is not None, position_limit(entry)
+    )
     return NewJob(
         tenant_id=tenant_id,
         model=entry.name,

@@ -91,6 +91,30 @@ class ErrorResponse(BaseModel):
     error: ErrorObject
 
 
+class MethodInfo(BaseModel):
+    name: str
+    label: str
+
+
+class ParamInfo(BaseModel):
+    name: str
+    kind: Literal["number", "integer", "choice", "bool", "modules"]
+    minimum: float | None
+    maximum: float | None
+    choices: list[str] | None
+    auto: str
+    description: str
+
+
+class HyperparameterTable(BaseModel):
+    """Every job hyper-parameter (core.hparam_bounds): bounds or choices, what "auto" gives, help."""
+
+    object: Literal["hyperparameter_table"]
+    methods: list[MethodInfo]
+    data: list[ParamInfo]
+    removed: dict[str, str]
+
+
 class Readiness(BaseModel):
     """/readyz: "ok" (200) or "unavailable" (503), with each dependency's check."""
 

@@ -43,6 +43,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from core.hparam_bounds import REMOVED
+
 DATA = Path("/work/shared/data/sst2")
 OUT_DIR = Path(__file__).resolve().parent / "out"
 MODEL = "all-MiniLM-L6-v2"
@@ -99,7 +101,9 @@ def run_one(
     hp = {**COMMON, **METHOD_HP[method], "n_epochs": epochs, "eval_every": 10**6, "checkpoint_every": 10**6}
     hp.update(overrides or {})
     hp.update(PINNED)
+    library = {k: hp.pop(k) for k in list(hp) if k in REMOVED}  # SparseGradConfig knobs the job API dropped
     spec = JobSpec(model=MODEL, method=method, task="classification", hyperparameters=hp, seed=seed)  # type: ignore[arg-type]
+    spec.library = library
     started = time.perf_counter()
     result = run_training(spec, train, valid, work)
     wall = time.perf_counter() - started

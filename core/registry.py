@@ -102,6 +102,19 @@ def entry_for_folder(
     )
 
 
+def position_limit(entry: ModelEntry) -> int | None:
+    """The model's position limit from its config.json (max_position_embeddings / n_positions, at most
+    8192; 8192 when it states none), as the engine reads it; None when the folder is not local."""
+    if entry.path is None:
+        return None
+    config = _read_json(entry.path / "config.json") or {}
+    for key in ("max_position_embeddings", "n_positions"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return min(value, 8192)
+    return 8192
+
+
 def _builtin() -> list[ModelEntry]:
     try:
         spec = importlib.util.find_spec(MINILM_PACKAGE)

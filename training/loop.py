@@ -176,8 +176,7 @@ def run_training(
         scale = get_lr(run.step, 1.0, warmup, total, hp.lr_scheduler)
         lr = hp.learning_rate * scale
         for group in optimizer.param_groups:
-            # A checkpoint from before per-group rates had one rate for all groups.
-            group["lr"] = group.get("base_lr", hp.learning_rate) * scale
+            group["lr"] = group["base_lr"] * scale
         loss_sum = 0.0
         with guard(run.hp, f"step {run.step + 1}"):
             for batch, n in zip(batches, units, strict=True):

@@ -41,24 +41,28 @@ class Prepared:
 
 
 def sparse_config(
-    method: str, hp: Hyper, task: str, labels: list[str] | None, base_id: str
+    method: str,
+    hp: Hyper,
+    task: str,
+    labels: list[str] | None,
+    base_id: str,
+    library: dict[str, Any] | None = None,
 ) -> sg.SparseGradConfig:
-    """The SparseGradConfig of a job (MeProp re-selects its support every step: always dynamic)."""
+    """The SparseGradConfig of a job (MeProp re-selects its support every step: always dynamic);
+    `library`: SparseGradConfig fields the job API does not offer (JobSpec.library)."""
     return sg.SparseGradConfig(
         density=hp.density,
         target_modules=hp.target_modules,
         support="dynamic" if method == "meprop" else hp.support,  # type: ignore[arg-type]
         support_block=hp.support_block if method == "sparsegrad" else None,
         selection=hp.selection if method == "sparsegrad" else "gradient",  # type: ignore[arg-type]
-        bias_correction=hp.bias_correction,  # type: ignore[arg-type]
         basis_steps=hp.basis_steps,
-        basis_probe_steps=hp.basis_probe_steps,
-        per_layer_basis=hp.per_layer_basis,
         task=task,  # type: ignore[arg-type]
         labels=labels,
         base_model_id=base_id,
         train_layernorm=hp.train_layernorm,
         train_rest_dense=hp.train_rest_dense,
+        **(library or {}),
     )
 
 
@@ -88,7 +92,7 @@ def prepare(
         )
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         groups = [{"params": [p for _, p in trainable], "lr": hp.learning_rate}]
-        if hp.dense_learning_rate != hp.learning_rate:  # one group otherwise, as older checkpoints hold
+        if hp.dense_learning_rate != hp.learning_rate:  # one group when both rates are the same
             groups = [
                 {"params": [p for n, p in trainable if "lora_" in n], "lr": hp.learning_rate},
                 {"params": [p for n, p in trainable if "lora_" not in n], "lr": hp.dense_learning_rate},

@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from core.datasets import TASK_OF_FORMAT
+from core.hparam_bounds import METHODS
 from training import checkpoint as ckpt
 from training.budget import device_memory, fit_to_budget
 from training.data import (
@@ -33,8 +34,6 @@ from training.methods import Prepared, prepare, sparse_config
 from training.models import load_model, load_tokenizer, max_positions, registry_entry
 from training.precision import Precision, resolve_precision, set_storage
 from training.spec import DataError, HyperparameterError, JobSpec, TrainingError
-
-METHODS = ("sparsegrad", "lora", "full", "meprop")
 
 
 @dataclass
@@ -150,8 +149,6 @@ def build_run(
         max_positions(entry),
         validation=valid_file is not None,
     )
-    if spec.method == "lora" and hp.train_layernorm:
-        raise HyperparameterError("train_layernorm is not available with LoRA", param="train_layernorm")
     seed_all(spec.seed)
     labels = None
     if task == "classification":
@@ -185,9 +182,7 @@ def build_run(
     model.to(device)
     if spec.method == "sparsegrad":
         hp = _fit_memory(spec, hp, model, prec, memory_budget, state, say)
-    cfg = sparse_config(
-        spec.method, hp, task, None if regression or labels is None else labels.names, spec.model
-    )
+    cfg = sparse_config(spec.method, hp, task, names, spec.model, spec.library)
     basis = ckpt.load_basis(resume_from) if resume_from is not None else None
     basis_batches = None
     if spec.method == "sparsegrad" and basis is None:

@@ -12,12 +12,13 @@ from api.deps import KeyDep, SessionDep, SettingsDep
 from api.errors import APIError, error_responses, not_found
 from api.job_request import build_new_job, request_hash
 from api.responses import JSONBytes, object_response, page_response
-from api.schemas import Estimate, JobCreate, JobPublic, ListPage, job_fields
+from api.schemas import Estimate, HyperparameterTable, JobCreate, JobPublic, ListPage, job_fields
 from core import jobs as job_ops
 from core import merges, queries
 from core.datasets import DatasetReport
 from core.files import get_file
 from core.hparam_auto import auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
+from core.hparam_bounds import describe_table
 from core.models import Job
 from core.queue import send_merge, send_run
 from core.reader import reader
@@ -171,6 +172,13 @@ def estimate(
         estimated_seconds=seconds,
         note=note,
     )
+
+
+@router.get("/hyperparameters", response_model=HyperparameterTable)
+def hyperparameter_table(key: KeyDep) -> HyperparameterTable:
+    """Every hyper-parameter a job accepts: kind, bounds or choices, what "auto" gives, and help; the
+    methods; the knobs removed from the job API."""
+    return HyperparameterTable.model_validate(describe_table())
 
 
 @router.get("/{fine_tuning_job_id}", response_model=JobPublic, responses=error_responses(404))

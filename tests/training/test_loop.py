@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from core.hparam_bounds import REMOVED
 from tests.training.conftest import relabel
 from training import Hooks, JobSpec, StepInfo, TrainResult, merge_delta, run_training
 from training.spec import StopReason
@@ -27,7 +28,9 @@ def train(
     seed: int = 0,
     **hyper: Any,
 ) -> TrainResult:
+    library = {k: hyper.pop(k) for k in list(hyper) if k in REMOVED}  # the library's knobs (JobSpec.library)
     spec = JobSpec(model="tiny-bert", method=method, hyperparameters={**FAST, **hyper}, seed=seed)  # type: ignore[arg-type]
+    spec.library = library
     return run_training(spec, data[0], data[1], tmp, hooks=hooks, resume_from=resume, models_dir=models_dir)
 
 

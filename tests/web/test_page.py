@@ -93,6 +93,12 @@ def test_upload_train_watch_curve_and_download(
     page.locator("#training-file").select_option(train_id)
 
     page.locator("#model").select_option(TINY_MODEL)
+    # methods and bounds come from the service's hyper-parameter table
+    methods = page.locator("#method option").evaluate_all("options => options.map(o => o.value)")
+    assert methods == ["sparsegrad", "lora", "full", "meprop"]
+    assert page.locator("#n-epochs").get_attribute("max") == "50"
+    assert page.locator("#lr-multiplier").get_attribute("min") == "0.01"
+    assert "Empty: " in (page.locator("#batch-size").get_attribute("title") or "")
     page.locator("#method").select_option("sparsegrad")
     page.locator("#validation-file").select_option(valid_id)
     page.locator("#n-epochs").fill("20")  # long enough to usually watch the curve grow across polls

@@ -74,6 +74,7 @@ export const api = {
   content: async (id) => (await send("GET", `/v1/files/${encodeURIComponent(id)}/content`)).blob(),
   jobs: (params) => getJson("/v1/fine_tuning/jobs", params),
   job: (id) => getJson(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}`),
+  hyperparameters: () => getJson("/v1/fine_tuning/jobs/hyperparameters"),
   createJob: (body) => postJson("/v1/fine_tuning/jobs", body),
   action: (id, action) => postJson(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/${action}`),
   // Oldest first, only those after the event id `after`: new points for the curves on every poll.

@@ -3,13 +3,6 @@
 import { api } from "./api.js";
 import { bytes, el, when } from "./util.js";
 
-const METHODS = [
-  ["sparsegrad", "SparseGrad (sparse delta, default)"],
-  ["lora", "LoRA"],
-  ["full", "Full fine-tuning"],
-  ["meprop", "meProp"],
-];
-
 const field = (label, input, hint) =>
   el("label", { class: "field" }, el("span", { class: "label" }, label), input, hint ? el("span", { class: "hint" }, hint) : null);
 
@@ -24,14 +17,16 @@ export function renderCreate(root, notify, navigate) {
   const filesList = el("ul", { id: "files-list", class: "files" });
 
   const model = el("select", { id: "model", name: "model", required: true });
-  const method = el("select", { id: "method", name: "method" }, ...METHODS.map(([v, t]) => el("option", { value: v }, t)));
+  const method = el("select", { id: "method", name: "method" });
   const training = el("select", { id: "training-file", name: "training_file" });
   const validation = el("select", { id: "validation-file", name: "validation_file" });
-  const epochs = numberInput("n-epochs", { min: 1, max: 100, step: 1 });
-  const lr = numberInput("lr-multiplier", { min: 0, step: "any" });
-  const density = numberInput("density", { min: 0, max: 1, step: "any" });
-  const batch = numberInput("batch-size", { min: 1, step: 1 });
-  const maxSteps = numberInput("max-steps", { min: 1, step: 1 });
+  // Bounds, methods and help come from the service's one table of hyper-parameters (applyTable).
+  const epochs = numberInput("n-epochs", { step: 1 });
+  const lr = numberInput("lr-multiplier", { step: "any" });
+  const density = numberInput("density", { step: "any" });
+  const batch = numberInput("batch-size", { step: 1 });
+  const maxSteps = numberInput("max-steps", { step: 1 });
+  const inputs = { n_epochs: epochs, learning_rate_multiplier: lr, density, batch_size: batch, max_steps: maxSteps };
   const suffix = el("input", { id: "suffix", name: "suffix", type: "text", maxlength: 40, placeholder: "optional, e.g. sst2-v1" });
   const densityField = field("Density", density, "Share of weights trained (SparseGrad / meProp)");
   const createError = el("div", { id: "create-error", class: "alert error", hidden: true, role: "alert" });
@@ -52,6 +47,19 @@ export function renderCreate(root, notify, navigate) {
       el("div", { class: "grid3" }, field("Batch size", batch), field("Max steps", maxSteps), field("Suffix", suffix))),
     createError, el("div", { class: "row" }, createButton));
   root.replaceChildren(el("div", { class: "stack" }, uploadForm, jobForm));
+
+  async function applyTable() {
+    const table = await api.hyperparameters();
+    method.replaceChildren(...table.methods.map((m) => el("option", { value: m.name }, m.label)));
+    for (const param of table.data) {
+      const input = inputs[param.name];
+      if (!input) continue;
+      input.min = param.minimum;
+      input.max = param.maximum;
+      input.title = `${param.description}. Empty: ${param.auto}.`;
+    }
+  }
+  applyTable().catch((err) => notify(`Could not load the hyper-parameter table: ${err.message}`, "error"));
 
   method.addEventListener("change", () => { densityField.hidden = !["sparsegrad", "meprop"].includes(method.value); });
 
