@@ -178,6 +178,10 @@ class Client:
         return self._json("POST", "/v1/fine_tuning/jobs/estimate", json=body)
 
     # Models
+    def hyperparameters(self) -> JSON:
+        """The service's table of job hyper-parameters."""
+        return self._json("GET", "/v1/fine_tuning/jobs/hyperparameters")
+
     def list_models(self) -> JSON:
         """GET /v1/models."""
         return self._json("GET", "/v1/models")

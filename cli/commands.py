@@ -451,6 +451,18 @@ def models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def jobs_hyperparameters(args: argparse.Namespace) -> int:
+    """Every hyper-parameter a job accepts (the service's table): range or choices, and what "auto" gives."""
+    with _client(args) as client:
+        table = client.hyperparameters()
+    rows = []
+    for p in table.get("data", []):
+        bounds = f"[{p['minimum']:g}, {p['maximum']:g}]" if p.get("minimum") is not None else ""
+        rows.append([p["name"], bounds or ", ".join(p.get("choices") or []) or p["kind"], p["auto"]])
+    _emit(args, table, _table(rows, ["NAME", "RANGE", "AUTO"]))
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add `files`, `jobs` and `models` to the `sgft` argparse sub-parsers (from cli/main.py)."""
     common = _common()
@@ -504,6 +516,8 @@ def register(subparsers: Any) -> None:
         p = jobs.add_parser(action, parents=[common], help=f"{action} a job")
         p.add_argument("id")
         p.set_defaults(fn=jobs_action, action=action)
+    help_hp = "list every hyper-parameter a job accepts (--hp KEY=VALUE)"
+    jobs.add_parser("hyperparameters", parents=[common], help=help_hp).set_defaults(fn=jobs_hyperparameters)
     p = jobs.add_parser("download", parents=[common], help="download a job's results")
     p.add_argument("id")
     p.add_argument("-o", "--output", help="folder to write into (default: ./<job id>)")

@@ -162,3 +162,13 @@ def test_create_prints_the_estimate_and_asks_only_on_a_terminal(service: Service
     job_id = piped.stdout.split()[0]
     assert jobs() == before + 1
     assert sgft(service, "jobs", "cancel", job_id).returncode == 0
+
+
+def test_hyperparameters_lists_the_service_table(service: Service) -> None:
+    from core.hparam_bounds import PARAMS
+
+    table = sgft(service, "jobs", "hyperparameters")
+    assert table.returncode == 0, table.stderr
+    names = [line.split()[0] for line in table.stdout.splitlines()[1:] if line.strip()]
+    assert set(PARAMS) <= set(names)
+    assert "n_epochs" in table.stdout and "[1, 50]" in table.stdout and "dynamic, fixed" in table.stdout
