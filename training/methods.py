@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import sparsegrad as sg
+from training.distributed import SINGLE, World
 from training.hparams import Hyper
 
 DELTA_META = "sgft_delta.json"
@@ -69,9 +70,13 @@ def prepare(
     cfg: sg.SparseGradConfig,
     basis_batches: Iterable[dict[str, torch.Tensor]] | None,
     basis: sg.Basis | None = None,
+    world: World = SINGLE,
 ) -> Prepared:
-    """Apply `method` to `model` (in place but for LoRA); a `basis` given (resume) skips the basis phase."""
+    """Apply `method` to `model` (in place but for LoRA); a `basis` given (resume) skips the basis phase.
+    On several processes (`world`), SparseGrad's Gram sums are summed over the ranks and its dL/dC (MeProp's
+    dL/dW) averaged before selection: every rank holds the same basis, support and optimizer state."""
     lora_rank = None
+    average = world.reduce_mean if world.active else None
     if method == "full":
         params = sg.enable_full_finetuning(model)
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -99,16 +104,25 @@ def prepare(
     elif method == "meprop":
         model = sg.apply_meprop(model, cfg)
         optimizer = sg.make_optimizer(
-            model, lr=hp.learning_rate, weight_decay=hp.weight_decay, dense_lr=hp.dense_learning_rate
+            model,
+            lr=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+            dense_lr=hp.dense_learning_rate,
+            reduce=average,
         )
     elif method == "sparsegrad":
         if basis is None:
             assert basis_batches is not None
-            basis = sg.compute_basis(model, basis_batches, cfg)
+            summed = world.reduce_sum if world.active else None
+            basis = sg.compute_basis(model, basis_batches, cfg, reduce=summed)
         model = sg.inject(model, cfg, basis)
         basis.drop_gradients()  # the choices made from them stay in the basis (and its checkpoint file)
         optimizer = sg.make_optimizer(
-            model, lr=hp.learning_rate, weight_decay=hp.weight_decay, dense_lr=hp.dense_learning_rate
+            model,
+            lr=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+            dense_lr=hp.dense_learning_rate,
+            reduce=average,
         )
     else:
         raise ValueError(f"unknown method {method!r}")

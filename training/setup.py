@@ -28,6 +28,7 @@ from training.data import (
     first_micro_batches,
     read_records,
 )
+from training.distributed import SINGLE, World, wrap_ddp
 from training.hparams import Hyper, is_auto, resolve
 from training.methods import Prepared, prepare, sparse_config
 from training.models import load_model, load_tokenizer, max_positions, registry_entry
@@ -63,6 +64,13 @@ class Run:
     best_step: int | None = None  # the evaluated step (>= 1) of lowest valid_loss
     best_eval: dict[str, float] = field(default_factory=dict)  # its metrics
     last_eval: dict[str, float] = field(default_factory=dict)
+    world: World = SINGLE  # this process's rank among the job's processes (training.distributed)
+    ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper that trains, on several ranks
+
+    @property
+    def trainer(self) -> torch.nn.Module:
+        """The module a training step calls: DDP's wrapper on several ranks, else the model."""
+        return self.ddp if self.ddp is not None else self.prepared.model
 
     @property
     def label_names(self) -> list[str] | None:
@@ -126,8 +134,10 @@ def build_run(
     say: Callable[[str], None],
     precision: str = "auto",
     memory_budget: int | None = None,
+    world: World = SINGLE,
 ) -> Run:
-    """Set a job up; on `resume_from`, continue exactly where that checkpoint stopped."""
+    """Set a job up; on `resume_from`, continue exactly where that checkpoint stopped. On several ranks
+    (`world`) every rank sets up the same run; the basis batches are dealt out round-robin."""
     if spec.method not in METHODS:
         raise HyperparameterError(f"method must be one of {METHODS}, got {spec.method!r}", param="method")
     train_report, _ = check_files(train_file, valid_file)
@@ -152,6 +162,7 @@ def build_run(
     )
     if spec.method == "lora" and hp.train_layernorm:
         raise HyperparameterError("train_layernorm is not available with LoRA", param="train_layernorm")
+    _check_world(spec, hp, world)
     seed_all(spec.seed)
     labels = None
     if task == "classification":
@@ -194,10 +205,10 @@ def build_run(
         say(f"Computing the SparseGrad basis from {hp.basis_steps} gradient steps")
         micro = max(1, hp.batch_size // hp.gradient_accumulation_steps)
         chunks = first_micro_batches(train, spec.seed, hp.basis_steps, micro)
-        basis_batches = [collate(c, run_pad(tokenizer), task) for c in chunks]
+        basis_batches = [collate(c, run_pad(tokenizer), task) for c in chunks][world.rank :: world.size]
     try:
         with prec.autocast():
-            prepared = prepare(spec.method, model, hp, cfg, basis_batches, basis)
+            prepared = prepare(spec.method, model, hp, cfg, basis_batches, basis, world)
     except (ValueError, KeyError) as exc:
         raise HyperparameterError(f"could not apply {spec.method} to {spec.model!r}: {exc}") from exc
     frozen = set_storage(prepared.model, prec.frozen_dtype)
@@ -220,11 +231,38 @@ def build_run(
         prec.autocast,
         _fingerprint(train_file, valid_file),
         prec.frozen_dtype,
+        world=world,
     )
     if state is not None and resume_from is not None:
         _restore(run, resume_from, state)
         say(f"Resumed from the checkpoint at step {run.step}")
+    run.ddp = wrap_ddp(run.prepared.model, world, device)
+    if world.active:
+        say(f"Data parallel on {world.size} processes: each step's {hp.batch_size} examples split among them")
     return run
+
+
+def _check_world(spec: JobSpec, hp: Hyper, world: World) -> None:
+    """What several processes need: an example per rank each step, a basis batch per rank."""
+    if not world.active:
+        return
+    if hp.batch_size < world.size:
+        raise HyperparameterError(
+            f"batch_size {hp.batch_size} is below the job's {world.size} devices: each needs an example per "
+            "step; raise batch_size or ask for fewer devices",
+            param="batch_size",
+        )
+    if spec.method == "sparsegrad" and hp.basis_steps < world.size:
+        raise HyperparameterError(
+            f"basis_steps {hp.basis_steps} is below the job's {world.size} devices: each computes part of "
+            "the basis from whole batches; raise basis_steps or ask for fewer devices",
+            param="basis_steps",
+        )
+    if spec.method == "sparsegrad" and hp.basis_probe_steps:
+        raise HyperparameterError(
+            "basis_probe_steps is not available on several devices (the head fit would differ per device)",
+            param="basis_probe_steps",
+        )
 
 
 _MEMORY_KEYS = ("support", "selection", "support_block")
