@@ -12,12 +12,13 @@ from api.errors import APIError
 from api.schemas import JobCreate
 from core.datasets import TASK_OF_FORMAT, DatasetReport, check_pair
 from core.files import get_file
+from core.hparam_auto import auto_batch_size
 from core.hparam_bounds import BOOLS as HP_BOOLS
-from core.hparam_bounds import CHOICES, NUMBER_BOUNDS, target_patterns
+from core.hparam_bounds import CHOICES, NUMBER_BOUNDS, RESOURCE_BOUNDS, target_patterns
 from core.jobs import NewJob
 from core.models import File
 from core.registry import UnknownModel, get_model, list_models
-from core.settings import Settings
+from core.settings import Settings, device_queue
 
 METHODS = ("sparsegrad", "lora", "full", "meprop")
 BOUNDS = NUMBER_BOUNDS  # the engine's own table: out of range is a 400 here, not a failed job later
@@ -158,7 +159,9 @@ def build_new_job(session: Session, settings: Settings, tenant_id: str, body: Jo
             param="training_file",
             code="task_mismatch",
         )
+    devices = requested_devices(body.resources, settings.max_devices)
     method, hyper = normalize_method(body)
+    check_devices(hyper, devices, train.examples, entry.task, method["type"])
     if hyper.get("result_checkpoint") == "best" and not body.validation_file:
         param = "hyperparameters.result_checkpoint"
         message = f"{param} 'best' keeps the step of lowest validation loss: it needs a validation_file"
@@ -174,5 +177,63 @@ def build_new_job(session: Session, settings: Settings, tenant_id: str, body: Jo
         metadata=body.metadata,
         training_file=body.training_file,
         validation_file=body.validation_file,
-        queue=settings.job_queue,
+        queue=device_queue(settings.job_queue, devices),
+        devices=devices,
     )
+
+
+def check_devices(hyper: dict[str, Any], devices: int, examples: int, task: str, method: str) -> None:
+    """What the engine needs on several devices (training.setup._check_world): an example per device each
+    step, a basis batch per device, no head probe."""
+    if devices <= 1:
+        return
+
+    def number(name: str, auto: int) -> int:
+        value = hyper.get(name, "auto")
+        return auto if value == "auto" else int(value)
+
+    batch = number("batch_size", auto_batch_size(examples, task))
+    if batch < devices:
+        given = "" if hyper.get("batch_size", "auto") != "auto" else " ('auto' for this file)"
+        param = "hyperparameters.batch_size"
+        message = f"{param} {batch}{given} is below resources.devices {devices}: each device needs an example"
+        raise APIError(400, message, param=param)
+    if method != "sparsegrad":
+        return
+    if number("basis_steps", 10) < devices:
+        param = "hyperparameters.basis_steps"
+        message = (
+            f"{param} must be at least resources.devices ({devices}): each device computes part of the basis"
+        )
+        raise APIError(400, message, param=param)
+    if number("basis_probe_steps", 0):
+        param = "hyperparameters.basis_probe_steps"
+        raise APIError(400, f"{param} is not available with resources.devices above 1", param=param)
+
+
+def requested_devices(resources: dict[str, Any] | None, ceiling: int) -> int:
+    """`resources.devices` (default 1): a whole number within RESOURCE_BOUNDS and this deployment's
+    SGFT_MAX_DEVICES; a 400 naming the problem otherwise (a job no worker could take is refused, not left
+    queued)."""
+    if resources is None:
+        return 1
+    extra = sorted(set(resources) - set(RESOURCE_BOUNDS))
+    if extra:
+        raise APIError(400, f"resources: unknown key(s) {extra}; known: devices", param="resources")
+    value = resources.get("devices", 1)
+    param = "resources.devices"
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise APIError(400, f"{param} must be a whole number, got {json_type(value)}", param=param)
+    low, high = RESOURCE_BOUNDS["devices"]
+    if not low <= value <= high:
+        shown = repr(value) if len(repr(value)) <= 20 else "a longer number"
+        raise APIError(400, f"{param} must be between {low} and {high}, got {shown}", param=param)
+    if value > ceiling:
+        raise APIError(
+            400,
+            f"{param}: {value} devices asked, but this service's workers run a job on at most {ceiling} "
+            f"(SGFT_MAX_DEVICES); ask for {ceiling} or fewer",
+            param=param,
+            code="devices_unavailable",
+        )
+    return value

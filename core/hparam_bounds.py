@@ -34,6 +34,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lr_scheduler": ("linear", "cosine"),
     "result_checkpoint": ("best", "last"),
 }
+# The create request's `resources`: name -> (low, high). The deployment's own ceiling (the most devices any
+# of its workers serves) is SGFT_MAX_DEVICES; workers advertise theirs with SGFT_WORKER_DEVICES.
+RESOURCE_BOUNDS: dict[str, tuple[int, int]] = {"devices": (1, 64)}
 BOOLS: tuple[str, ...] = ("train_layernorm", "train_rest_dense", "eval_at_start", "per_layer_basis")
 
 # target_modules: module names, name suffixes or glob patterns (fnmatch: * ? [..]), never a regular

@@ -34,10 +34,11 @@ def torchrun_command(
     node_rank: int = 0,
     rdzv_endpoint: str | None = None,
     rdzv_id: str = "sgft",
+    agent: str = "torch.distributed.run",
 ) -> list[str]:
     """The torchrun command line of one node of a job: standalone on one node, else c10d rendezvous at
-    `rdzv_endpoint` (host:port) with `nnodes` agents."""
-    cmd = [python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    `rdzv_endpoint` (host:port) with `nnodes` agents. `agent`: the module that runs torchrun's main."""
+    cmd = [python, "-m", agent, f"--nproc-per-node={nproc}"]
     if nnodes == 1 and rdzv_endpoint is None:
         cmd += ["--standalone"]
     else:
