@@ -19,7 +19,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -175,3 +176,41 @@ def wrap_ddp(model: nn.Module, world: World, device: torch.device) -> nn.Module 
     DDP._set_params_and_buffers_to_ignore_for_model(model, ignored)
     ids = [device.index] if device.type == "cuda" else None
     return DDP(model, device_ids=ids, broadcast_buffers=False)
+
+
+SHARDINGS = ("none", "fsdp")
+
+
+def shard_model(model: nn.Module, keep: set[nn.Parameter]) -> None:
+    """FSDP2 (`fully_shard`): each block of every nn.ModuleList (the transformer layers) and then the rest
+    of the model, sharded over the ranks; the parameters in `keep` stay whole on every rank (SparseGrad's
+    target layers, which the optimizer changes in place through their basis)."""
+    from torch.distributed.fsdp import fully_shard
+
+    ignored = set(keep) or None
+    for module_list in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
+        for block in module_list:
+            if any(p.requires_grad or p.numel() for p in block.parameters()):
+                fully_shard(block, ignored_params=ignored)
+    fully_shard(model, ignored_params=ignored)
+
+
+@contextmanager
+def gathered(model: nn.Module, sharded: bool) -> Iterator[dict[str, torch.Tensor] | None]:
+    """On every rank of a sharded model (a collective): the model's parameters whole for the duration (its
+    named_parameters are plain tensors) and its full state dict; None and nothing done when not sharded."""
+    if not sharded:
+        yield None
+        return
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in modules:
+        m.unshard()
+    try:
+        state = model.state_dict()
+        yield {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu() for k, v in state.items()}
+    finally:
+        for m in modules:
+            m.reshard()

@@ -103,6 +103,7 @@ def _train(config: dict[str, Any], world: World, hooks: Hooks) -> TrainResult:
         precision=config.get("precision", "auto"),
         memory_budget=config.get("memory_budget"),
         world=world,
+        sharding=config.get("sharding", "none"),
     )
 
 

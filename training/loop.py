@@ -28,7 +28,7 @@ import torch
 
 from training import checkpoint as ckpt
 from training.data import collate, epoch_order, loss_units, micro_batches
-from training.distributed import SINGLE, World
+from training.distributed import SINGLE, World, gathered
 from training.hparams import Hyper, get_lr, in_use
 from training.methods import save_delta, trainable_state
 from training.metrics import evaluate
@@ -70,14 +70,14 @@ def _write_metrics(work_dir: Path, history: list[dict[str, float]], start: int =
     return len(history)
 
 
-def _write_delta(run: Run, out: Path) -> Path:
+def _write_delta(run: Run, out: Path, full: dict[str, torch.Tensor] | None = None) -> Path:
     extra = {
         "max_seq_length": run.hp.max_seq_length,
         "seed": run.spec.seed,
         "lora_rank": run.prepared.lora_rank,
     }
     model, spec = run.prepared.model, run.spec
-    return save_delta(model, spec.method, out, run.task, run.label_names, spec.model, extra)
+    return save_delta(model, spec.method, out, run.task, run.label_names, spec.model, extra, full)
 
 
 def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
@@ -123,11 +123,13 @@ def run_training(
     precision: str = "auto",
     memory_budget: int | None = None,
     world: World = SINGLE,
+    sharding: str = "none",
 ) -> TrainResult:
     """Train `spec` on the JSONL files; see the module docstring. Raises TrainingError subclasses.
     `precision`: fp32 | bf16 | bf16-weights | auto (training.precision); `memory_budget`: bytes SparseGrad's
     auto choices must fit (training.budget; None: the device's memory). `world`: this process's rank when
-    torchrun runs the job on several (training.distributed.init_world); rank 0 alone calls `hooks`."""
+    torchrun runs the job on several (training.distributed.init_world); rank 0 alone calls `hooks`;
+    `sharding` "fsdp" shards the model over them (FSDP2; no checkpoints, the last step is the result)."""
     hooks = hooks or Hooks()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -147,6 +149,7 @@ def run_training(
             precision,
             memory_budget,
             world,
+            sharding,
         )
     hp, model, optimizer = run.hp, run.prepared.model, run.prepared.optimizer
     total = hp.total_steps
@@ -170,7 +173,8 @@ def run_training(
     model.train()
     started, session_steps, session_tokens = time.perf_counter(), 0, 0
     stop = _agree_stop(run, hooks) if run.step < total else None
-    if stop is not None and world.main:
+    checkpoints = world.main and not run.sharded
+    if stop is not None and checkpoints:
         last_ckpt = _checkpoint(run, work_dir, hooks)
     early_stopped = False
     while stop is None and run.step < total and not early_stopped:
@@ -245,7 +249,7 @@ def run_training(
         finished = run.step >= total or early_stopped
         if not finished:
             stop = _agree_stop(run, hooks)
-        if world.main and (stop is not None or (run.step % hp.checkpoint_every == 0 and not finished)):
+        if checkpoints and (stop is not None or (run.step % hp.checkpoint_every == 0 and not finished)):
             last_ckpt = _checkpoint(run, work_dir, hooks)
     train_loss_now = next((r["train_loss"] for r in reversed(run.history) if "train_loss" in r), float("nan"))
     if stop is not None:
@@ -255,9 +259,10 @@ def run_training(
         saved = f"; checkpoint saved at step {run.step}" if last_ckpt is not None else ""
         say(f"Stopped ({status}) at step {run.step}{saved}")
         return TrainResult(status, run.step, total, run.trained_tokens, metrics, None, last_ckpt, run.history)
-    if not world.main:  # rank 0 writes the result
-        return TrainResult("completed", run.step, total, run.trained_tokens, {}, None, None, run.history)
-    delta, kept, kept_eval = _result(run, work_dir, say, bool(eval_batches))
+    with gathered(model, run.sharded) as full:  # a sharded model's weights, whole (every rank takes part)
+        if not world.main:  # rank 0 writes the result
+            return TrainResult("completed", run.step, total, run.trained_tokens, {}, None, None, run.history)
+        delta, kept, kept_eval = _result(run, work_dir, say, bool(eval_batches), full)
     metrics = {**kept_eval, "train_loss": train_loss_now, "result_step": float(kept)}
     metrics["trainable_parameters"] = float(run.prepared.trainable_parameters)
     say(f"Training finished at step {run.step}; delta written")
@@ -283,7 +288,11 @@ def run_training(
 
 
 def _result(
-    run: Run, work_dir: Path, say: Callable[[str], None], evaluated: bool
+    run: Run,
+    work_dir: Path,
+    say: Callable[[str], None],
+    evaluated: bool,
+    full: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Path, int, dict[str, float]]:
     """Write the result delta (the best step's under result_checkpoint "best", else the last) and say which
     step it holds; returns (delta folder, step, that step's validation metrics)."""
@@ -297,7 +306,7 @@ def _result(
         say(kept_message(mode, run.step, last_loss, best, run.best_loss))
         return out, best, dict(run.best_eval)
     shutil.rmtree(best_dir, ignore_errors=True)
-    delta = _write_delta(run, out)
+    delta = _write_delta(run, out, full)
     if mode == "best" and best is not None and best != run.step:
         say(
             f"Kept the last step ({run.step}) as the result: the weights of the best step ({best}) were not "

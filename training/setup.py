@@ -28,7 +28,7 @@ from training.data import (
     first_micro_batches,
     read_records,
 )
-from training.distributed import SINGLE, World, wrap_ddp
+from training.distributed import SHARDINGS, SINGLE, World, wrap_ddp
 from training.hparams import Hyper, is_auto, resolve
 from training.methods import Prepared, prepare, sparse_config
 from training.models import load_model, load_tokenizer, max_positions, registry_entry
@@ -66,6 +66,7 @@ class Run:
     last_eval: dict[str, float] = field(default_factory=dict)
     world: World = SINGLE  # this process's rank among the job's processes (training.distributed)
     ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper that trains, on several ranks
+    sharded: bool = False  # FSDP2: the model's parameters are shards (training.distributed.shard_model)
 
     @property
     def trainer(self) -> torch.nn.Module:
@@ -135,6 +136,7 @@ def build_run(
     precision: str = "auto",
     memory_budget: int | None = None,
     world: World = SINGLE,
+    sharding: str = "none",
 ) -> Run:
     """Set a job up; on `resume_from`, continue exactly where that checkpoint stopped. On several ranks
     (`world`) every rank sets up the same run; the basis batches are dealt out round-robin."""
@@ -163,6 +165,12 @@ def build_run(
     if spec.method == "lora" and hp.train_layernorm:
         raise HyperparameterError("train_layernorm is not available with LoRA", param="train_layernorm")
     _check_world(spec, hp, world)
+    if sharding not in SHARDINGS:
+        raise HyperparameterError(f"sharding must be one of {SHARDINGS}, got {sharding!r}", param="sharding")
+    sharded = world.active and sharding == "fsdp"
+    if sharded and hp.result_checkpoint == "best":
+        say("FSDP sharding keeps no best step's weights: the result is the last step's delta")
+        hp = dataclasses.replace(hp, result_checkpoint="last")
     seed_all(spec.seed)
     labels = None
     if task == "classification":
@@ -208,7 +216,7 @@ def build_run(
         basis_batches = [collate(c, run_pad(tokenizer), task) for c in chunks][world.rank :: world.size]
     try:
         with prec.autocast():
-            prepared = prepare(spec.method, model, hp, cfg, basis_batches, basis, world)
+            prepared = prepare(spec.method, model, hp, cfg, basis_batches, basis, world, sharded)
     except (ValueError, KeyError) as exc:
         raise HyperparameterError(f"could not apply {spec.method} to {spec.model!r}: {exc}") from exc
     frozen = set_storage(prepared.model, prec.frozen_dtype)
@@ -232,14 +240,25 @@ def build_run(
         _fingerprint(train_file, valid_file),
         prec.frozen_dtype,
         world=world,
+        sharded=sharded,
     )
     if state is not None and resume_from is not None:
         _restore(run, resume_from, state)
         say(f"Resumed from the checkpoint at step {run.step}")
-    run.ddp = wrap_ddp(run.prepared.model, world, device)
+    run.ddp = None if sharded else wrap_ddp(run.prepared.model, world, device)
     if world.active:
-        say(f"Data parallel on {world.size} processes: each step's {hp.batch_size} examples split among them")
+        how = f"FSDP2, {_sharded_share(run.prepared.model)} of the weights sharded" if sharded else "DDP"
+        say(f"Data parallel on {world.size} processes ({how}): each step's {hp.batch_size} examples split")
     return run
+
+
+def _sharded_share(model: torch.nn.Module) -> str:
+    """The share of the model's weights FSDP2 holds as shards (the rest stays whole on every rank)."""
+    from torch.distributed.tensor import DTensor
+
+    sizes = [(p.numel(), isinstance(p, DTensor)) for p in model.parameters()]
+    total = sum(n for n, _ in sizes)
+    return f"{sum(n for n, s in sizes if s) / max(total, 1):.0%}"
 
 
 def _check_world(spec: JobSpec, hp: Hyper, world: World) -> None:

@@ -37,6 +37,10 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "lora": ("lora", {}),
     "full": ("full", {}),
     "meprop": ("meprop", {}),
+    # FSDP2: the frozen weights sharded (LoRA, SparseGrad: all but the target layers), full: everything
+    "lora-fsdp": ("lora", {}),
+    "full-fsdp": ("full", {}),
+    "sparsegrad-dynamic-fsdp": ("sparsegrad", {"support": "dynamic"}),
 }
 Pair = tuple[TrainResult, TrainResult]
 # The unconfined dynamic support reaches coefficients along the basis's last columns, whose eigenvectors
@@ -85,6 +89,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Pair
             "work_dir": str(root / f"{name}-2"),
             "models_dir": str(models),
             "result": str(root / f"{name}-2.json"),
+            "sharding": "fsdp" if name.endswith("-fsdp") else "none",
         }
         files.append(root / f"{name}.json")
         files[-1].write_text(json.dumps(config))
@@ -110,11 +115,17 @@ def delta_w(models: Path, result: TrainResult, out: Path) -> dict[str, torch.Ten
     return {k: merged[k] - base[k] for k in base if k in merged and not torch.equal(merged[k], base[k])}
 
 
-def support(work: Path) -> set[tuple[str, int]]:
-    """Every (layer, flat index) coefficient ΔC holds at the step-7 checkpoint: the union of the supports
-    chosen in steps 1-7."""
-    tensors = load_file(str(work / "checkpoints" / "step-7" / "trainable.safetensors"))
-    return {(k, int(i)) for k, t in tensors.items() if k.endswith(".delta_index") for i in t.tolist()}
+def support(work: Path, at_end: bool) -> set[tuple[str, int]]:
+    """Every (layer, flat index) coefficient ΔC holds at the step-7 checkpoint (the union of the supports
+    chosen in steps 1-7), or `at_end` (FSDP keeps no checkpoints) in the final delta's COO form."""
+    checkpoint = work / "checkpoints" / "step-7" / "trainable.safetensors"
+    if not at_end:
+        tensors = load_file(str(checkpoint))
+        return {(k, int(i)) for k, t in tensors.items() if k.endswith(".delta_index") for i in t.tolist()}
+    tensors = load_file(str(work / "delta" / "adapter_model.safetensors"))
+    return {
+        (k, i * 10_000 + j) for k, t in tensors.items() if k.endswith(".indices") for i, j in t.t().tolist()
+    }
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -133,5 +144,6 @@ def test_two_processes_equal_one_on_the_same_global_batch(
     size = sum(float(dw1[k].norm() ** 2) for k in dw1) ** 0.5
     assert size > 0 and diff <= DW_TOLERANCE.get(name, 1e-4) * size, (diff, size)
     if name.startswith("sparsegrad"):
-        s1, s2 = support(models.parent / f"{name}-1"), support(models.parent / f"{name}-2")
+        at_end = name.endswith("-fsdp")
+        s1, s2 = support(models.parent / f"{name}-1", at_end), support(models.parent / f"{name}-2", at_end)
         assert s1 and len(s1 & s2) >= 0.999 * len(s1 | s2), (len(s1), len(s2), len(s1 & s2))
