@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         description="Worker: the devices (GPUs, or CPU processes with gloo) it runs one job on; it consumes "
         "the queues of jobs asking for 2..N of them.",
     )
+    sharding: Literal["none", "fsdp"] = Field(
+        default="none",
+        description="Worker: how a multi-device job holds its model: none (DDP, a whole copy per device) or "
+        "fsdp (FSDP2 shards the frozen weights, and every weight of full fine-tuning; no checkpoints).",
+    )
     checkpoint_every: int = Field(default=50, ge=1, description="Default checkpoint period in steps.")
     reaper_interval: float = Field(default=15.0, gt=0)
     queued_grace: float = Field(

@@ -40,6 +40,7 @@ def write_run_file(
     models_dir: Path,
     precision: str,
     memory_budget: int | None,
+    sharding: str = "none",
 ) -> Path:
     """The run file the ranks read (training.launch); `job`: id, worker_id, method, requested."""
     config = {
@@ -57,6 +58,7 @@ def write_run_file(
         "models_dir": str(models_dir),
         "precision": precision,
         "memory_budget": memory_budget,
+        "sharding": sharding,
         "result": str(folder / "result.json"),
         "job": job,
     }

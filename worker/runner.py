@@ -154,6 +154,7 @@ def _train(
                 settings.models_path,
                 settings.precision,
                 settings.device_memory,
+                settings.sharding,
             )
             return _train_on_ranks(run_file, job.devices, settings, beat.lost, recorder)
         return training.run_training(

@@ -35,7 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "SGFT_DATA_DIR": str(tmp / "data"),
             "SGFT_ARTIFACTS_URL": str(tmp / "data" / "artifacts"),
             "SGFT_PORT": str(free_port()),
-            "SGFT_HEARTBEAT_TIMEOUT": "10",
+            "SGFT_HEARTBEAT_TIMEOUT": "6",
             "SGFT_REAPER_INTERVAL": "1",
             "SGFT_QUEUED_GRACE": "60",
             "SGFT_JOB_RATE_LIMIT": "1000",

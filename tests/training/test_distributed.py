@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.service.stack import free_port
 from training import JobSpec, TrainResult, merge_delta, run_training
 from training.launch import result_from_json, torchrun_command
 from training.testing import make_tiny_model, sst2_lines
@@ -147,3 +148,44 @@ def test_two_processes_equal_one_on_the_same_global_batch(
         at_end = name.endswith("-fsdp")
         s1, s2 = support(models.parent / f"{name}-1", at_end), support(models.parent / f"{name}-2", at_end)
         assert s1 and len(s1 & s2) >= 0.999 * len(s1 | s2), (len(s1), len(s2), len(s1 & s2))
+
+
+@pytest.mark.slow  # opt in with SGFT_SLOW=1: two agents' c10d rendezvous take ~20 s here
+def test_two_torchrun_agents_with_c10d_rendezvous_run_one_job(
+    runs: dict[str, tuple[Path, Pair]], tmp_path: Path
+) -> None:
+    """Multi-node on one machine: two agents (--nnodes 2, one process each, c10d rendezvous on localhost)
+    train one job; it equals the one-process run."""
+    models, (one, _) = runs["sparsegrad-dynamic"]
+    method, extra = CASES["sparsegrad-dynamic"]
+    config = {
+        "spec": {"model": "tiny-llama", "method": method, "hyperparameters": {**HYPER, **extra}, "seed": 3},
+        "train": str(models.parent / "train.jsonl"),
+        "work_dir": str(tmp_path / "run"),
+        "models_dir": str(models),
+        "result": str(tmp_path / "result.json"),
+    }
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps(config))
+    endpoint = f"127.0.0.1:{free_port()}"
+    agents = [
+        subprocess.Popen(
+            torchrun_command(sys.executable, "training.launch", [run_file], 1, 2, node, endpoint, "job-x"),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"node{node}.log").open("w"),
+        )
+        for node in (0, 1)
+    ]
+    try:
+        codes = [a.wait(timeout=240) for a in agents]
+    finally:
+        for a in agents:
+            a.kill()
+    logs = "".join((tmp_path / f"node{n}.log").read_text()[-2000:] for n in (0, 1))
+    assert codes == [0, 0], logs
+    two = result_from_json(json.loads((tmp_path / "result.json").read_text())["result"])
+    a, b = losses(one), losses(two)
+    assert len(a) == len(b) == 8
+    for x, y in zip(a, b, strict=True):
+        assert abs(x - y) <= 1e-5 * abs(x), (a, b)
