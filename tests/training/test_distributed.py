@@ -150,6 +150,27 @@ def test_two_processes_equal_one_on_the_same_global_batch(
         assert s1 and len(s1 & s2) >= 0.999 * len(s1 | s2), (len(s1), len(s2), len(s1 & s2))
 
 
+@pytest.mark.parametrize("name", ["sparsegrad-dynamic", "full"])
+def test_a_checkpoint_of_two_processes_resumes_on_one(
+    name: str, runs: dict[str, tuple[Path, Pair]], tmp_path: Path
+) -> None:
+    """Under DDP every rank holds the whole state, and a checkpoint counts examples of the global batch: the
+    step-7 checkpoint of the 2-process run, resumed by one process, ends where the 1-process run ends."""
+    models, (one, _) = runs[name]
+    method, extra = CASES[name]
+    spec = JobSpec(model="tiny-llama", method=method, hyperparameters={**HYPER, **extra}, seed=3)  # type: ignore[arg-type]
+    checkpoint = models.parent / f"{name}-2" / "checkpoints" / "step-7"
+    resumed = run_training(
+        spec, models.parent / "train.jsonl", None, tmp_path / "run", resume_from=checkpoint, models_dir=models
+    )
+    a, b = losses(one), losses(resumed)
+    assert resumed.step == 8 and len(b) == 8
+    assert abs(a[-1] - b[-1]) <= 1e-5 * abs(a[-1]), (a, b)
+    dw1, dw2 = delta_w(models, one, tmp_path / "one"), delta_w(models, resumed, tmp_path / "resumed")
+    diff = sum(float((dw1[k] - dw2[k]).norm() ** 2) for k in dw1) ** 0.5
+    assert diff <= 1e-4 * sum(float(dw1[k].norm() ** 2) for k in dw1) ** 0.5
+
+
 @pytest.mark.slow  # opt in with SGFT_SLOW=1: two agents' c10d rendezvous take ~20 s here
 def test_two_torchrun_agents_with_c10d_rendezvous_run_one_job(
     runs: dict[str, tuple[Path, Pair]], tmp_path: Path
