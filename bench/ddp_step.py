@@ -3,11 +3,12 @@
 Each process count runs `torchrun --nproc-per-node N -m bench.ddp_step --rank run.json`: the engine's own
 loop (training.launch, training.distributed), rank 0 timing every optimizer step through its `on_step` hook.
 Reported: the median step time after the first `--warmup` steps, the losses (1 and N processes must agree:
-the run fails when the curves differ by more than 1e-4 relative, so the check holds on a GPU machine too)
+the run fails when the curves differ by more than `--loss-tolerance`, 1e-4 relative by default, so the check
+holds on a GPU machine too; dropout, as in all-MiniLM-L6-v2, makes them differ)
 and the threads per process (on CPU the cores are shared: N processes get cores/N threads each).
 
     python -m bench.ddp_step                                   # tiny LLaMA, 1 vs 2 processes, CPU
-    python -m bench.ddp_step --model all-MiniLM-L6-v2 --batch 16 --seq 128 --steps 8
+    python -m bench.ddp_step --model all-MiniLM-L6-v2 --batch 16 --seq 128 --steps 8 --loss-tolerance inf
     python -m bench.ddp_step --nproc 1,8 --device cuda         # a machine with 8 GPUs
 """
 
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     for row in rows[1:]:
         worst = max(abs(a - b) / abs(a) for a, b in zip(base, row["losses"], strict=True))
         row["loss_rel_diff"] = worst
-        if worst > 1e-4:
+        if worst > args.loss_tolerance:
             raise SystemExit(f"ddp_step: {row['processes']} processes' losses differ by {worst:.2e} relative")
     return rows
 
@@ -156,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument(
+        "--loss-tolerance",
+        type=float,
+        default=1e-4,
+        help="largest relative loss difference allowed (inf for a model with dropout, e.g. MiniLM's 0.1)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     args.nproc = [int(n) for n in str(args.nproc).split(",")]

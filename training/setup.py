@@ -168,6 +168,9 @@ def build_run(
     if sharding not in SHARDINGS:
         raise HyperparameterError(f"sharding must be one of {SHARDINGS}, got {sharding!r}", param="sharding")
     sharded = world.active and sharding == "fsdp"
+    if sharded and resume_from is not None:  # a checkpoint of a DDP attempt: sharded runs cannot load one
+        say("Resuming from a checkpoint: this attempt runs with DDP, not FSDP sharding (no sharded resume)")
+        sharded = False
     if sharded and hp.result_checkpoint == "best":
         say("FSDP sharding keeps no best step's weights: the result is the last step's delta")
         hp = dataclasses.replace(hp, result_checkpoint="last")
