@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             }
             run_file = folder / f"run-{nproc}.json"
             run_file.write_text(json.dumps(config))
-            threads = max(1, cores // nproc) if args.device == "cpu" else 1
+            threads = args.threads or (max(1, cores // nproc) if args.device == "cpu" else 1)
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
             if args.device == "cpu":
                 env["CUDA_VISIBLE_DEVICES"] = ""
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--threads", type=int, default=0, help="threads per process (0: cores / processes)")
     parser.add_argument(
         "--loss-tolerance",
         type=float,

@@ -175,7 +175,8 @@ def wrap_ddp(model: nn.Module, world: World, device: torch.device) -> nn.Module 
 
     DDP._set_params_and_buffers_to_ignore_for_model(model, ignored)
     ids = [device.index] if device.type == "cuda" else None
-    return DDP(model, device_ids=ids, broadcast_buffers=False)
+    # buffers are synced once at start (the sparse layers' are ignored), never again per forward
+    return DDP(model, device_ids=ids, forward_sync_buffers=False)
 
 
 SHARDINGS = ("none", "fsdp")
