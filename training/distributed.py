@@ -191,7 +191,7 @@ def shard_model(model: nn.Module, keep: set[nn.Parameter]) -> None:
     ignored = set(keep) or None
     for module_list in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
         for block in module_list:
-            if any(p.requires_grad or p.numel() for p in block.parameters()):
+            if any(p not in keep for p in block.parameters()):  # something to shard
                 fully_shard(block, ignored_params=ignored)
     fully_shard(model, ignored_params=ignored)
 

@@ -84,6 +84,7 @@ def run_files(paths: Sequence[Path], hooks_for: HooksFor | None = None) -> int:
                 raise
             if world.main:
                 _write(out, {"result": result_json(result)})
+        world.barrier()  # every rank done (rank 0 wrote its files) before the group goes down
     finally:
         close_world(world)
     return 0
