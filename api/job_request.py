@@ -12,11 +12,11 @@ from api.errors import APIError
 from api.schemas import JobCreate
 from core.datasets import TASK_OF_FORMAT, DatasetReport, check_pair
 from core.files import get_file
-from core.hparam_bounds import METHODS, HyperparameterProblem, check_rules
+from core.hparam_bounds import METHODS, RESOURCE_BOUNDS, HyperparameterProblem, check_rules
 from core.jobs import NewJob
 from core.models import File
 from core.registry import UnknownModel, get_model, list_models, position_limit
-from core.settings import Settings
+from core.settings import Settings, device_queue
 
 
 def request_hash(body: JobCreate) -> str:
@@ -63,7 +63,13 @@ def json_type(value: Any) -> str:
 
 
 def check_hyperparameters(
-    hyper: dict[str, Any], method: str, task: str, n_train: int, validation: bool, max_length: int | None
+    hyper: dict[str, Any],
+    method: str,
+    task: str,
+    n_train: int,
+    validation: bool,
+    max_length: int | None,
+    devices: int = 1,
 ) -> None:
     """The engine's own checks (core.hparam_bounds): a job accepted here is accepted by the engine."""
     try:
@@ -74,6 +80,7 @@ def check_hyperparameters(
             n_train=n_train,
             validation=validation,
             model_max_length=max_length,
+            devices=devices,
             prefix="hyperparameters.",
         )
     except HyperparameterProblem as exc:
@@ -133,9 +140,16 @@ def build_new_job(session: Session, settings: Settings, tenant_id: str, body: Jo
             param="training_file",
             code="task_mismatch",
         )
+    devices = requested_devices(body.resources, settings.max_devices)
     method, hyper = normalize_method(body)
     check_hyperparameters(
-        hyper, method["type"], entry.task, train.examples, valid_row is not None, position_limit(entry)
+        hyper,
+        method["type"],
+        entry.task,
+        train.examples,
+        valid_row is not None,
+        position_limit(entry),
+        devices,
     )
     return NewJob(
         tenant_id=tenant_id,
@@ -148,5 +162,34 @@ def build_new_job(session: Session, settings: Settings, tenant_id: str, body: Jo
         metadata=body.metadata,
         training_file=body.training_file,
         validation_file=body.validation_file,
-        queue=settings.job_queue,
+        queue=device_queue(settings.job_queue, devices),
+        devices=devices,
     )
+
+
+def requested_devices(resources: dict[str, Any] | None, ceiling: int) -> int:
+    """`resources.devices` (default 1): a whole number within RESOURCE_BOUNDS and this deployment's
+    SGFT_MAX_DEVICES; a 400 naming the problem otherwise (a job no worker could take is refused, not left
+    queued)."""
+    if resources is None:
+        return 1
+    extra = sorted(set(resources) - set(RESOURCE_BOUNDS))
+    if extra:
+        raise APIError(400, f"resources: unknown key(s) {extra}; known: devices", param="resources")
+    value = resources.get("devices", 1)
+    param = "resources.devices"
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise APIError(400, f"{param} must be a whole number, got {json_type(value)}", param=param)
+    low, high = RESOURCE_BOUNDS["devices"]
+    if not low <= value <= high:
+        shown = repr(value) if len(repr(value)) <= 20 else "a longer number"
+        raise APIError(400, f"{param} must be between {low} and {high}, got {shown}", param=param)
+    if value > ceiling:
+        raise APIError(
+            400,
+            f"{param}: {value} devices asked, but this service's workers run a job on at most {ceiling} "
+            f"(SGFT_MAX_DEVICES); ask for {ceiling} or fewer",
+            param=param,
+            code="devices_unavailable",
+        )
+    return value

@@ -76,6 +76,8 @@ class JobCreate(BaseModel):
     # OpenAI's limits: 16 pairs, keys up to 64 characters, values up to 512.
     metadata: dict[MetaKey, MetaValue] | None = Field(default=None, max_length=16)
     integrations: list[Any] | None = None  # accepted for client compatibility; none are supported
+    # {"devices": N}: train on N devices (torchrun, docs/distributed.md); checked in api.job_request
+    resources: dict[str, Any] | None = None
 
 
 class ErrorObject(BaseModel):
@@ -163,6 +165,7 @@ class JobPublic(BaseModel):
     # A cancel or pause asked of a running job that has not stopped yet ("cancel" | "pause"); `status` stays
     # "running" (OpenAI's statuses) until the worker stops at its next step.
     stop_requested: Literal["cancel", "pause"] | None = None
+    resources: dict[str, int] = {"devices": 1}
 
     @classmethod
     def of(cls, job: Job | JobRecord) -> JobPublic:
@@ -230,6 +233,7 @@ def job_fields(job: Job | JobRecord) -> dict[str, Any]:
         "attempts": job.attempts,
         "merge_status": job.merge_status,
         "stop_requested": job.stop_request if job.status == "running" else None,
+        "resources": {"devices": job.devices or 1},
     }
 
 

@@ -22,7 +22,7 @@ from cli.client import JSON, ApiError, Client, default_base_url
 from core.hparam_bounds import METHODS
 
 TERMINAL = {"succeeded": 0, "failed": 1, "cancelled": 2}
-JOB_FIELDS = ("model", "training_file", "validation_file", "suffix", "seed", "metadata")
+JOB_FIELDS = ("model", "training_file", "validation_file", "suffix", "seed", "metadata", "resources")
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -169,6 +169,8 @@ def build_job_body(args: argparse.Namespace, upload: Callable[[Path], str]) -> J
         if not sep or not key:
             raise ValueError(f"--hp expects KEY=VALUE, got {item!r}")
         hp[key.strip()] = parse_value(value)
+    if getattr(args, "devices", None) is not None:
+        cfg["resources"] = {**(cfg.get("resources") or {}), "devices": args.devices}
     method = args.method or method or "sparsegrad"
     if method not in (*METHODS, "supervised"):
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -493,6 +495,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--suffix")
     p.add_argument("--seed", type=int)
+    p.add_argument("--devices", type=int, help="devices to train on (torchrun; docs/distributed.md)")
     p.add_argument("--idempotency-key")
     p.add_argument("--watch", action="store_true", help="follow the job after creating it")
     p.add_argument(

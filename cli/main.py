@@ -49,9 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = get_settings()
-    queues = ",".join(
-        settings.queue_name(q.strip()) for q in (args.queues or settings.worker_queues).split(",")
-    )
+    queues = ",".join(settings.worker_queue_names(args.queues or settings.worker_queues))
     from worker.celery_app import app
     from worker.scratch import sweep
 

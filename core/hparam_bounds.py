@@ -264,10 +264,11 @@ def check_rules(
     n_train: int,
     validation: bool,
     model_max_length: int | None = None,
+    devices: int = 1,
     prefix: str = "",
 ) -> None:
     """Every value (check_value), then the rules that link fields, as the engine resolves them.
-    `model_max_length`: the model's position limit, where known."""
+    `model_max_length`: the model's position limit, where known; `devices`: the job's resources.devices."""
     for name, value in raw.items():
         check_value(name, value, prefix)
 
@@ -297,6 +298,19 @@ def check_rules(
             "batch is split into that many micro-batches",
             "gradient_accumulation_steps",
         )
+    if batch < devices:
+        raise problem(
+            f"{{p}}batch_size {batch} is below the job's {devices} devices (resources.devices): each needs "
+            "an example per step; raise batch_size or ask for fewer devices",
+            "batch_size",
+        )
+    basis_steps = raw["basis_steps"] if given("basis_steps") else 10
+    if method == "sparsegrad" and basis_steps < devices:
+        raise problem(
+            f"{{p}}basis_steps {basis_steps} is below the job's {devices} devices (resources.devices): each "
+            "computes part of the basis from whole batches; raise basis_steps or ask for fewer devices",
+            "basis_steps",
+        )
     length = raw.get("max_seq_length")
     if (
         model_max_length is not None
@@ -324,6 +338,10 @@ def check_rules(
     if method == "lora" and raw.get("train_layernorm") is True:
         raise problem("{p}train_layernorm is not available with LoRA", "train_layernorm")
 
+
+# The create request's `resources`: name -> (low, high). The deployment's own ceiling (the most devices any
+# of its workers serves) is SGFT_MAX_DEVICES; workers advertise theirs with SGFT_WORKER_DEVICES.
+RESOURCE_BOUNDS: dict[str, tuple[int, int]] = {"devices": (1, 64)}
 
 # target_modules: module names, name suffixes or glob patterns (fnmatch: * ? [..]), never a regular
 # expression: a user's pattern is matched in the worker, and a glob's matching time is bounded (Python

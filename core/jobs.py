@@ -55,6 +55,7 @@ class NewJob:
     training_file: str
     validation_file: str | None
     queue: str = "cpu"
+    devices: int = 1
 
 
 def rowcount(result: Any) -> int:
@@ -137,6 +138,7 @@ def create_job(
         training_file=new.training_file,
         validation_file=new.validation_file,
         queue=new.queue,
+        devices=new.devices,
         metrics={},
         result_files=[],
     )

@@ -78,6 +78,8 @@ class Job(Base):
     training_file: Mapped[str] = mapped_column(String(40))
     validation_file: Mapped[str | None] = mapped_column(String(40), default=None)
     queue: Mapped[str] = mapped_column(String(20), default="cpu")
+    # Devices (processes) the job trains on: > 1 runs under torchrun (worker.group); its queue says so.
+    devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     enqueued_at: Mapped[float | None] = mapped_column(Float, default=None)
     heartbeat_at: Mapped[float | None] = mapped_column(Float, default=None)

@@ -49,6 +49,7 @@ class JobRecord(NamedTuple):
     created_at: float
     finished_at: float | None
     stop_request: str | None = None  # "cancel" | "pause" asked of a running job, until it stops
+    devices: int = 1
 
 
 class EventRecord(NamedTuple):

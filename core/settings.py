@@ -46,6 +46,23 @@ class Settings(BaseSettings):
     queue_prefix: str = Field(
         default="", description="Prefix of queue names (isolates deployments on one broker)."
     )
+    max_devices: int = Field(
+        default=1,
+        ge=1,
+        description="API: the most devices a job may ask for (the largest SGFT_WORKER_DEVICES deployed); "
+        "above it a create is a 400.",
+    )
+    worker_devices: int = Field(
+        default=1,
+        ge=1,
+        description="Worker: the devices (GPUs, or CPU processes with gloo) it runs one job on; it consumes "
+        "the queues of jobs asking for 2..N of them.",
+    )
+    sharding: Literal["none", "fsdp"] = Field(
+        default="none",
+        description="Worker: how a multi-device job holds its model: none (DDP, a whole copy per device) or "
+        "fsdp (FSDP2 shards the frozen weights, and every weight of full fine-tuning; no checkpoints).",
+    )
     checkpoint_every: int = Field(default=50, ge=1, description="Default checkpoint period in steps.")
     reaper_interval: float = Field(default=15.0, gt=0)
     queued_grace: float = Field(
@@ -88,8 +105,16 @@ class Settings(BaseSettings):
 
     @property
     def queues(self) -> list[str]:
-        """Full names of the queues this process consumes."""
-        return [self.queue_name(q.strip()) for q in self.worker_queues.split(",") if q.strip()]
+        """Full names of the queues this process consumes: each kind's, and for a worker of N devices the
+        queues of jobs asking for 2..N (how a worker advertises its capacity: it only takes what fits)."""
+        return self.worker_queue_names(self.worker_queues)
+
+    def worker_queue_names(self, kinds: str) -> list[str]:
+        """The queues a worker consuming `kinds` (comma list of cpu, gpu) with `worker_devices` takes."""
+        out = []
+        for kind in (k.strip() for k in kinds.split(",") if k.strip()):
+            out += [self.queue_name(device_queue(kind, n)) for n in range(1, self.worker_devices + 1)]
+        return out
 
     def queue_name(self, kind: str) -> str:
         """The broker queue for `kind` ("cpu" or "gpu")."""
@@ -99,6 +124,11 @@ class Settings(BaseSettings):
     def models_path(self) -> Path:
         """The extra registry folder (always set after validation)."""
         return self.models_dir or self.data_dir / "models"
+
+
+def device_queue(kind: str, devices: int) -> str:
+    """The queue (before the prefix) of a job of `devices` on `kind`: "cpu", "cpu-x2", "gpu-x8"…."""
+    return kind if devices <= 1 else f"{kind}-x{devices}"
 
 
 @lru_cache(maxsize=1)

@@ -86,9 +86,10 @@ def resolve(
     method: str,
     model_max_length: int,
     validation: bool = False,
+    devices: int = 1,
 ) -> Hyper:
     """Validate `raw` and fill every "auto" (see the module table). `model_max_length`: position limit;
-    `validation`: the job has a validation file."""
+    `validation`: the job has a validation file; `devices`: processes it trains on."""
     try:  # the API ran the same checks (core.hparam_bounds): a job it accepted passes here
         check_rules(
             raw,
@@ -97,6 +98,7 @@ def resolve(
             n_train=n_train,
             validation=validation,
             model_max_length=model_max_length,
+            devices=devices,
         )
     except HyperparameterProblem as exc:
         raise HyperparameterError(str(exc), param=exc.param) from None

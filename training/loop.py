@@ -8,6 +8,10 @@ big batch; optimizer step; hooks; evaluation every `eval_every` steps and at the
 `checkpoint_every` steps; `should_stop` polled every step ("cancel"/"pause": checkpoint, return). Each
 step's loss is watched for divergence, each better evaluation's delta kept (training.outcome). At the end:
 the delta in work_dir/delta, the best evaluated step's under result_checkpoint "best", else the last one's.
+
+On several processes (`world`, training.distributed) each rank takes its shard of every step's examples and
+weights its micro-batches by the loss units of the whole step (summed over the ranks), so the averaged
+gradient is the one-process gradient; rank 0 alone decides to stop, writes files and calls the hooks.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -24,12 +28,13 @@ import torch
 
 from training import checkpoint as ckpt
 from training.data import collate, epoch_order, loss_units, micro_batches
+from training.distributed import SINGLE, World, gathered
 from training.hparams import Hyper, get_lr, in_use
 from training.methods import save_delta, trainable_state
 from training.metrics import evaluate
 from training.outcome import BEST_DELTA, DivergenceWatch, kept_message, majority_warning, save_best
 from training.setup import Run, build_run
-from training.spec import Hooks, JobSpec, OutOfMemory, StepInfo, TrainingError, TrainResult
+from training.spec import Hooks, JobSpec, OutOfMemory, StepInfo, StopReason, TrainingError, TrainResult
 
 KEEP_CHECKPOINTS = 2
 
@@ -65,14 +70,14 @@ def _write_metrics(work_dir: Path, history: list[dict[str, float]], start: int =
     return len(history)
 
 
-def _write_delta(run: Run, out: Path) -> Path:
+def _write_delta(run: Run, out: Path, full: dict[str, torch.Tensor] | None = None) -> Path:
     extra = {
         "max_seq_length": run.hp.max_seq_length,
         "seed": run.spec.seed,
         "lora_rank": run.prepared.lora_rank,
     }
     model, spec = run.prepared.model, run.spec
-    return save_delta(model, spec.method, out, run.task, run.label_names, spec.model, extra)
+    return save_delta(model, spec.method, out, run.task, run.label_names, spec.model, extra, full)
 
 
 def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
@@ -117,10 +122,14 @@ def run_training(
     models_dir: Path | None = None,
     precision: str = "auto",
     memory_budget: int | None = None,
+    world: World = SINGLE,
+    sharding: str = "none",
 ) -> TrainResult:
     """Train `spec` on the JSONL files; see the module docstring. Raises TrainingError subclasses.
     `precision`: fp32 | bf16 | bf16-weights | auto (training.precision); `memory_budget`: bytes SparseGrad's
-    auto choices must fit (training.budget; None: the device's memory)."""
+    auto choices must fit (training.budget; None: the device's memory). `world`: this process's rank when
+    torchrun runs the job on several (training.distributed.init_world); rank 0 alone calls `hooks`;
+    `sharding` "fsdp" shards the model over them (FSDP2; no checkpoints, the last step is the result)."""
     hooks = hooks or Hooks()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +148,8 @@ def run_training(
             say,
             precision,
             memory_budget,
+            world,
+            sharding,
         )
     hp, model, optimizer = run.hp, run.prepared.model, run.prepared.optimizer
     total = hp.total_steps
@@ -156,41 +167,53 @@ def run_training(
     )
     if eval_batches and hp.eval_at_start and run.step == 0:
         _evaluate(run, hooks, eval_batches)
-    written = _write_metrics(work_dir, run.history)
+    written = _write_metrics(work_dir, run.history) if world.main else 0
     last_ckpt: Path | None = resume_from if resume_from is not None else None
     order = epoch_order(len(run.train), spec.seed, run.epoch)
     model.train()
     started, session_steps, session_tokens = time.perf_counter(), 0, 0
-    stop = hooks.should_stop() if hooks.should_stop and run.step < total else None
-    if stop is not None:
+    stop = _agree_stop(run, hooks) if run.step < total else None
+    checkpoints = world.main and not run.sharded
+    if stop is not None and checkpoints:
         last_ckpt = _checkpoint(run, work_dir, hooks)
     early_stopped = False
     while stop is None and run.step < total and not early_stopped:
         if run.index >= len(run.train):  # next epoch: a fresh permutation from (seed, epoch)
             run.epoch, run.index = run.epoch + 1, 0
             order = epoch_order(len(run.train), spec.seed, run.epoch)
-        micro = micro_batches(run.train, order, run.index, hp.batch_size, hp.gradient_accumulation_steps)
+        step_ids = order[run.index : run.index + hp.batch_size]
+        mine = world.shard(step_ids)  # all of them on one process
         run.index += hp.batch_size
+        # a rank left without examples (an epoch's short last step) still takes part, with weight 0
+        weight = 1 if mine else 0
+        micro = micro_batches(
+            run.train, mine or step_ids[:1], 0, len(mine or step_ids[:1]), hp.gradient_accumulation_steps
+        )
         batches = [collate(m, run.pad_id, run.task) for m in micro]
-        units = [loss_units(b, run.task) for b in batches]
+        units = [loss_units(b, run.task) * weight for b in batches]
+        (step_units,) = world.sum([sum(units)])
         scale = get_lr(run.step, 1.0, warmup, total, hp.lr_scheduler)
         lr = hp.learning_rate * scale
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * scale
         loss_sum = 0.0
         with guard(run.hp, f"step {run.step + 1}"):
-            for batch, n in zip(batches, units, strict=True):
+            for i, (batch, n) in enumerate(zip(batches, units, strict=True)):
                 batch = {k: v.to(run.device) for k, v in batch.items()}
-                with run.autocast():
-                    loss = model(**batch).loss  # mean over this micro-batch's examples / learnt tokens
-                (loss * (n / sum(units))).backward()
+                with _accumulating(run, i < len(batches) - 1):
+                    with run.autocast():
+                        loss = run.trainer(**batch).loss  # mean over this micro-batch's examples / tokens
+                    # gradients are averaged over the ranks: times world.size makes them the global sum
+                    (loss * (n * world.size / max(step_units, 1))).backward()
                 loss_sum += float(loss.detach()) * n
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         run.step += 1
-        train_loss = loss_sum / max(sum(units), 1)
+        mine_tokens = sum(int(b["attention_mask"].sum()) for b in batches) * weight
+        loss_sum, tokens_f = world.sum([loss_sum, mine_tokens])
+        train_loss = loss_sum / max(step_units, 1)
         watch.check(run.step, train_loss)
-        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        tokens = int(tokens_f)
         run.trained_tokens += tokens
         session_steps, session_tokens = session_steps + 1, session_tokens + tokens
         elapsed = time.perf_counter() - started
@@ -213,18 +236,19 @@ def run_training(
             if run.best_loss is None or metrics["valid_loss"] < run.best_loss:
                 run.best_loss, run.bad_evals = metrics["valid_loss"], 0
                 run.best_step, run.best_eval = run.step, dict(metrics)
-                if keep_best and run.step < total:  # the last step's delta is written at the end anyway
+                if keep_best and run.step < total and world.main:  # the last step's is written at the end
                     save_best(work_dir, lambda out: _write_delta(run, out))
             else:
                 run.bad_evals += 1
             if 0 < hp.early_stopping_patience <= run.bad_evals and run.step < total:
                 say(f"Early stopping at step {run.step}: no better valid_loss in {run.bad_evals} evaluations")
                 early_stopped = True
-        written = _write_metrics(work_dir, run.history, written)
+        if world.main:
+            written = _write_metrics(work_dir, run.history, written)
         finished = run.step >= total or early_stopped
-        if not finished and hooks.should_stop:
-            stop = hooks.should_stop()
-        if stop is not None or (run.step % hp.checkpoint_every == 0 and not finished):
+        if not finished:
+            stop = _agree_stop(run, hooks)
+        if checkpoints and (stop is not None or (run.step % hp.checkpoint_every == 0 and not finished)):
             last_ckpt = _checkpoint(run, work_dir, hooks)
     train_loss_now = next((r["train_loss"] for r in reversed(run.history) if "train_loss" in r), float("nan"))
     if stop is not None:
@@ -234,7 +258,10 @@ def run_training(
         saved = f"; checkpoint saved at step {run.step}" if last_ckpt is not None else ""
         say(f"Stopped ({status}) at step {run.step}{saved}")
         return TrainResult(status, run.step, total, run.trained_tokens, metrics, None, last_ckpt, run.history)
-    delta, kept, kept_eval = _result(run, work_dir, say, bool(eval_batches))
+    with gathered(model, run.sharded) as full:  # a sharded model's weights, whole (every rank takes part)
+        if not world.main:  # rank 0 writes the result
+            return TrainResult("completed", run.step, total, run.trained_tokens, {}, None, None, run.history)
+        delta, kept, kept_eval = _result(run, work_dir, say, bool(eval_batches), full)
     metrics = {**kept_eval, "train_loss": train_loss_now, "result_step": float(kept)}
     metrics["trainable_parameters"] = float(run.prepared.trainable_parameters)
     say(f"Training finished at step {run.step}; delta written")
@@ -260,7 +287,11 @@ def run_training(
 
 
 def _result(
-    run: Run, work_dir: Path, say: Callable[[str], None], evaluated: bool
+    run: Run,
+    work_dir: Path,
+    say: Callable[[str], None],
+    evaluated: bool,
+    full: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Path, int, dict[str, float]]:
     """Write the result delta (the best step's under result_checkpoint "best", else the last) and say which
     step it holds; returns (delta folder, step, that step's validation metrics)."""
@@ -274,7 +305,7 @@ def _result(
         say(kept_message(mode, run.step, last_loss, best, run.best_loss))
         return out, best, dict(run.best_eval)
     shutil.rmtree(best_dir, ignore_errors=True)
-    delta = _write_delta(run, out)
+    delta = _write_delta(run, out, full)
     if mode == "best" and best is not None and best != run.step:
         say(
             f"Kept the last step ({run.step}) as the result: the weights of the best step ({best}) were not "
@@ -283,6 +314,19 @@ def _result(
     elif evaluated and last_loss is not None:
         say(kept_message(mode, run.step, last_loss, best, run.best_loss))
     return delta, run.step, dict(run.last_eval)
+
+
+def _agree_stop(run: Run, hooks: Hooks) -> StopReason | None:
+    """The stop request (polled by rank 0, the one with hooks) that every rank acts on at the same step."""
+    asked = hooks.should_stop() if hooks.should_stop else None
+    return run.world.agree(asked)  # type: ignore[return-value]
+
+
+def _accumulating(run: Run, more: bool) -> AbstractContextManager[object]:
+    """DDP's no_sync for every micro-batch but a step's last: one gradient all-reduce per step."""
+    if more and run.ddp is not None:
+        return run.ddp.no_sync()  # type: ignore[operator, no-any-return]
+    return nullcontext()
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import sparsegrad as sg
+from training.distributed import SINGLE, World, shard_model
 from training.hparams import Hyper
 
 DELTA_META = "sgft_delta.json"
@@ -73,11 +74,19 @@ def prepare(
     cfg: sg.SparseGradConfig,
     basis_batches: Iterable[dict[str, torch.Tensor]] | None,
     basis: sg.Basis | None = None,
+    world: World = SINGLE,
+    sharded: bool = False,
 ) -> Prepared:
-    """Apply `method` to `model` (in place but for LoRA); a `basis` given (resume) skips the basis phase."""
+    """Apply `method` to `model` (in place but for LoRA); a `basis` given (resume) skips the basis phase.
+    On several processes (`world`), SparseGrad's Gram sums are summed over the ranks and its dL/dC (MeProp's
+    dL/dW) averaged before selection: every rank holds the same basis, support and optimizer state."""
     lora_rank = None
+    average = world.reduce_mean if world.active else None
     if method == "full":
         params = sg.enable_full_finetuning(model)
+        if sharded:  # FSDP2 once the trainable flags are set, before the optimizer (parameters become shards)
+            shard_model(model, set())
+            params = list(model.parameters())
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(
             params, lr=hp.learning_rate, weight_decay=hp.weight_decay
         )
@@ -90,6 +99,8 @@ def prepare(
             task=cfg.task,
             train_rest_dense=hp.train_rest_dense,
         )
+        if sharded:
+            shard_model(model, set())
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         groups = [{"params": [p for _, p in trainable], "lr": hp.learning_rate}]
         if hp.dense_learning_rate != hp.learning_rate:  # one group when both rates are the same
@@ -102,17 +113,30 @@ def prepare(
         )
     elif method == "meprop":
         model = sg.apply_meprop(model, cfg)
+        if sharded:
+            shard_model(model, _sparse_params(model))
         optimizer = sg.make_optimizer(
-            model, lr=hp.learning_rate, weight_decay=hp.weight_decay, dense_lr=hp.dense_learning_rate
+            model,
+            lr=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+            dense_lr=hp.dense_learning_rate,
+            reduce=average,
         )
     elif method == "sparsegrad":
         if basis is None:
             assert basis_batches is not None
-            basis = sg.compute_basis(model, basis_batches, cfg)
+            summed = world.reduce_sum if world.active else None
+            basis = sg.compute_basis(model, basis_batches, cfg, reduce=summed)
         model = sg.inject(model, cfg, basis)
         basis.drop_gradients()  # the choices made from them stay in the basis (and its checkpoint file)
+        if sharded:  # the frozen rest sharded; the target layers (coefficients, bases, weights) stay whole
+            shard_model(model, _sparse_params(model))
         optimizer = sg.make_optimizer(
-            model, lr=hp.learning_rate, weight_decay=hp.weight_decay, dense_lr=hp.dense_learning_rate
+            model,
+            lr=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+            dense_lr=hp.dense_learning_rate,
+            reduce=average,
         )
     else:
         raise ValueError(f"unknown method {method!r}")
@@ -123,6 +147,11 @@ def prepare(
     else:
         count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Prepared(model, optimizer, basis, count, lora_rank)
+
+
+def _sparse_params(model: nn.Module) -> set[nn.Parameter]:
+    """Every parameter of the layers SparseGrad or MeProp trains (kept whole under FSDP)."""
+    return {p for layer in sg.sparse_layers(model).values() for p in layer.parameters()}
 
 
 def trainable_state(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
@@ -172,15 +201,20 @@ def save_delta(
     labels: list[str] | None,
     base: str,
     extra: dict[str, Any],
+    full: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the method's delta to `out` (+ sgft_delta.json) and return it."""
+    """Write the method's delta to `out` (+ sgft_delta.json) and return it. `full`: the whole state dict of
+    an FSDP-sharded model (training.distributed.gathered), whose own state dict holds shards."""
     out.mkdir(parents=True, exist_ok=True)
     if method in ("sparsegrad", "meprop"):
         sg.save_delta(model, out)
     elif method == "lora":
-        model.save_pretrained(str(out))  # type: ignore[operator]
+        model.save_pretrained(str(out), state_dict=full)  # type: ignore[operator]
     else:
-        tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()}
+        tensors = {
+            n: (full[n] if full is not None else p).detach().cpu().contiguous()
+            for n, p in model.named_parameters()
+        }
         save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": FULL_FORMAT})
         config = {"format": FULL_FORMAT, "version": 1, "method": "full", "task": task, "labels": labels}
         (out / "adapter_config.json").write_text(json.dumps({**config, "base_model_id": base}, indent=2))

@@ -29,6 +29,7 @@ from training.data import (
     first_micro_batches,
     read_records,
 )
+from training.distributed import SHARDINGS, SINGLE, World, wrap_ddp
 from training.hparams import Hyper, is_auto, resolve
 from training.methods import Prepared, prepare, sparse_config
 from training.models import load_model, load_tokenizer, max_positions, registry_entry
@@ -62,6 +63,14 @@ class Run:
     best_step: int | None = None  # the evaluated step (>= 1) of lowest valid_loss
     best_eval: dict[str, float] = field(default_factory=dict)  # its metrics
     last_eval: dict[str, float] = field(default_factory=dict)
+    world: World = SINGLE  # this process's rank among the job's processes (training.distributed)
+    ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper that trains, on several ranks
+    sharded: bool = False  # FSDP2: the model's parameters are shards (training.distributed.shard_model)
+
+    @property
+    def trainer(self) -> torch.nn.Module:
+        """The module a training step calls: DDP's wrapper on several ranks, else the model."""
+        return self.ddp if self.ddp is not None else self.prepared.model
 
     @property
     def label_names(self) -> list[str] | None:
@@ -125,8 +134,11 @@ def build_run(
     say: Callable[[str], None],
     precision: str = "auto",
     memory_budget: int | None = None,
+    world: World = SINGLE,
+    sharding: str = "none",
 ) -> Run:
-    """Set a job up; on `resume_from`, continue exactly where that checkpoint stopped."""
+    """Set a job up; on `resume_from`, continue exactly where that checkpoint stopped. On several ranks
+    (`world`) every rank sets up the same run; the basis batches are dealt out round-robin."""
     if spec.method not in METHODS:
         raise HyperparameterError(f"method must be one of {METHODS}, got {spec.method!r}", param="method")
     train_report, _ = check_files(train_file, valid_file)
@@ -148,7 +160,22 @@ def build_run(
         spec.method,
         max_positions(entry),
         validation=valid_file is not None,
+        devices=world.size if world.active else 1,
     )
+    if world.active and spec.library.get("basis_probe_steps"):
+        raise HyperparameterError(
+            "basis_probe_steps is not available on several devices (the head fit would differ per device)",
+            param="basis_probe_steps",
+        )
+    if sharding not in SHARDINGS:
+        raise HyperparameterError(f"sharding must be one of {SHARDINGS}, got {sharding!r}", param="sharding")
+    sharded = world.active and sharding == "fsdp"
+    if sharded and resume_from is not None:  # a checkpoint of a DDP attempt: sharded runs cannot load one
+        say("Resuming from a checkpoint: this attempt runs with DDP, not FSDP sharding (no sharded resume)")
+        sharded = False
+    if sharded and hp.result_checkpoint == "best":
+        say("FSDP sharding keeps no best step's weights: the result is the last step's delta")
+        hp = dataclasses.replace(hp, result_checkpoint="last")
     seed_all(spec.seed)
     labels = None
     if task == "classification":
@@ -189,10 +216,10 @@ def build_run(
         say(f"Computing the SparseGrad basis from {hp.basis_steps} gradient steps")
         micro = max(1, hp.batch_size // hp.gradient_accumulation_steps)
         chunks = first_micro_batches(train, spec.seed, hp.basis_steps, micro)
-        basis_batches = [collate(c, run_pad(tokenizer), task) for c in chunks]
+        basis_batches = [collate(c, run_pad(tokenizer), task) for c in chunks][world.rank :: world.size]
     try:
         with prec.autocast():
-            prepared = prepare(spec.method, model, hp, cfg, basis_batches, basis)
+            prepared = prepare(spec.method, model, hp, cfg, basis_batches, basis, world, sharded)
     except (ValueError, KeyError) as exc:
         raise HyperparameterError(f"could not apply {spec.method} to {spec.model!r}: {exc}") from exc
     frozen = set_storage(prepared.model, prec.frozen_dtype)
@@ -215,11 +242,26 @@ def build_run(
         prec.autocast,
         _fingerprint(train_file, valid_file),
         prec.frozen_dtype,
+        world=world,
+        sharded=sharded,
     )
     if state is not None and resume_from is not None:
         _restore(run, resume_from, state)
         say(f"Resumed from the checkpoint at step {run.step}")
+    run.ddp = None if sharded else wrap_ddp(run.prepared.model, world, device)
+    if world.active:
+        how = f"FSDP2, {_sharded_share(run.prepared.model)} of the weights sharded" if sharded else "DDP"
+        say(f"Data parallel on {world.size} processes ({how}): each step's {hp.batch_size} examples split")
     return run
+
+
+def _sharded_share(model: torch.nn.Module) -> str:
+    """The share of the model's weights FSDP2 holds as shards (the rest stays whole on every rank)."""
+    from torch.distributed.tensor import DTensor
+
+    sizes = [(p.numel(), isinstance(p, DTensor)) for p in model.parameters()]
+    total = sum(n for n, _ in sizes)
+    return f"{sum(n for n, s in sizes if s) / max(total, 1):.0%}"
 
 
 _MEMORY_KEYS = ("support", "selection", "support_block")

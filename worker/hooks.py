@@ -177,6 +177,9 @@ class Heartbeat:
         self.beat = beat
         self.factory = get_sessionmaker(db_url)
         self.interval = interval
+        self.lost = (
+            threading.Event()
+        )  # set once the job is no longer ours: a multi-device run then ends its group
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
 
@@ -187,6 +190,7 @@ class Heartbeat:
                     self.beat(s, self.job_id, self.worker_id)
             except jobs.LostOwnership:
                 log.warning("job %s is no longer ours; stopping heartbeats", self.job_id)
+                self.lost.set()
                 return
             except Exception:  # a passing database error: try again next tick
                 log.exception("heartbeat for job %s failed", self.job_id)

@@ -9,6 +9,7 @@ import shutil
 import socket
 import tarfile
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from core.states import JobStatus
 from core.storage import Storage
 from training.spec import JobSpec, TrainingError, TrainResult
 from worker import failures
+from worker.group import RankGroup, outcome, write_run_file
 from worker.hooks import Heartbeat, JobHooks
 from worker.redact import redact
 from worker.scratch import scratch_dir
@@ -132,7 +134,29 @@ def _train(
     hyper.setdefault("checkpoint_every", settings.checkpoint_every)
     method = str(job.method.get("type", "sparsegrad"))
     spec = JobSpec(model=job.model, method=method, task=job.task, hyperparameters=hyper, seed=job.seed)  # type: ignore[arg-type]
-    with Heartbeat(job.id, worker_id, settings.database_url, _beat_interval(settings)):
+    with Heartbeat(job.id, worker_id, settings.database_url, _beat_interval(settings)) as beat:
+        if (job.devices or 1) > 1:
+            folder = work / "ranks"
+            folder.mkdir()
+            about = {
+                "id": job.id,
+                "worker_id": worker_id,
+                "method": method,
+                "requested": list(job.hyperparameters),
+            }
+            run_file = write_run_file(
+                folder,
+                spec,
+                train,
+                valid,
+                resume,
+                about,
+                settings.models_path,
+                settings.precision,
+                settings.device_memory,
+                settings.sharding,
+            )
+            return _train_on_ranks(run_file, job.devices, settings, beat.lost, recorder)
         return training.run_training(
             spec,
             train,
@@ -144,6 +168,29 @@ def _train(
             precision=settings.precision,
             memory_budget=settings.device_memory,
         )
+
+
+class DevicesUnavailable(TrainingError):
+    code = "devices_unavailable"
+
+
+def _train_on_ranks(
+    run_file: Path, devices: int, settings: Settings, lost: threading.Event, recorder: JobHooks
+) -> TrainResult:
+    """Train on `devices` processes (worker.group: torchrun; rank 0 writes progress, events and
+    checkpoints) while this process keeps the heartbeat; the group never outlives this call."""
+    if devices > settings.worker_devices:
+        raise DevicesUnavailable(
+            f"the job asks for {devices} devices and this worker has {settings.worker_devices} "
+            "(SGFT_WORKER_DEVICES); it reached a worker that cannot serve it"
+        )
+    group = RankGroup(run_file, devices, run_file.parent / "ranks.log")
+    with group:
+        status = group.wait(lost)
+    result = outcome(run_file.parent / "result.json", status, group.tail())
+    if result.checkpoint_dir is not None:  # every checkpoint rank 0 made, it uploaded
+        recorder.uploaded_steps.add(result.step)
+    return result
 
 
 def _finish(

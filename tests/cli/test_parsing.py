@@ -162,3 +162,11 @@ def test_estimate_line() -> None:
         "estimate: 380 steps (10 epochs x batch 8) on 300 examples, about 35m04s (table of measured rates)"
     )
     assert "duration unknown" in estimate_line({**est, "estimated_seconds": None, "throughput_source": None})
+
+
+def test_devices_flag_asks_for_resources() -> None:
+    args = parse(["jobs", "create", "--model", "m", "--training-file", "file-abc", "--devices", "2"])
+    assert build_job_body(args, no_upload)["resources"] == {"devices": 2}
+    assert "resources" not in build_job_body(
+        parse(["jobs", "create", "--model", "m", "--training-file", "file-a"]), no_upload
+    )

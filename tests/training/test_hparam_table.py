@@ -41,15 +41,16 @@ hyperparameters = st.fixed_dictionaries({}, optional={name: _values(p) for name,
     task=st.sampled_from(["classification", "causal_lm"]),
     n_train=st.integers(1, 50_000),
     validation=st.booleans(),
+    devices=st.integers(1, 4),
 )
 def test_any_job_the_api_accepts_the_engine_resolves(
-    hyper: dict[str, Any], method: str, task: str, n_train: int, validation: bool
+    hyper: dict[str, Any], method: str, task: str, n_train: int, validation: bool, devices: int
 ) -> None:
     try:
-        check_hyperparameters(dict(hyper), method, task, n_train, validation, 512)
+        check_hyperparameters(dict(hyper), method, task, n_train, validation, 512, devices)
     except APIError:
         return  # refused at the API: never queued
-    resolved = resolve(dict(hyper), n_train, task, method, 512, validation=validation)
+    resolved = resolve(dict(hyper), n_train, task, method, 512, validation=validation, devices=devices)
     assert resolved.total_steps >= 1 and resolved.learning_rate > 0
 
 
