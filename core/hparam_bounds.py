@@ -49,7 +49,7 @@ PARAMS: dict[str, Param] = {
             "n_epochs",
             1,
             50,
-            "ceil(3000 / n) in [2, 10] below 20,000 examples, else 1",
+            "3 up to 5,000 examples, 2 below 20,000, else 1",
             "Passes over the data",
         ),
         _num(

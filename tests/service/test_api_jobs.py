@@ -266,12 +266,12 @@ def test_estimate_resolves_auto_settings_as_the_engine_does(api: Api, tmp_path: 
         assert answer.status_code == 200, answer.text
         est = answer.json()
         hp = resolve({"n_epochs": "auto", "batch_size": "auto"}, 40, "classification", method, 512)
-        assert (est["n_epochs"], est["batch_size"]) == (hp.n_epochs, hp.batch_size) == (10, 8)
-        assert est["total_steps"] == hp.total_steps == 50
+        assert (est["n_epochs"], est["batch_size"]) == (hp.n_epochs, hp.batch_size) == (3, 8)
+        assert est["total_steps"] == hp.total_steps == 15
         assert est["learning_rate"] == hp.learning_rate
         assert est["throughput_source"] == "table" and est["estimated_seconds"] > 0
         per_step = est["approx_tokens_per_epoch"] / hp.steps_per_epoch
-        assert est["estimated_seconds"] == pytest.approx(per_step * 50 / est["tokens_per_second"])
+        assert est["estimated_seconds"] == pytest.approx(per_step * 15 / est["tokens_per_second"])
     capped = {"model": MODEL, "training_file": train, "hyperparameters": {"max_steps": 7}}
     est = api.client.post("/v1/fine_tuning/jobs/estimate", headers=api.h(), json=capped).json()
     engine = resolve({"max_steps": 7}, 40, "classification", "sparsegrad", 512)

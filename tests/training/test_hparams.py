@@ -9,13 +9,14 @@ from training.spec import HyperparameterError
 
 
 def test_auto_values_follow_data_size_and_method() -> None:
-    small = resolve({}, 200, "classification", "sparsegrad", 512)
-    assert small.n_epochs == 10 and small.batch_size == 8 and small.max_seq_length == 128
+    small = resolve({}, 400, "classification", "sparsegrad", 512)
+    assert small.n_epochs == 3 and small.batch_size == 8 and small.max_seq_length == 128
     assert small.learning_rate == BASE_LR["classification"]["sparsegrad"]
-    assert small.total_steps == 25 * 10 and small.eval_every == small.checkpoint_every == 50
-    assert small.selection == "adam"  # 250 steps; a short run, a fixed support or a causal LM: the paper's
-    assert resolve({"max_steps": 99}, 200, "classification", "sparsegrad", 512).selection == "gradient"
-    assert resolve({"support": "fixed"}, 200, "classification", "sparsegrad", 512).selection == "gradient"
+    assert small.total_steps == 50 * 3 and small.eval_every == small.checkpoint_every == 30
+    assert small.selection == "adam"  # 150 steps; a short run, a fixed support or a causal LM: the paper's
+    assert resolve({"max_steps": 99}, 400, "classification", "sparsegrad", 512).selection == "gradient"
+    assert resolve({"support": "fixed"}, 400, "classification", "sparsegrad", 512).selection == "gradient"
+    assert resolve({}, 10_000, "classification", "sparsegrad", 512).n_epochs == 2
     assert resolve({}, 2000, "causal_lm", "sparsegrad", 512).selection == "gradient"
     assert resolve({}, 200, "classification", "meprop", 512).selection == "gradient"
     big = resolve({"learning_rate_multiplier": 2}, 30_000, "classification", "full", 512)
@@ -27,7 +28,7 @@ def test_auto_values_follow_data_size_and_method() -> None:
     lm = resolve({"max_steps": 7}, 100, "causal_lm", "lora", 256)
     assert lm.max_seq_length == 256 and lm.batch_size == 4 and lm.total_steps == 7 and lm.eval_every == 10
     assert (
-        resolve({"n_epochs": "auto", "batch_size": None}, 3000, "classification", "lora", 512).n_epochs == 2
+        resolve({"n_epochs": "auto", "batch_size": None}, 3000, "classification", "lora", 512).n_epochs == 3
     )
 
 
