@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import errno
 import logging
+from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -23,7 +26,9 @@ TYPE_OF_STATUS = {
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    502: "server_error",
     503: "service_unavailable",
+    504: "timeout",
 }
 
 
@@ -47,6 +52,24 @@ class APIError(Exception):
         self.code = code
         self.type = type or TYPE_OF_STATUS.get(status, "api_error")
         self.headers = headers
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape, as every error of this API is rendered."""
+
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route that can answer `codes`: each with the error body's schema."""
+    return {code: {"model": ErrorBody, "description": HTTPStatus(code).phrase} for code in codes}
 
 
 def not_found(kind: str, object_id: str, param: str = "id") -> APIError:
