@@ -98,7 +98,9 @@ async def generate(request: Request, settings: Settings, payload: dict[str, Any]
     """Send a generation to the inference server; APIError when it is refused or unreachable."""
     client = _client(request, settings)
     try:
-        response = await client.send(client.build_request("POST", "/internal/generate", json=payload), stream=True)
+        response = await client.send(
+            client.build_request("POST", "/internal/generate", json=payload), stream=True
+        )
     except httpx.HTTPError as exc:
         raise _unreachable(exc) from None
     try:

@@ -42,9 +42,11 @@ class Sampling(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=8)
-    stop: Annotated[str, Field(min_length=1, max_length=200)] | Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=4)
-    ] | None = None
+    stop: (
+        Annotated[str, Field(min_length=1, max_length=200)]
+        | Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=4)]
+        | None
+    ) = None
     seed: int | None = Field(default=None, ge=0, le=2**62)
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -211,9 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the full traceback of an error (or set SGFT_DEBUG=1)"
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("run", help="migrate, then run API + worker + reaper + inference server (Ctrl-C stops all)").set_defaults(
-        fn=cmd_run
-    )
+    sub.add_parser(
+        "run", help="migrate, then run API + worker + reaper + inference server (Ctrl-C stops all)"
+    ).set_defaults(fn=cmd_run)
     serve = sub.add_parser("serve", help="run the API (uvicorn)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)

@@ -68,7 +68,11 @@ def resolve(session: Session, tenant_id: str, name: str, models_dir: Path | None
     model_name = ckpt.group("model") if ckpt else name
     job_id = "ftjob-" + model_name.rsplit(":", 1)[-1]
     job = session.get(Job, job_id)
-    if job is None or job.tenant_id != tenant_id or (job.fine_tuned_model or fine_tuned_name(job)) != model_name:
+    if (
+        job is None
+        or job.tenant_id != tenant_id
+        or (job.fine_tuned_model or fine_tuned_name(job)) != model_name
+    ):
         raise _unknown(name)
     if ckpt is not None:
         step = int(ckpt.group("step"))

@@ -71,7 +71,8 @@ class Settings(BaseSettings):
         default=None, description="Extra model registry; default $DATA_DIR/models."
     )
     infer_url: str = Field(
-        default="", description="The inference server (`sgft infer`) the API proxies to; default from infer_port."
+        default="",
+        description="The inference server (`sgft infer`) the API proxies to; default from infer_port.",
     )
     infer_host: str = Field(default="127.0.0.1", description="Address `sgft infer` listens on.")
     infer_port: int = Field(default=8001, description="Port `sgft infer` listens on.")

@@ -43,8 +43,12 @@ def create_infer_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "memory_used": engine.cache.used, "memory_budget": engine.cache.budget,
-                "models": engine.cache.sizes()}
+        return {
+            "status": "ok",
+            "memory_used": engine.cache.used,
+            "memory_budget": engine.cache.budget,
+            "models": engine.cache.sizes(),
+        }
 
     @app.post("/internal/generate", response_model=None)
     async def generate(request: Request) -> StreamingResponse | JSONResponse:

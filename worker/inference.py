@@ -63,8 +63,11 @@ class Engine:
             if target["kind"] == "checkpoint":
                 self.storage.get_dir(key, tmp / "ckpt")
                 if not (tmp / "ckpt" / "delta" / "adapter_config.json").is_file():
-                    raise Failed(409, f"The checkpoint {target['model']!r} holds no servable delta "
-                                 "(it was written before checkpoints carried one).")
+                    raise Failed(
+                        409,
+                        f"The checkpoint {target['model']!r} holds no servable delta "
+                        "(it was written before checkpoints carried one).",
+                    )
                 (tmp / "ckpt" / "delta").rename(tmp / "delta")
             else:
                 tmp.mkdir(parents=True)
@@ -80,32 +83,45 @@ class Engine:
         try:
             if target["kind"] == "base":
                 return self.cache.serve_base(target["base"], target["task"])
-            return self.cache.serve_delta(target["model"], target["base"], target["task"], self._delta_dir(target))
+            return self.cache.serve_delta(
+                target["model"], target["base"], target["task"], self._delta_dir(target)
+            )
         except ModelTooLarge as exc:
             raise Failed(503, str(exc)) from None
         except TrainingError as exc:
             raise Failed(409, f"The model {target['model']!r} cannot be loaded: {exc.message}") from None
         except (ValueError, KeyError, OSError) as exc:  # a delta that does not fit its base, a bad archive
             log.warning("cannot load %s: %s", target["model"], exc)
-            raise Failed(409, f"The model {target['model']!r} cannot be loaded: {type(exc).__name__}") from None
+            raise Failed(
+                409, f"The model {target['model']!r} cannot be loaded: {type(exc).__name__}"
+            ) from None
 
     # -- calls (on the engine's thread) ----------------------------------------------------------------
     def _start(self, queued_at: float) -> float:
         waited = time.monotonic() - queued_at
         if waited > self.timeout:
-            raise Failed(503, f"The inference server is busy: the request waited {waited:.0f} s; retry later.")
+            raise Failed(
+                503, f"The inference server is busy: the request waited {waited:.0f} s; retry later."
+            )
         return queued_at + self.timeout
 
-    def generate(self, body: dict[str, Any], emit: Emit, cancelled: threading.Event, queued_at: float) -> None:
+    def generate(
+        self, body: dict[str, Any], emit: Emit, cancelled: threading.Event, queued_at: float
+    ) -> None:
         try:
             deadline = self._start(queued_at)
             served = self.served(body["target"])
             if served.task != "causal_lm":
-                raise Failed(400, f"The model {body['target']['model']!r} is a {served.task} model; "
-                             "use POST /v1/predictions")
+                raise Failed(
+                    400,
+                    f"The model {body['target']['model']!r} is a {served.task} model; "
+                    "use POST /v1/predictions",
+                )
             tok = served.tokenizer
-            ids = chat_prompt(tok, body["messages"]) if body.get("messages") is not None else text_prompt(
-                tok, body["prompt"]
+            ids = (
+                chat_prompt(tok, body["messages"])
+                if body.get("messages") is not None
+                else text_prompt(tok, body["prompt"])
             )
             emit({"type": "start", "prompt_tokens": len(ids), "mode": served.mode})
             seed = body.get("seed")
@@ -122,8 +138,14 @@ class Engine:
                         if cancelled.is_set():
                             return
                         if isinstance(piece, Finish):
-                            emit({"type": "finish", "index": index, "reason": piece.reason,
-                                  "completion_tokens": piece.completion_tokens})
+                            emit(
+                                {
+                                    "type": "finish",
+                                    "index": index,
+                                    "reason": piece.reason,
+                                    "completion_tokens": piece.completion_tokens,
+                                }
+                            )
                         elif piece:
                             emit({"type": "text", "index": index, "text": piece})
             emit({"type": "end"})
@@ -141,8 +163,11 @@ class Engine:
         self._start(queued_at)
         served = self.served(body["target"])
         if served.task != "classification":
-            raise Failed(400, f"The model {body['target']['model']!r} is a {served.task} model; "
-                         "use POST /v1/chat/completions or /v1/completions")
+            raise Failed(
+                400,
+                f"The model {body['target']['model']!r} is a {served.task} model; "
+                "use POST /v1/chat/completions or /v1/completions",
+            )
         inputs = [(str(i["text"]), i.get("text_pair")) for i in body["inputs"]]
         with torch.no_grad():
             results, tokens = predict(served, inputs)

@@ -32,18 +32,24 @@ from core.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 ERRORS = error_responses(400, 401, 404, 409, 413, 429, 502, 503, 504)
-STREAM = {"text/event-stream": {"schema": {"type": "string", "description": "Server-Sent Events, then [DONE]"}}}
+STREAM = {
+    "text/event-stream": {"schema": {"type": "string", "description": "Server-Sent Events, then [DONE]"}}
+}
 CHAT_DEFAULT_MAX_TOKENS = 256
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
-def _payload(target: Any, body: Sampling, max_tokens: int | None, default: int, settings: Settings) -> dict[str, Any]:
+def _payload(
+    target: Any, body: Sampling, max_tokens: int | None, default: int, settings: Settings
+) -> dict[str, Any]:
     limit = settings.infer_max_tokens
     wanted = max_tokens or min(default, limit)
     if wanted > limit:
         raise APIError(
-            400, f"max_tokens is {wanted}; this service allows at most {limit} (SGFT_INFER_MAX_TOKENS).",
-            param="max_tokens", code="invalid_value",
+            400,
+            f"max_tokens is {wanted}; this service allows at most {limit} (SGFT_INFER_MAX_TOKENS).",
+            param="max_tokens",
+            code="invalid_value",
         )
     return {
         "target": target.to_json(),
@@ -88,7 +94,12 @@ async def _stream(
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
             if content is not None:
                 delta["content"] = content
-            choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": reason, "logprobs": None}
+            choice: dict[str, Any] = {
+                "index": index,
+                "delta": delta,
+                "finish_reason": reason,
+                "logprobs": None,
+            }
         else:
             choice = {"index": index, "text": content or "", "finish_reason": reason, "logprobs": None}
         return {**head, "choices": [choice]}
@@ -120,7 +131,9 @@ async def _run(request: Request, body: Sampling, payload: dict[str, Any], chat: 
         include = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _stream(gen, chat, {**head, "object": obj + (".chunk" if chat else "")}, body.n, include)
         return StreamingResponse(
-            chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            chunks,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     texts, reasons, completion = await _collect(gen, body.n)
     usage = _usage(int(gen.start["prompt_tokens"]), completion)
@@ -130,7 +143,10 @@ async def _run(request: Request, body: Sampling, payload: dict[str, Any], chat: 
             for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
         ]
         return ChatCompletion.model_validate({**head, "choices": choices, "usage": usage})
-    choices = [{"index": i, "text": t, "finish_reason": r} for i, (t, r) in enumerate(zip(texts, reasons, strict=True))]
+    choices = [
+        {"index": i, "text": t, "finish_reason": r}
+        for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
+    ]
     return Completion.model_validate({**head, "choices": choices, "usage": usage})
 
 
@@ -146,8 +162,9 @@ async def chat_completions(
     target = await infer_client.target_for(settings, key.tenant_id, body.model, "causal_lm")
     limit = body.max_tokens or body.max_completion_tokens
     payload = _payload(target, body, limit, CHAT_DEFAULT_MAX_TOKENS, settings)
-    payload["messages"] = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                           for m in body.messages]
+    payload["messages"] = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
+    ]
     return await _run(request, body, payload, chat=True)
 
 
@@ -171,7 +188,9 @@ async def predictions(
     """Labels and scores of a classification or regression model (base or fine-tune) for a batch of inputs,
     tokenised as the engine evaluates them."""
     target = await infer_client.target_for(settings, key.tenant_id, body.model, "classification")
-    result = await infer_client.predict(request, settings, {"target": target.to_json(), "inputs": body.pairs()})
+    result = await infer_client.predict(
+        request, settings, {"target": target.to_json(), "inputs": body.pairs()}
+    )
     data = [{"index": i, **row} for i, row in enumerate(result["data"])]
     tokens = int(result["prompt_tokens"])
     return PredictionList.model_validate(

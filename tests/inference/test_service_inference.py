@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -61,7 +60,9 @@ def client(stack: Stack, key: str | None = None) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key or stack.key, max_retries=0)
 
 
-def test_openai_client_chats_with_a_fine_tune_streaming_and_not(stack: Stack, chat_job: dict[str, Any]) -> None:
+def test_openai_client_chats_with_a_fine_tune_streaming_and_not(
+    stack: Stack, chat_job: dict[str, Any]
+) -> None:
     name = chat_job["fine_tuned_model"]
     messages: Any = [{"role": "user", "content": "is the answer yes ?"}]
     full = client(stack).chat.completions.create(model=name, messages=messages, max_tokens=8, seed=1)
@@ -71,7 +72,11 @@ def test_openai_client_chats_with_a_fine_tune_streaming_and_not(stack: Stack, ch
     assert 0 < full.usage.completion_tokens <= 8 or full.choices[0].finish_reason == "stop"
     chunks = list(
         client(stack).chat.completions.create(
-            model=name, messages=messages, max_tokens=8, seed=1, stream=True,
+            model=name,
+            messages=messages,
+            max_tokens=8,
+            seed=1,
+            stream=True,
             stream_options={"include_usage": True},
         )
     )
@@ -83,15 +88,21 @@ def test_openai_client_chats_with_a_fine_tune_streaming_and_not(stack: Stack, ch
 
 def test_completions_n_and_seed_and_the_base_model(stack: Stack, chat_job: dict[str, Any]) -> None:
     c = client(stack)
-    out = c.completions.create(model=chat_job["fine_tuned_model"], prompt="the answer", max_tokens=5, n=2, seed=4)
-    again = c.completions.create(model=chat_job["fine_tuned_model"], prompt="the answer", max_tokens=5, n=2, seed=4)
+    out = c.completions.create(
+        model=chat_job["fine_tuned_model"], prompt="the answer", max_tokens=5, n=2, seed=4
+    )
+    again = c.completions.create(
+        model=chat_job["fine_tuned_model"], prompt="the answer", max_tokens=5, n=2, seed=4
+    )
     assert [ch.text for ch in out.choices] == [ch.text for ch in again.choices]
     assert [ch.index for ch in out.choices] == [0, 1]
     base = c.completions.create(model="tiny-llama", prompt="the answer", max_tokens=5, temperature=0)
     assert base.usage is not None and base.usage.prompt_tokens == out.usage.prompt_tokens  # type: ignore[union-attr]
     streamed = "".join(
         ch.choices[0].text
-        for ch in c.completions.create(model="tiny-llama", prompt="the answer", max_tokens=5, temperature=0, stream=True)
+        for ch in c.completions.create(
+            model="tiny-llama", prompt="the answer", max_tokens=5, temperature=0, stream=True
+        )
     )
     assert streamed == base.choices[0].text
 

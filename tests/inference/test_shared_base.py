@@ -56,11 +56,15 @@ def merged_logits(models_dir: Path, delta: Path | None, ids: torch.Tensor) -> to
         return model(input_ids=ids).logits  # type: ignore[no-any-return]
 
 
-def test_two_fine_tunes_on_one_base_equal_their_merged_copies(models_dir: Path, chat_deltas: list[Path]) -> None:
+def test_two_fine_tunes_on_one_base_equal_their_merged_copies(
+    models_dir: Path, chat_deltas: list[Path]
+) -> None:
     cache = ModelCache(models_dir, budget=1 << 30)
     served = [cache.serve_delta(f"ft:{i}", "tiny-llama", "causal_lm", d) for i, d in enumerate(chat_deltas)]
     assert all(s.mode == "shared" for s in served) and served[0].model is served[1].model
-    ids = torch.tensor([chat_prompt(served[0].tokenizer, [{"role": "user", "content": "is the answer yes ?"}])])
+    ids = torch.tensor(
+        [chat_prompt(served[0].tokenizer, [{"role": "user", "content": "is the answer yes ?"}])]
+    )
     base = merged_logits(models_dir, None, ids)
     for s, delta in zip(served, chat_deltas, strict=True):
         with torch.no_grad(), activate(s.adapter):
@@ -128,7 +132,9 @@ def test_predictions_on_the_shared_base_equal_the_merged_model(models_dir: Path,
     out, _ = predict(s, texts)
     merged = load_model(registry_entry("tiny-bert", models_dir), "classification", ["0", "1"], False).eval()
     sg.load_delta(merged, result.delta_dir)
-    enc = s.tokenizer([t for t, _ in texts], padding=True, truncation=True, max_length=64, return_tensors="pt")
+    enc = s.tokenizer(
+        [t for t, _ in texts], padding=True, truncation=True, max_length=64, return_tensors="pt"
+    )
     with torch.no_grad():
         probs = torch.softmax(merged(**enc).logits, -1)
     for row, p in zip(out, probs, strict=True):

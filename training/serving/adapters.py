@@ -68,10 +68,15 @@ class Adapter:
 
 
 def _factor(
-    p: torch.Tensor | None, q: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
-    d_out: int, d_in: int,
+    p: torch.Tensor | None,
+    q: torch.Tensor | None,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    d_out: int,
+    d_in: int,
 ) -> LayerDelta:
-    """The layer's ΔW from its COO entries (`rows`/`cols` index the columns of `p`/`q`, or of the identity)."""
+    """The layer's ΔW from COO entries (`rows`/`cols` index the columns of `p`/`q`, or the identity)."""
     r, row_pos = torch.unique(rows, return_inverse=True)
     c, col_pos = torch.unique(cols, return_inverse=True)
     small = torch.zeros(r.numel(), c.numel())  # ΔC on its own rows x columns (|R|, |C|)

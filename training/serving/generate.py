@@ -7,6 +7,7 @@ engine trains models without one on (training/chat.py).
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,7 +61,10 @@ def text_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
 def stop_ids(tokenizer: PreTrainedTokenizerBase, model: nn.Module) -> set[int]:
     """Token ids that end a reply: EOS (tokenizer and generation config) and end-of-turn markers."""
     ids: set[int] = set()
-    for source in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+    for source in (
+        tokenizer.eos_token_id,
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+    ):
         if isinstance(source, int):
             ids.add(source)
         elif isinstance(source, list):
@@ -114,19 +118,21 @@ def stream_text(
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids], device=device)  # (1, T)
     past: Any = None
+    # transformers 5 calls the KV cache `cache` (`past_key_values` before, deprecated since)
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     produced: list[int] = []
     sent = 0
     while len(produced) < budget:
         if time.monotonic() > deadline:
             raise TimeoutError(f"generation ran past its time limit after {len(produced)} tokens")
-        out = model(input_ids=ids, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_arg: past})
+        past = getattr(out, cache_arg)
         token = _pick(out.logits[0, -1], sampling, gen)
         if token in enders:
             break
         produced.append(token)
         ids = torch.tensor([[token]], device=device)
-        text = tokenizer.decode(produced, skip_special_tokens=True)
+        text = str(tokenizer.decode(produced, skip_special_tokens=True))
         cut = min((text.find(s) for s in sampling.stop if s in text), default=-1)
         if cut >= 0:
             if cut > sent:
@@ -137,7 +143,7 @@ def stream_text(
         if safe > sent:
             yield text[sent:safe]
             sent = safe
-    text = tokenizer.decode(produced, skip_special_tokens=True)
+    text = str(tokenizer.decode(produced, skip_special_tokens=True))
     if len(text) > sent:
         yield text[sent:].rstrip("\ufffd")
     yield Finish("length" if len(produced) >= budget else "stop", len(produced))

@@ -91,7 +91,9 @@ class ModelCache:
     def _evict(self, key: str) -> None:
         self._entries.pop(key, None)
         if key.startswith("base:"):  # its adapters' hooks live in it: they go with it
-            for other in [k for k, (_, v) in self._entries.items() if k.startswith("adapter:") and v[0] == key]:
+            for other in [
+                k for k, (_, v) in self._entries.items() if k.startswith("adapter:") and v[0] == key
+            ]:
                 self._entries.pop(other, None)
 
     def base(self, name: str, task: str) -> _Base:
@@ -128,7 +130,12 @@ class ModelCache:
             adapter = read_adapter(delta_dir, model_name)
             if b.shared.can_share(adapter) is None:
                 b.shared.attach(adapter)
-                self._put(f"adapter:{model_name}", adapter.nbytes, (f"base:{base_name}", adapter, b), (f"base:{base_name}",))
+                self._put(
+                    f"adapter:{model_name}",
+                    adapter.nbytes,
+                    (f"base:{base_name}", adapter, b),
+                    (f"base:{base_name}",),
+                )
                 return self._served((f"base:{base_name}", adapter, b), task, labels, max_len)
         entry = registry_entry(base_name, self.models_dir)
         regression = task == "classification" and not labels
