@@ -188,6 +188,14 @@ async def predictions(
     """Labels and scores of a classification or regression model (base or fine-tune) for a batch of inputs,
     tokenised as the engine evaluates them."""
     target = await infer_client.target_for(settings, key.tenant_id, body.model, "classification")
+    if target.kind == "base":
+        raise APIError(
+            400,
+            f"The base model {body.model!r} has no classification head of its own (each fine-tune trains "
+            "one); predict with a fine-tuned model.",
+            param="model",
+            code="wrong_task",
+        )
     result = await infer_client.predict(
         request, settings, {"target": target.to_json(), "inputs": body.pairs()}
     )

@@ -7,12 +7,14 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from tests.inference.engine_eval import engine_view, extract
 from tests.service.stack import Stack, free_port, serve_sqlite, wait_for
 from training.testing import chat_records, make_tiny_model, sst2_lines
 
@@ -141,19 +143,60 @@ def test_another_tenant_gets_404_and_bad_input_a_clear_400(stack: Stack, chat_jo
             assert r.json()["error"]["message"]
 
 
-def test_predictions_of_a_classification_fine_tune(stack: Stack) -> None:
-    job = _train(stack, "tiny-bert", sst2_lines("train", 32), {"n_epochs": 1, "batch_size": 8})
-    texts = ["a gripping film", ["one", "two"], {"text": "dull", "text_pair": "long"}]
+def _file(stack: Stack, lines: list[str]) -> str:
     with stack.client() as c:
+        files = {"file": ("data.jsonl", io.BytesIO("".join(lines).encode()), "application/jsonl")}
+        return str(c.post("/v1/files", files=files, data={"purpose": "fine-tune"}).json()["id"])
+
+
+def predictions_equal_the_engines_evaluation(stack: Stack, base: str, n_train: int, n_valid: int) -> None:
+    valid_lines = sst2_lines("dev", n_valid)
+    hyper = {"n_epochs": 1, "batch_size": 8, "result_checkpoint": "last", "learning_rate": 1e-3}
+    with stack.client() as c:
+        body = {
+            "model": base,
+            "training_file": _file(stack, sst2_lines("train", n_train)),
+            "validation_file": _file(stack, valid_lines),
+            "hyperparameters": hyper,
+        }
+        job_id = c.post("/v1/fine_tuning/jobs", json=body).json()["id"]
+        job = stack.wait_status(job_id, {"succeeded"}, timeout=600)
+        texts = [json.loads(line)["text"] for line in valid_lines]
         r = c.post("/v1/predictions", json={"model": job["fine_tuned_model"], "input": texts})
         assert r.status_code == 200, r.text
-        data = r.json()["data"]
-        assert [d["index"] for d in data] == [0, 1, 2]
-        for d in data:
-            assert d["label"] in ("0", "1") and abs(sum(d["scores"].values()) - 1) < 1e-5
-            assert d["score"] == max(d["scores"].values())
+        archive = c.get(f"/v1/files/{job['result_files'][0]}/content").content
+    tmp = stack.logs.parent / f"delta-{job_id}"
+    delta = extract(archive, tmp / "delta")
+    valid = tmp / "valid.jsonl"
+    valid.write_text("".join(valid_lines))
+    probs, accuracy = engine_view(Path(stack.env["SGFT_DATA_DIR"]) / "models", base, delta, valid)
+    gold = [str(json.loads(line)["label"]) for line in valid_lines]
+    data = r.json()["data"]
+    assert [d["label"] for d in data] == [str(int(p.argmax())) for p in probs]
+    for d, p in zip(data, probs, strict=True):
+        assert max(abs(d["scores"][str(i)] - float(p[i])) for i in range(len(p))) < 1e-5
+        assert abs(d["score"] - float(p.max())) < 1e-5
+    served_accuracy = sum(d["label"] == g for d, g in zip(data, gold, strict=True)) / len(gold)
+    assert abs(served_accuracy - accuracy) < 1e-9
+    assert abs(accuracy - job["metrics"]["valid_accuracy"]) < 1e-6  # the job's own evaluation, same step
+
+
+def test_predictions_of_a_tiny_bert_fine_tune_equal_the_engines_evaluation(stack: Stack) -> None:
+    predictions_equal_the_engines_evaluation(stack, "tiny-bert", 32, 24)
+    with stack.client() as c:
+        job = c.get("/v1/fine_tuning/jobs", params={"limit": 1}).json()["data"][0]
+        inputs = ["a film", ["one", "two"], {"text": "a", "text_pair": "b"}]
+        pairs = c.post("/v1/predictions", json={"model": job["fine_tuned_model"], "input": inputs})
+        assert pairs.status_code == 200 and [d["index"] for d in pairs.json()["data"]] == [0, 1, 2]
+        base = c.post("/v1/predictions", json={"model": "tiny-bert", "input": ["x"]})
+        assert base.status_code == 400 and "head" in base.json()["error"]["message"]
         wrong = c.post("/v1/predictions", json={"model": "tiny-llama", "input": ["x"]})
         assert wrong.status_code == 400 and "causal_lm" in wrong.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_predictions_of_a_minilm_fine_tune_equal_the_engines_evaluation(stack: Stack) -> None:
+    predictions_equal_the_engines_evaluation(stack, "all-MiniLM-L6-v2", 64, 48)
 
 
 def test_stopped_inference_server_is_a_clean_503(stack: Stack, chat_job: dict[str, Any]) -> None:
