@@ -36,7 +36,10 @@ def engine_view(models_dir: Path, base: str, delta: Path, valid: Path) -> tuple[
     encoded = encode_records(
         read_records(valid), "classification", tokenizer, int(meta["max_seq_length"]), label_map, "valid"
     )
-    batches = [collate(encoded[i : i + 16], tokenizer.pad_token_id, "classification") for i in range(0, len(encoded), 16)]
+    batches = [
+        collate(encoded[i : i + 16], tokenizer.pad_token_id, "classification")
+        for i in range(0, len(encoded), 16)
+    ]
     metrics = evaluate(model, batches, "classification", len(labels), torch.device("cpu"), nullcontext)
     with torch.no_grad():
         logits = torch.cat([model(**{k: v for k, v in b.items() if k != "labels"}).logits for b in batches])

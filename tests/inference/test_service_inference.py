@@ -211,3 +211,21 @@ def test_stopped_inference_server_is_a_clean_503(stack: Stack, chat_job: dict[st
         stack.start("infer", "infer")
         port = stack.env["SGFT_INFER_PORT"]
         wait_for(lambda: _infer_up(port), 60, "sgft infer to listen again")
+
+
+def test_cli_chat_streams_the_reply_and_predict_prints_labels(stack: Stack, chat_job: dict[str, Any]) -> None:
+    name = chat_job["fine_tuned_model"]
+    key = ["--api-key", stack.key]
+    out = stack.sgft("chat", name, "-m", "is the answer yes ?", "--max-tokens", "6", "--seed", "2", *key)
+    reply = client(stack).chat.completions.create(
+        model=name, messages=[{"role": "user", "content": "is the answer yes ?"}], max_tokens=6, seed=2
+    )
+    assert out == (reply.choices[0].message.content or "") + "\n"
+    with stack.client() as c:
+        tuned = [j for j in c.get("/v1/fine_tuning/jobs").json()["data"] if j["model"] == "tiny-bert"]
+    if tuned:
+        table = stack.sgft("predict", tuned[0]["fine_tuned_model"], "a fine film", "dull", *key)
+        lines = table.strip().splitlines()
+        assert lines[0].split()[:2] == ["LABEL", "SCORE"] and len(lines) == 3
+    failed = stack.sgft("chat", "ft:nope:x:y", "-m", "hi", *key, check=False)
+    assert failed == ""
