@@ -1,7 +1,7 @@
 """`make bench`: every benchmark section, each printing a Markdown table and writing JSON to bench/out/.
 
 Pick sections with SGFT_BENCH (comma list, default all): step, quality, causal_lm, memory, precision,
-service, isolation.
+service, isolation, inference.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ SECTIONS = {
     "precision": "bench.precision",
     "service": "bench.service_load",
     "isolation": "bench.isolation",
+    "inference": "bench.inference",
 }
 
 

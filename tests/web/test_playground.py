@@ -24,7 +24,12 @@ def _job(service: Service, model: str, path: Path, **hyper: Any) -> dict[str, An
 
 
 def _reply(service: Service, model: str) -> str:
-    body = {"model": model, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 64, "temperature": 0}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 64,
+        "temperature": 0,
+    }
     answer = service.api("POST", "/v1/chat/completions", json=body)
     return str(answer["choices"][0]["message"]["content"])
 
