@@ -158,10 +158,10 @@ def service(models_dir: Path) -> dict[str, Any]:
             pieces = 0
             stream = client.chat.completions.create(
                 model=SMOLLM2_NAME,
-                messages=PROMPT,
+                messages=[{"role": "user", "content": PROMPT[0]["content"]}],
                 max_tokens=TOKENS,
                 temperature=0,
-                stream=True,  # type: ignore[arg-type]
+                stream=True,
             )
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
@@ -205,7 +205,7 @@ def main() -> None:
     result = run_training(spec, train, valid, work / "run", models_dir=models_dir)
     assert result.delta_dir is not None
     print(f"trained {STEPS} steps in {time.perf_counter() - started:.0f} s", flush=True)
-    report = {
+    report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": platform.processor() or platform.machine(),
         "load_avg": os.getloadavg()[0],
@@ -217,7 +217,7 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     (OUT / "inference.json").write_text(json.dumps(report, indent=2))
     e, m = report["engine"], report["engine"]["memory"]
-    print(f"\n| served | time to first token | decode tokens/s | tokens |\n|---|--:|--:|--:|")
+    print("\n| served | time to first token | decode tokens/s | tokens |\n|---|--:|--:|--:|")
     for name, row in e["rows"].items():
         print(f"| {name} | {row['ttft_s'] * 1000:.0f} ms | {row['tokens_per_s']:.1f} | {row['tokens']} |")
     s = report["service"]
@@ -226,9 +226,10 @@ def main() -> None:
         f"{s['chunks_per_s']:.1f} chunks/s | {s['chunks']} chunks |"
     )
     mib = 2**20
+    ratio = m["adapter_bytes"] / m["delta_file_bytes"]
     print(
-        f"\nadapter {m['adapter_bytes'] / mib:.2f} MiB ({m['adapter_bytes'] / m['delta_file_bytes']:.2f}x its delta "
-        f"file of {m['delta_file_bytes'] / mib:.2f} MiB; RSS +{m['rss_adapter_bytes'] / mib:.1f} MiB) against a "
+        f"\nadapter {m['adapter_bytes'] / mib:.2f} MiB ({ratio:.2f}x its delta file of "
+        f"{m['delta_file_bytes'] / mib:.2f} MiB; RSS +{m['rss_adapter_bytes'] / mib:.1f} MiB) against a "
         f"merged copy's {m['merged_copy_bytes'] / mib:.0f} MiB; {m['layers']} layers; "
         f"prompt {e['prompt_tokens']} tokens, {e['threads']} threads, load average {report['load_avg']:.2f}"
     )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
-from contextlib import nullcontext
 import json
 import tarfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
