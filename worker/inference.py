@@ -123,6 +123,10 @@ class Engine:
                 if body.get("messages") is not None
                 else text_prompt(tok, body["prompt"])
             )
+            if len(ids) >= served.context:  # refused before the start: still a plain 400 when streaming
+                raise Failed(
+                    400, f"The prompt is {len(ids)} tokens; this model's context is {served.context}."
+                )
             emit({"type": "start", "prompt_tokens": len(ids), "mode": served.mode})
             seed = body.get("seed")
             for index in range(int(body.get("n") or 1)):
