@@ -10,7 +10,8 @@
 
 `python -m bench.inference` (after `make models`; `SGFT_BENCH=inference make bench`) prints Markdown and
 writes bench/out/inference.json. Knobs: SGFT_BENCH_INFER_ROUNDS (5), SGFT_BENCH_INFER_TOKENS (64),
-SGFT_BENCH_INFER_STEPS (training steps, 10).
+SGFT_BENCH_INFER_STEPS (training steps, 10),
+SGFT_BENCH_INFER_DELTA (a delta folder of an earlier run: skips the training).
 """
 
 from __future__ import annotations
@@ -193,25 +194,30 @@ def main() -> None:
     if not (models_dir / SMOLLM2_NAME / "config.json").is_file():
         print(f"{SMOLLM2_NAME} is not under {models_dir}: run `make models` first", file=sys.stderr)
         return
-    work = Path(tempfile.mkdtemp(prefix="sgft-bench-infer-"))
-    train, valid = convert(work / "data", 64, 4, seed=0, min_turns=2, max_chars=300)
-    spec = JobSpec(
-        model=SMOLLM2_NAME,
-        method="sparsegrad",
-        seed=0,
-        hyperparameters={"max_steps": STEPS, "batch_size": 2, "max_seq_length": 128},
-    )
-    started = time.perf_counter()
-    result = run_training(spec, train, valid, work / "run", models_dir=models_dir)
-    assert result.delta_dir is not None
-    print(f"trained {STEPS} steps in {time.perf_counter() - started:.0f} s", flush=True)
+    reuse = os.environ.get("SGFT_BENCH_INFER_DELTA")  # a delta folder from an earlier run: no training
+    if reuse:
+        delta = Path(reuse)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="sgft-bench-infer-"))
+        train, valid = convert(work / "data", 64, 4, seed=0, min_turns=2, max_chars=300)
+        spec = JobSpec(
+            model=SMOLLM2_NAME,
+            method="sparsegrad",
+            seed=0,
+            hyperparameters={"max_steps": STEPS, "batch_size": 2, "max_seq_length": 128},
+        )
+        started = time.perf_counter()
+        result = run_training(spec, train, valid, work / "run", models_dir=models_dir)
+        assert result.delta_dir is not None
+        delta = result.delta_dir
+        print(f"trained {STEPS} steps in {time.perf_counter() - started:.0f} s; delta in {delta}", flush=True)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": platform.processor() or platform.machine(),
         "load_avg": os.getloadavg()[0],
         "rounds": ROUNDS,
         "max_tokens": TOKENS,
-        "engine": engine(models_dir, result.delta_dir),
+        "engine": engine(models_dir, delta),
         "service": service(models_dir),
     }
     OUT.mkdir(exist_ok=True)
