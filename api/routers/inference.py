@@ -31,7 +31,7 @@ from api.inference_schemas import (
 from core.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["inference"])
-ERRORS = error_responses(400, 401, 404, 409, 413, 429, 502, 503, 504)
+ERRORS = error_responses(400, 401, 404, 409, 413, 502, 503, 504)
 STREAM = {
     "text/event-stream": {"schema": {"type": "string", "description": "Server-Sent Events, then [DONE]"}}
 }
