@@ -18,7 +18,7 @@ from api.metrics import RecordRequests
 from api.nonul import NoNul
 from api.openapi import install_openapi
 from api.ratelimit import RateLimiter
-from api.routers import files, job_events, jobs, models, ops
+from api.routers import files, inference, job_events, jobs, models, ops
 from core.settings import Settings, get_settings
 
 _heap_frozen = False
@@ -45,6 +45,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     freeze_startup_heap()
     yield
+    client = getattr(app.state, "infer_client", None)
+    if client is not None:
+        await client.aclose()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -68,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 65536, other_max_bytes=1 << 20)
     app.add_middleware(LineLimit, max_line=settings.max_line_bytes)  # one huge line: refused while streaming
     app.add_middleware(NoNul)  # a NUL in the path, query or headers: 400 (PostgreSQL cannot compare it)
-    for module in (ops, files, jobs, job_events, models, web):
+    for module in (ops, files, jobs, job_events, models, inference, web):
         app.include_router(module.router)
     install_openapi(app)
     return app

@@ -26,7 +26,9 @@ TYPE_OF_STATUS = {
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    502: "server_error",
     503: "service_unavailable",
+    504: "timeout",
 }
 
 
@@ -38,7 +40,9 @@ STATUS_MEANING = {
     409: "Conflict with the object's state (the message says which)",
     413: "Request body larger than the limit",
     429: "Rate limit exceeded; retry after the Retry-After header's seconds",
-    503: "The database (or broker) is unavailable; retry after a few seconds",
+    502: "The inference server answered with something that is not a reply",
+    503: "The database, broker or inference server is unavailable or busy; retry in a few seconds",
+    504: "The request ran past its time limit",
     507: "The service's storage is full; nothing was stored",
 }
 

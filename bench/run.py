@@ -1,7 +1,7 @@
 """`make bench`: every benchmark section, each printing a Markdown table and writing JSON to bench/out/.
 
 Pick sections with SGFT_BENCH (comma list, default all): step, quality, causal_lm, memory, precision,
-service, isolation, epochs.
+service, isolation, epochs, inference.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ SECTIONS = {
     "service": "bench.service_load",
     "isolation": "bench.isolation",
     "epochs": "bench.epochs",
+    "inference": "bench.inference",
 }
 
 

@@ -185,3 +185,32 @@ class Client:
     def list_models(self) -> JSON:
         """GET /v1/models."""
         return self._json("GET", "/v1/models")
+
+    def chat_stream(self, body: JSON) -> Iterator[str]:
+        """The text pieces of a streamed chat completion as they arrive (`body` without `stream`)."""
+        payload = {**body, "stream": True}
+        try:
+            with self.http.stream("POST", "/v1/chat/completions", json=payload, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from(response)
+                for line in response.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    data = line[len("data: ") :]
+                    if data == "[DONE]":
+                        return
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        err = chunk["error"]
+                        raise ApiError(200, str(err.get("message")), err.get("code"), chunk)
+                    for choice in chunk.get("choices", []):
+                        content = (choice.get("delta") or {}).get("content")
+                        if content:
+                            yield str(content)
+        except httpx.HTTPError as exc:
+            raise ApiError(0, f"cannot reach {self.base_url}: {exc}") from None
+
+    def predict(self, model: str, inputs: list[Any]) -> JSON:
+        """POST /v1/predictions."""
+        return self._json("POST", "/v1/predictions", json={"model": model, "input": inputs}, timeout=None)

@@ -530,6 +530,9 @@ def register(subparsers: Any) -> None:
 
     models = subparsers.add_parser("models", help="models").add_subparsers(dest="models_cmd", required=True)
     models.add_parser("list", parents=[common], help="list models").set_defaults(fn=models_list)
+    from cli import infer_commands
+
+    infer_commands.register(subparsers, common)
 
 
 def main(argv: list[str] | None = None) -> int:

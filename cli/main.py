@@ -79,6 +79,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_infer(args: argparse.Namespace) -> int:
+    """The inference server (worker.infer_server): the API proxies chat, completions and predictions to it."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "worker.infer_server:create_infer_app",
+        factory=True,
+        host=args.host or settings.infer_host,
+        port=args.port or settings.infer_port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
 def cmd_reaper(_args: argparse.Namespace) -> int:
     from worker.reaper import run_forever
 
@@ -124,6 +141,9 @@ def cmd_run(_args: argparse.Namespace) -> int:
         ),
         "reaper": subprocess.Popen(
             [*me, "reaper"], start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM)
+        ),
+        "infer": subprocess.Popen(
+            [*me, "infer"], start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM)
         ),
     }
     url = f"http://{settings.host}:{settings.port}"
@@ -189,9 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the full traceback of an error (or set SGFT_DEBUG=1)"
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("run", help="migrate, then run API + worker + reaper (Ctrl-C stops all)").set_defaults(
-        fn=cmd_run
-    )
+    sub.add_parser(
+        "run", help="migrate, then run API + worker + reaper + inference server (Ctrl-C stops all)"
+    ).set_defaults(fn=cmd_run)
     serve = sub.add_parser("serve", help="run the API (uvicorn)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
@@ -205,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(fn=cmd_worker)
+    infer = sub.add_parser("infer", help="run the inference server (chat, completions, predictions)")
+    infer.add_argument("--host")
+    infer.add_argument("--port", type=int)
+    infer.set_defaults(fn=cmd_infer)
     sub.add_parser("reaper", help="re-queue jobs of dead workers, re-send lost messages").set_defaults(
         fn=cmd_reaper
     )

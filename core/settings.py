@@ -87,6 +87,19 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(
         default=None, description="Extra model registry; default $DATA_DIR/models."
     )
+    infer_url: str = Field(
+        default="",
+        description="The inference server (`sgft infer`) the API proxies to; default from infer_port.",
+    )
+    infer_host: str = Field(default="127.0.0.1", description="Address `sgft infer` listens on.")
+    infer_port: int = Field(default=8001, description="Port `sgft infer` listens on.")
+    infer_memory: int = Field(
+        default=4 << 30, gt=0, description="Bytes of loaded models (bases, fine-tunes) `sgft infer` keeps."
+    )
+    infer_timeout: float = Field(
+        default=120.0, gt=0, description="Seconds a request may wait for and use the inference server."
+    )
+    infer_max_tokens: int = Field(default=1024, ge=1, description="Most tokens one completion may ask for.")
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
@@ -97,6 +110,8 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
         if not self.artifacts_url:
             self.artifacts_url = str(self.data_dir / "artifacts")
+        if not self.infer_url:
+            self.infer_url = f"http://127.0.0.1:{self.infer_port}"
         if self.models_dir is None:
             self.models_dir = self.data_dir / "models"
         if self.env == "production" and (self.secret_key == DEFAULT_SECRET or len(self.secret_key) < 16):

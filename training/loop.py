@@ -37,6 +37,7 @@ from training.setup import Run, build_run
 from training.spec import Hooks, JobSpec, OutOfMemory, StepInfo, StopReason, TrainingError, TrainResult
 
 KEEP_CHECKPOINTS = 2
+CHECKPOINT_DELTA = "delta"  # a checkpoint folder's servable delta at its step
 
 
 @contextmanager
@@ -92,6 +93,7 @@ def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
         run.position_state(),
         best if best.is_dir() else None,
     )
+    _write_delta(run, folder / CHECKPOINT_DELTA)  # what serving a checkpoint by name loads (`…:ckpt-step-N`)
     older = sorted((work_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     for old in older[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)

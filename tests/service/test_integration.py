@@ -52,6 +52,7 @@ def _base_env(tmp: Path) -> dict[str, str]:
             "SGFT_DATA_DIR": str(tmp / "data"),
             "SGFT_ARTIFACTS_URL": str(tmp / "data" / "artifacts"),
             "SGFT_PORT": str(free_port()),
+            "SGFT_INFER_PORT": str(free_port()),  # `sgft run` starts `sgft infer` too
             "SGFT_HEARTBEAT_TIMEOUT": "10",
             "SGFT_REAPER_INTERVAL": "1",
             "SGFT_QUEUED_GRACE": "60",

@@ -1,5 +1,6 @@
-"""The real service for the browser and CLI tests: `sgft migrate`, `sgft keys create`, `sgft serve` and
-`sgft worker` as separate processes on a temp SGFT_DATA_DIR (embedded SQLite database + SQLite broker).
+"""The real service for the browser and CLI tests: `sgft migrate`, `sgft keys create`, `sgft serve`,
+`sgft worker` and `sgft infer` as separate processes on a temp SGFT_DATA_DIR (embedded SQLite database +
+SQLite broker).
 
 One instance per test session, shared by tests/web and tests/cli (`shared_service`).
 """
@@ -23,6 +24,7 @@ SST2 = Path("/work/shared/data/sst2/train.jsonl")
 SGFT = [sys.executable, "-m", "cli.main"]
 # A tiny random BERT (real tokenizer) in the service's model registry: jobs take seconds on a busy CPU.
 TINY_MODEL = "tiny-bert"
+TINY_CHAT_MODEL = "tiny-llama"
 
 
 def free_port() -> int:
@@ -49,6 +51,7 @@ class Service:
     data_dir: Path
     port: int
     api_key: str = ""
+    infer_port: int = field(default_factory=lambda: free_port())
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, IO[bytes]] = field(default_factory=dict)
 
@@ -63,6 +66,7 @@ class Service:
             SGFT_DATA_DIR=str(self.data_dir),
             SGFT_HOST="127.0.0.1",
             SGFT_PORT=str(self.port),
+            SGFT_INFER_PORT=str(self.infer_port),
             SGFT_API_URL=self.base_url,
             SGFT_API_KEY=self.api_key,
             SGFT_ENV="development",
@@ -86,6 +90,7 @@ class Service:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         make_tiny_model(self.data_dir / "models", TINY_MODEL, kind="bert")
+        make_tiny_model(self.data_dir / "models", TINY_CHAT_MODEL, kind="llama")  # the playground's chat
         done = self.sgft("migrate")
         if done.returncode:
             raise RuntimeError(f"sgft migrate failed:\n{done.stdout}\n{done.stderr}")
@@ -93,7 +98,8 @@ class Service:
         if done.returncode:
             raise RuntimeError(f"sgft keys create failed:\n{done.stderr}")
         self.api_key = done.stdout.strip().splitlines()[-1]
-        for name, args in (("api", ["serve"]), ("worker", ["worker", "--concurrency", "1"])):
+        servers = (("api", ["serve"]), ("worker", ["worker", "--concurrency", "1"]), ("infer", ["infer"]))
+        for name, args in servers:
             log = (self.data_dir / f"{name}.log").open("wb")
             self.logs[name] = log
             # A new session: the worker's pool children are stopped together with it (by this group id).

@@ -81,4 +81,30 @@ export const api = {
   events: (id, after, limit = 500) =>
     getJson(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/events`, { after, limit, order: "asc" }),
   checkpoints: (id) => getJson(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/checkpoints`, { limit: 100 }),
+  model: (name) => getJson(`/v1/models/${encodeURIComponent(name)}`),
+  predict: (model, input) => postJson("/v1/predictions", { model, input }),
+  /** A streamed chat completion: `onText(piece)` per token as it arrives; resolves with the whole reply. */
+  chat: async (body, onText) => {
+    const response = await send("POST", "/v1/chat/completions", { json: { ...body, stream: true } });
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    let reply = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return reply;
+      buffer += value;
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const line = buffer.slice(0, cut).replace(/^data: /, "");
+        buffer = buffer.slice(cut + 2);
+        if (line === "[DONE]") return reply;
+        const chunk = JSON.parse(line);
+        if (chunk.error) throw new ApiError(200, chunk.error.message, chunk);
+        for (const choice of chunk.choices || []) {
+          const piece = (choice.delta || {}).content;
+          if (piece) { reply += piece; onText(piece); }
+        }
+      }
+    }
+  },
 };

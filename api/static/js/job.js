@@ -3,6 +3,7 @@
 
 import { api } from "./api.js";
 import { LineChart } from "./chart.js";
+import { renderPlayground } from "./playground.js";
 import { TERMINAL, badge, bytes, duration, el, num, progressBar, shownStatus, when } from "./util.js";
 
 const POLL_MS = 2000;
@@ -44,10 +45,13 @@ export function renderJob(root, jobId, notify) {
   const showMetrics = el("input", { type: "checkbox", id: "show-metric-events" });
   const checkpoints = el("tbody", { id: "checkpoints-body" });
   const hps = el("dl", { id: "hyperparameters", class: "kv" });
+  const playground = el("section", { id: "playground", class: "card", hidden: true, dataset: { testid: "playground" } });
+  let playgroundShown = false;
   // data-live turns "false" once the job is finished and all its events are drawn.
   const view = el("section", { id: "job-view", class: "stack", dataset: { jobId, live: "true" } },
       el("a", { href: "#/jobs", class: "back" }, "← All jobs"),
       el("div", { class: "card" }, head, progress, actions, errorBox),
+      playground,
       el("div", { class: "grid2" },
         el("section", { class: "card" }, el("h3", {}, "Loss"), lossCanvas),
         el("section", { class: "card" }, el("h3", {}, "Validation metric"), metricCanvas)),
@@ -140,6 +144,10 @@ export function renderJob(root, jobId, notify) {
       button("pause", "Pause", (s === "running" && !job.stop_requested) || s === "queued"),
       button("resume", "Resume", s === "paused"),
       s === "succeeded" ? mergeControl(button) : null);
+    if (s === "succeeded" && job.fine_tuned_model && !playgroundShown) {
+      playgroundShown = true;
+      renderPlayground(playground, job).catch((e) => notify(e.message, "error"));
+    }
     const err = job.error;
     errorBox.hidden = !(err && (err.message || err.code));
     if (!errorBox.hidden) errorBox.textContent = `${err.code || "error"}: ${err.message || ""}`;
