@@ -1,10 +1,11 @@
 """`docker compose up` for real (issue 18): the images built from the Dockerfile, the stack of
 docker-compose.yml (test override: the worker's CPU torch build, an env file and API port of its own), and
-the OpenAI client against the published port: a job end to end with its delta from the object store, a
-killed worker, a restarted API, `down` + `up` and `down -v`. The tests run in order on one project."""
+the OpenAI client against the published port: a job end to end with its delta from the object store, its
+predictions from the `infer` service (equal to the engine's evaluation), a killed worker, a restarted API, `down` + `up` and `down -v`. The tests run in order on one project."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.compose.project import Project
+from tests.inference.engine_eval import engine_view
 from tests.service.evaluate import extract, minilm_path
 from tests.service.helpers import sst2_lines
 from tests.service.stack import free_port, wait_for
@@ -105,7 +107,7 @@ def _health(project: Project, service: str) -> str:
 
 
 def test_every_service_is_healthy_and_data_is_owned_by_uid_10001(project: Project) -> None:
-    for service in ("postgres", "redis", "minio", "api", "worker-cpu", "reaper"):
+    for service in ("postgres", "redis", "minio", "api", "worker-cpu", "reaper", "infer"):
         assert _health(project, service) == "healthy", f"{service}: {_health(project, service)}"
     for one_shot in ("migrate", "minio-init"):
         states = [c["State"] for c in project.containers() if c["Names"].endswith(f"-{one_shot}-1")]
@@ -144,6 +146,31 @@ def test_openai_flow_and_the_delta_from_the_object_store(
     ]
     assert any("encoder.layer" in name for name in changed), f"the delta changed only {changed}"
     STATE["quick"] = (job_id, delta_file, archive)
+
+
+def test_the_infer_service_predicts_as_the_engine_evaluates(client: Any, tmp_path: Path) -> None:
+    """The API proxies /v1/predictions to the `infer` container, which fetches the delta from the object
+    store: same labels as the engine's own evaluation of base + delta, probabilities within 1e-5."""
+    import httpx
+
+    job_id, _, archive = STATE["quick"]
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    valid_lines = sst2_lines("dev", 8)
+    texts = [json.loads(line)["text"] for line in valid_lines]
+    reply = httpx.post(
+        f"{client.base_url}predictions",
+        json={"model": job.fine_tuned_model, "input": texts},
+        headers={"Authorization": f"Bearer {client.api_key}"},
+        timeout=180,
+    )
+    assert reply.status_code == 200, reply.text
+    data = reply.json()["data"]
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text("".join(valid_lines))
+    probs, _ = engine_view(tmp_path / "models", MODEL, extract(archive, tmp_path / "delta"), valid)
+    assert [d["label"] for d in data] == [str(int(p.argmax())) for p in probs]
+    for d, p in zip(data, probs, strict=True):
+        assert max(abs(d["scores"][str(i)] - float(p[i])) for i in range(len(p))) < 1e-5, (d, p)
 
 
 def test_killed_worker_resumes_from_its_checkpoint(project: Project, client: Any, tmp_path: Path) -> None:

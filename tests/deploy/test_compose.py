@@ -28,7 +28,9 @@ SERVICE_COMMANDS = {
     "worker-cpu": ["sgft", "worker", "--queues", "cpu"],
     "worker-gpu": ["sgft", "worker", "--queues", "gpu"],
     "reaper": ["sgft", "reaper"],
+    "infer": ["sgft", "infer"],
 }
+WORKER_IMAGE = {"worker-cpu", "worker-gpu", "infer"}  # torch only where needed
 
 
 @lru_cache(maxsize=2)
@@ -47,7 +49,7 @@ def _settings_fields() -> set[str]:
 def test_compose_config_is_valid_with_and_without_the_gpu_profile() -> None:
     default = set(_config()["services"])
     with_gpu = set(_config("gpu")["services"])
-    expected = STORES | ONE_SHOTS | {"api", "worker-cpu", "reaper"}
+    expected = STORES | ONE_SHOTS | {"api", "worker-cpu", "reaper", "infer"}
     assert default == expected, f"plain `docker compose up` starts {sorted(default)}"
     assert with_gpu == expected | {"worker-gpu"}
 
@@ -60,7 +62,7 @@ def test_services_run_the_expected_commands_from_the_right_image() -> None:
         assert service["command"] == command, f"{name}: command {service['command']}"
         target = service["build"]["target"]
         assert target in stages, f"{name}: build target {target!r} is not a Dockerfile stage"
-        wanted = "worker" if name.startswith("worker") else "api"
+        wanted = "worker" if name in WORKER_IMAGE else "api"
         assert target == wanted, f"{name} should run the {wanted} image (torch only where needed)"
         assert service["image"].startswith(f"sgft-{wanted}:")
 
@@ -71,7 +73,7 @@ def test_dependencies_exist_and_everything_waits_for_migrate() -> None:
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on undefined service {dependency!r}"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("api", "worker-cpu", "worker-gpu", "reaper"):
+    for name in ("api", "worker-cpu", "worker-gpu", "reaper", "infer"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["minio-init"]["condition"] == "service_completed_successfully", name
@@ -96,6 +98,15 @@ def test_gpu_worker_reserves_an_nvidia_gpu_in_the_gpu_profile() -> None:
     devices = _config("gpu")["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert "deploy" not in _config("gpu")["services"]["worker-cpu"]
+
+
+def test_the_api_reaches_the_infer_service_which_listens_beyond_localhost() -> None:
+    services = _config()["services"]
+    port = services["infer"]["environment"].get("SGFT_INFER_PORT", "8001")
+    assert services["api"]["environment"]["SGFT_INFER_URL"] == f"http://infer:{port}"
+    assert services["infer"]["environment"]["SGFT_INFER_HOST"] == "0.0.0.0"
+    assert "ports" not in services["infer"], "only the API talks to the inference server"
+    assert "/healthz" in " ".join(services["infer"]["healthcheck"]["test"])
 
 
 def test_artifacts_go_to_the_bucket_minio_init_creates() -> None:
