@@ -12,7 +12,7 @@ import torch
 import sparsegrad as sg
 from training import JobSpec, TrainResult, run_training
 from training.models import load_model, registry_entry
-from training.serving.adapters import activate
+from training.serving.adapters import SharedBase, activate, read_adapter
 from training.serving.generate import Finish, Sampling, chat_prompt, stream_text
 from training.serving.models import ModelCache, param_bytes
 from training.serving.predict import predict
@@ -74,6 +74,23 @@ def test_two_fine_tunes_on_one_base_equal_their_merged_copies(
         torch.testing.assert_close(shared, reference, atol=1e-5, rtol=1e-5)
     with torch.no_grad():  # no adapter active: the base itself, untouched
         torch.testing.assert_close(served[0].model(input_ids=ids).logits, base, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("form", ["own", "shared"])
+def test_each_in_memory_form_equals_the_merged_copy(models_dir: Path, chat_deltas: list[Path], form: str) -> None:
+    """Each layer's own thin factors, and the group's basis columns held once with ΔC per layer (gathered
+    and scattered activations): the same outputs as the merged model, within 1e-5."""
+    adapter = read_adapter(chat_deltas[0], "ft:a", form=form)
+    rotated = [d for d in adapter.layers.values() if d.dense is None]
+    assert rotated and all((d.basis is not None) == (form == "shared") for d in rotated)
+    model = load_model(registry_entry("tiny-llama", models_dir), "causal_lm", None, False).eval()
+    SharedBase(model).attach(adapter)
+    ids = torch.tensor([[3, 7, 11, 19, 23, 5, 9]])
+    with torch.no_grad(), activate(adapter):
+        shared = model(input_ids=ids).logits
+    reference = merged_logits(models_dir, chat_deltas[0], ids)
+    assert not torch.allclose(reference, merged_logits(models_dir, None, ids), atol=1e-4)
+    torch.testing.assert_close(shared, reference, atol=1e-5, rtol=1e-5)
 
 
 def test_an_extra_fine_tune_costs_at_most_twice_its_delta(models_dir: Path, chat_deltas: list[Path]) -> None:

@@ -8,6 +8,11 @@ parameter returns the fine-tune's tensor, both for the adapter that is active in
 
     x ΔWᵀ = (x Q_C)(P_R ΔC)ᵀ     x: (N, D_in);  Q_C: (D_in, |C|);  P_R ΔC: (D_out, |C|)      (|C| <= |R|)
           = (x Q_C ΔCᵀ) P_Rᵀ                   Q_C ΔCᵀ: (D_in, |R|);  P_R: (D_out, |R|)        (|R| < |C|)
+          = ((x Q_g)[:, c] ΔCᵀ scattered to R_g) P_gᵀ   Q_g, P_g: the group's columns, held once
+
+The last form keeps a basis group's columns once, as the delta file does, where the layers' own thin
+factors would repeat them layer after layer (a group spans the blocks of a model); `_group` picks
+whichever holds fewer bytes.
 """
 
 from __future__ import annotations
@@ -31,23 +36,53 @@ _ACTIVE: ContextVar[Adapter | None] = ContextVar("sgft_active_adapter", default=
 
 
 @dataclass
+class GroupBasis:
+    """A basis group's stored columns, held once for all of its layers: `p` (D_out, |R_g|), `q` (D_in, |C_g|)."""
+
+    p: torch.Tensor
+    q: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return self.p.numel() * self.p.element_size() + self.q.numel() * self.q.element_size()
+
+
+@dataclass
 class LayerDelta:
-    """x ΔWᵀ for one layer: `left` (D_out, r) and `right` (D_in, r), or `dense` (D_out, D_in)."""
+    """x ΔWᵀ for one layer, in one of three forms: `left` (D_out, r) and `right` (D_in, r) of its own; or
+    `dense` (D_out, D_in); or on its group's shared `basis`: ΔC as `small` (|rows|, |cols|), `rows` / `cols`
+    its positions among the basis columns (None: all of them)."""
 
     left: torch.Tensor | None = None
     right: torch.Tensor | None = None
     dense: torch.Tensor | None = None
+    basis: GroupBasis | None = None
+    small: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    cols: torch.Tensor | None = None
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
         """x ΔWᵀ for x (..., D_in), in x's dtype."""
         if self.dense is not None:
             return x @ self.dense.t().to(x.dtype)  # (..., D_out)
+        if self.basis is not None:
+            assert self.small is not None
+            z = x @ self.basis.q.to(x.dtype)  # (..., |C_g|)
+            if self.cols is not None:
+                z = z.index_select(-1, self.cols)  # (..., |cols|): a gather of activations, not weights
+            y = z @ self.small.t().to(x.dtype)  # (..., |rows|)
+            if self.rows is not None:
+                full = y.new_zeros(*y.shape[:-1], self.basis.p.shape[1])  # (..., |R_g|)
+                y = full.index_copy_(-1, self.rows, y)
+            return y @ self.basis.p.t().to(x.dtype)  # (..., D_out)
         assert self.left is not None and self.right is not None
         return (x @ self.right.to(x.dtype)) @ self.left.t().to(x.dtype)  # (..., r) -> (..., D_out)
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.left, self.right, self.dense) if t is not None)
+        """This layer's own bytes (a shared basis is counted once, by the Adapter)."""
+        own = (self.left, self.right, self.dense, self.small, self.rows, self.cols)
+        return sum(t.numel() * t.element_size() for t in own if t is not None)
 
 
 @dataclass
@@ -64,38 +99,83 @@ class Adapter:
     def nbytes(self) -> int:
         """Memory this fine-tune holds beyond the shared base."""
         dense = sum(t.numel() * t.element_size() for t in self.params.values())
-        return dense + sum(d.nbytes for d in self.layers.values())
+        bases = {id(d.basis): d.basis.nbytes for d in self.layers.values() if d.basis is not None}
+        return dense + sum(d.nbytes for d in self.layers.values()) + sum(bases.values())
 
 
-def _factor(
-    p: torch.Tensor | None,
-    q: torch.Tensor | None,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    values: torch.Tensor,
-    d_out: int,
-    d_in: int,
-) -> LayerDelta:
-    """The layer's ΔW from COO entries (`rows`/`cols` index the columns of `p`/`q`, or the identity)."""
-    r, row_pos = torch.unique(rows, return_inverse=True)
-    c, col_pos = torch.unique(cols, return_inverse=True)
-    small = torch.zeros(r.numel(), c.numel())  # ΔC on its own rows x columns (|R|, |C|)
-    small.index_put_((row_pos, col_pos), values.float(), accumulate=True)
-    p_r = p[:, r] if p is not None else torch.eye(d_out)[:, r]  # (D_out, |R|)
-    q_c = q[:, c] if q is not None else torch.eye(d_in)[:, c]  # (D_in, |C|)
+@dataclass
+class _Entries:
+    """One layer's COO entries of ΔC: `rows` / `cols` index the columns of its group's basis."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
+    d_out: int
+    d_in: int
+
+    def small(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(used rows, used columns, ΔC on them (|R|, |C|))."""
+        r, row_pos = torch.unique(self.rows, return_inverse=True)
+        c, col_pos = torch.unique(self.cols, return_inverse=True)
+        small = torch.zeros(r.numel(), c.numel())
+        small.index_put_((row_pos, col_pos), self.values.float(), accumulate=True)
+        return r, c, small
+
+
+def _factor(p: torch.Tensor | None, q: torch.Tensor | None, e: _Entries) -> LayerDelta:
+    """The layer's ΔW as thin factors of its own (or dense), from its basis columns `p`/`q` (or the
+    identity)."""
+    r, c, small = e.small()
+    p_r = p[:, r] if p is not None else torch.eye(e.d_out)[:, r]  # (D_out, |R|)
+    q_c = q[:, c] if q is not None else torch.eye(e.d_in)[:, c]  # (D_in, |C|)
     rank = min(r.numel(), c.numel())
-    if (d_out + d_in) * rank >= d_out * d_in:  # thin factors would not be smaller than ΔW itself
+    if (e.d_out + e.d_in) * rank >= e.d_out * e.d_in:  # thin factors would not be smaller than ΔW itself
         return LayerDelta(dense=(p_r @ small @ q_c.t()).contiguous())
     if c.numel() <= r.numel():
         return LayerDelta(left=(p_r @ small).contiguous(), right=q_c.contiguous())
     return LayerDelta(left=p_r.contiguous(), right=(q_c @ small.t()).contiguous())
 
 
-def read_adapter(delta_dir: Path, name: str) -> Adapter:
-    """An Adapter from a saved SparseGrad / MeProp delta folder (sparsegrad.save_delta's format)."""
+def _on_basis(basis: GroupBasis, e: _Entries) -> LayerDelta:
+    r, c, small = e.small()
+    rows = None if r.numel() == basis.p.shape[1] else r  # all of the group's rows: no scatter
+    cols = None if c.numel() == basis.q.shape[1] else c
+    return LayerDelta(basis=basis, small=small.contiguous(), rows=rows, cols=cols)
+
+
+def _group(
+    p: torch.Tensor, q: torch.Tensor, members: dict[str, _Entries], form: str
+) -> dict[str, LayerDelta]:
+    """A rotated group's layers, in whichever holds fewer bytes: each layer's own thin factors (or dense
+    ΔW), or the group's basis columns held once (as the delta file stores them) with, per layer, the
+    smaller of ΔC on the shared basis and its own thin factors. The shared form costs per token one
+    product with the group's columns (D_in |C_g| + |R_g| D_out) instead of with the layer's own."""
+    basis = GroupBasis(p.contiguous(), q.contiguous())
+    if form == "shared":
+        return {name: _on_basis(basis, e) for name, e in members.items()}
+    own = {name: _factor(p, q, e) for name, e in members.items()}
+    if form == "own":
+        return own
+    mixed = {}
+    for name, e in members.items():
+        shared = _on_basis(basis, e)
+        mixed[name] = shared if shared.nbytes < own[name].nbytes else own[name]
+    used = any(d.basis is not None for d in mixed.values())
+    mixed_bytes = sum(d.nbytes for d in mixed.values()) + (basis.nbytes if used else 0)
+    return mixed if mixed_bytes < sum(d.nbytes for d in own.values()) else own
+
+
+def read_adapter(delta_dir: Path, name: str, form: str = "auto") -> Adapter:
+    """An Adapter from a saved SparseGrad / MeProp delta folder (sparsegrad.save_delta's format).
+
+    `form` of the rotated groups' layers: "auto" (fewest bytes, `_group`), "own" (each layer's thin factors
+    or dense ΔW) or "shared" (every layer on its group's basis columns held once)."""
+    if form not in ("auto", "own", "shared"):
+        raise ValueError(f"form must be 'auto', 'own' or 'shared', got {form!r}")
     config = json.loads((Path(delta_dir) / CONFIG_NAME).read_text())
     layers: dict[str, LayerDelta] = {}
     params: dict[str, torch.Tensor] = {}
+    groups: dict[str, dict[str, _Entries]] = {}
     with safe_open(str(Path(delta_dir) / WEIGHTS_NAME), framework="pt") as f:
         keys = set(f.keys())
         for layer, spec in config["layers"].items():
@@ -108,14 +188,19 @@ def read_adapter(delta_dir: Path, name: str) -> Adapter:
             if values.numel() == 0:
                 continue
             basis = spec["basis"]
-            rows, cols, p, q = idx[0], idx[1], None, None
+            rows, cols = idx[0], idx[1]
             if f"{basis}.p" in keys:  # positions among the group's stored basis columns
-                p, q = f.get_tensor(f"{basis}.p").float(), f.get_tensor(f"{basis}.q").float()
                 rows = torch.searchsorted(f.get_tensor(f"{basis}.p_cols").long(), rows)
                 cols = torch.searchsorted(f.get_tensor(f"{basis}.q_cols").long(), cols)
-            layers[layer] = _factor(p, q, rows, cols, values, d_out, d_in)
+                groups.setdefault(basis, {})[layer] = _Entries(rows, cols, values, d_out, d_in)
+            else:
+                layers[layer] = _factor(None, None, _Entries(rows, cols, values, d_out, d_in))
+        for basis, members in groups.items():
+            p, q = f.get_tensor(f"{basis}.p").float(), f.get_tensor(f"{basis}.q").float()
+            layers.update(_group(p, q, members, form))
         for plain in config["dense_params"]:
             params[plain] = f.get_tensor(f"dense.{plain}")
+    layers = {name: layers[name] for name in config["layers"] if name in layers}  # the config's order
     return Adapter(name, layers, params, config.get("labels"), config)
 
 
