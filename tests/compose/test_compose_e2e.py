@@ -1,7 +1,8 @@
 """`docker compose up` for real (issue 18): the images built from the Dockerfile, the stack of
 docker-compose.yml (test override: the worker's CPU torch build, an env file and API port of its own), and
 the OpenAI client against the published port: a job end to end with its delta from the object store, its
-predictions from the `infer` service (equal to the engine's evaluation), a killed worker, a restarted API, `down` + `up` and `down -v`. The tests run in order on one project."""
+predictions from the `infer` service (equal to the engine's evaluation), a killed worker, a restarted API,
+`down` + `up` and `down -v`. The tests run in order on one project."""
 
 from __future__ import annotations
 

@@ -77,7 +77,9 @@ def test_two_fine_tunes_on_one_base_equal_their_merged_copies(
 
 
 @pytest.mark.parametrize("form", ["own", "shared"])
-def test_each_in_memory_form_equals_the_merged_copy(models_dir: Path, chat_deltas: list[Path], form: str) -> None:
+def test_each_in_memory_form_equals_the_merged_copy(
+    models_dir: Path, chat_deltas: list[Path], form: str
+) -> None:
     """Each layer's own thin factors, and the group's basis columns held once with ΔC per layer (gathered
     and scattered activations): the same outputs as the merged model, within 1e-5."""
     adapter = read_adapter(chat_deltas[0], "ft:a", form=form)

@@ -11,8 +11,9 @@ parameter returns the fine-tune's tensor, both for the adapter that is active in
           = ((x Q_g)[:, c] ΔCᵀ scattered to R_g) P_gᵀ   Q_g, P_g: the group's columns, held once
 
 The last form keeps a basis group's columns once, as the delta file does, where the layers' own thin
-factors would repeat them layer after layer (a group spans the blocks of a model); `_group` picks
-whichever holds fewer bytes.
+factors would repeat them layer after layer (a group spans the blocks of a model). It costs per token a
+product with the group's columns (D_in |C_g| + |R_g| D_out) instead of the layer's own, so `read_adapter`
+keeps the own factors while they stay within HELD_PER_FILE_BYTE of the delta file.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ _ACTIVE: ContextVar[Adapter | None] = ContextVar("sgft_active_adapter", default=
 
 @dataclass
 class GroupBasis:
-    """A basis group's stored columns, held once for all of its layers: `p` (D_out, |R_g|), `q` (D_in, |C_g|)."""
+    """A basis group's stored columns, held once for all its layers: `p` (D_out, |R_g|), `q` (D_in, |C_g|)."""
 
     p: torch.Tensor
     q: torch.Tensor
@@ -143,33 +144,34 @@ def _on_basis(basis: GroupBasis, e: _Entries) -> LayerDelta:
     return LayerDelta(basis=basis, small=small.contiguous(), rows=rows, cols=cols)
 
 
-def _group(
-    p: torch.Tensor, q: torch.Tensor, members: dict[str, _Entries], form: str
-) -> dict[str, LayerDelta]:
-    """A rotated group's layers, in whichever holds fewer bytes: each layer's own thin factors (or dense
-    ΔW), or the group's basis columns held once (as the delta file stores them) with, per layer, the
-    smaller of ΔC on the shared basis and its own thin factors. The shared form costs per token one
-    product with the group's columns (D_in |C_g| + |R_g| D_out) instead of with the layer's own."""
-    basis = GroupBasis(p.contiguous(), q.contiguous())
-    if form == "shared":
-        return {name: _on_basis(basis, e) for name, e in members.items()}
-    own = {name: _factor(p, q, e) for name, e in members.items()}
-    if form == "own":
-        return own
-    mixed = {}
-    for name, e in members.items():
-        shared = _on_basis(basis, e)
-        mixed[name] = shared if shared.nbytes < own[name].nbytes else own[name]
-    used = any(d.basis is not None for d in mixed.values())
-    mixed_bytes = sum(d.nbytes for d in mixed.values()) + (basis.nbytes if used else 0)
-    return mixed if mixed_bytes < sum(d.nbytes for d in own.values()) else own
+# `auto`: the most bytes an adapter's rotated layers may hold per byte of the delta file before layers move
+# to their group's shared basis. Each layer's own thin factors are the faster path (decode on a
+# SmolLM2-shaped model: about 29 against 26 tokens/s, docs/benchmarks.md); the shared basis holds far less.
+HELD_PER_FILE_BYTE = 1.5
+
+
+def _choose(own: dict[str, LayerDelta], shared: dict[str, LayerDelta], limit: int) -> dict[str, LayerDelta]:
+    """Own factors while the layers hold at most `limit` bytes; past it, the layers that save the most move
+    to their group's shared basis (a basis counted once, when its first layer moves)."""
+    chosen = dict(own)
+    held = sum(d.nbytes for d in own.values())
+    bases: set[int] = set()
+    for name in sorted(own, key=lambda n: shared[n].nbytes - own[n].nbytes):
+        basis = shared[name].basis
+        if held <= limit or basis is None or shared[name].nbytes >= own[name].nbytes:
+            break
+        held += shared[name].nbytes - own[name].nbytes + (0 if id(basis) in bases else basis.nbytes)
+        bases.add(id(basis))
+        chosen[name] = shared[name]
+    return chosen
 
 
 def read_adapter(delta_dir: Path, name: str, form: str = "auto") -> Adapter:
     """An Adapter from a saved SparseGrad / MeProp delta folder (sparsegrad.save_delta's format).
 
-    `form` of the rotated groups' layers: "auto" (fewest bytes, `_group`), "own" (each layer's thin factors
-    or dense ΔW) or "shared" (every layer on its group's basis columns held once)."""
+    `form` of the rotated groups' layers: "own" (each layer's thin factors or dense ΔW: the fastest),
+    "shared" (every layer on its group's basis columns held once: the fewest bytes) or "auto" (own factors
+    within HELD_PER_FILE_BYTE bytes per byte of the delta file, else the layers that save most shared)."""
     if form not in ("auto", "own", "shared"):
         raise ValueError(f"form must be 'auto', 'own' or 'shared', got {form!r}")
     config = json.loads((Path(delta_dir) / CONFIG_NAME).read_text())
@@ -195,11 +197,25 @@ def read_adapter(delta_dir: Path, name: str, form: str = "auto") -> Adapter:
                 groups.setdefault(basis, {})[layer] = _Entries(rows, cols, values, d_out, d_in)
             else:
                 layers[layer] = _factor(None, None, _Entries(rows, cols, values, d_out, d_in))
-        for basis, members in groups.items():
-            p, q = f.get_tensor(f"{basis}.p").float(), f.get_tensor(f"{basis}.q").float()
-            layers.update(_group(p, q, members, form))
         for plain in config["dense_params"]:
             params[plain] = f.get_tensor(f"dense.{plain}")
+        own: dict[str, LayerDelta] = {}
+        shared: dict[str, LayerDelta] = {}
+        for basis, members in groups.items():
+            p, q = f.get_tensor(f"{basis}.p").float(), f.get_tensor(f"{basis}.q").float()
+            group_basis = GroupBasis(p.contiguous(), q.contiguous())
+            for layer, e in members.items():
+                shared[layer] = _on_basis(group_basis, e)
+                if form != "shared":
+                    own[layer] = _factor(p, q, e)
+        if form == "auto":
+            file_bytes = (Path(delta_dir) / WEIGHTS_NAME).stat().st_size
+            rest = sum(d.nbytes for d in layers.values()) + sum(
+                t.numel() * t.element_size() for t in params.values()
+            )
+            layers.update(_choose(own, shared, int(HELD_PER_FILE_BYTE * file_bytes) - rest))
+        else:
+            layers.update(shared if form == "shared" else own)
     layers = {name: layers[name] for name in config["layers"] if name in layers}  # the config's order
     return Adapter(name, layers, params, config.get("labels"), config)
 
