@@ -12,18 +12,26 @@ from safetensors.torch import load_file
 from torch import nn
 
 import sparsegrad as sg
+from sparsegrad.delta import CONFIG_NAME as SG_CONFIG
 from training.methods import DELTA_META, FULL_FORMAT
 from training.models import load_model, load_tokenizer, registry_entry
 from training.spec import ModelLoadError, TrainingError
 
 
 def _read_meta(delta_dir: Path) -> dict[str, Any]:
-    meta_path, config_path = delta_dir / DELTA_META, delta_dir / "adapter_config.json"
-    if not config_path.is_file():
-        raise TrainingError(f"{delta_dir} is not a delta folder (no adapter_config.json)", param="delta")
+    meta_path = delta_dir / DELTA_META
+    # a SparseGrad / MeProp delta (sparsegrad_delta.json; adapter_config.json before format version 4), or
+    # a LoRA (peft) or full delta (adapter_config.json)
+    configs = [delta_dir / SG_CONFIG, delta_dir / "adapter_config.json"]
+    config_path = next((p for p in configs if p.is_file()), None)
+    if config_path is None:
+        raise TrainingError(
+            f"{delta_dir} is not a delta folder (no {SG_CONFIG} nor adapter_config.json)",
+            param="delta",
+        )
     config = json.loads(config_path.read_text())
     meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if "method" not in meta:  # a delta written elsewhere: infer from adapter_config.json
+    if "method" not in meta:  # a delta written elsewhere: infer from its config
         fmt = config.get("format")
         meta["method"] = "lora" if config.get("peft_type") == "LORA" else config.get("method", fmt)
         meta.setdefault("task", config.get("task"))

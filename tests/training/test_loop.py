@@ -33,7 +33,7 @@ def train(
 
 def delta_tensors(result: TrainResult) -> dict[str, torch.Tensor]:
     assert result.delta_dir is not None
-    return load_file(str(result.delta_dir / "adapter_model.safetensors"))
+    return load_file(str(result.delta_dir / "sparsegrad_delta.safetensors"))
 
 
 def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -194,7 +194,7 @@ def test_string_labels_map_to_ids_and_are_kept_in_the_delta(
     names = {0: "negative", 1: "positive"}
     data = (relabel(sst2[0], tmp_path / "t.jsonl", names), relabel(sst2[1], tmp_path / "v.jsonl", names))
     result = train(tmp_path / "run", data, models_dir, "sparsegrad", n_epochs=1)
-    config = __import__("json").loads((result.delta_dir / "adapter_config.json").read_text())  # type: ignore[operator]
+    config = __import__("json").loads((result.delta_dir / "sparsegrad_delta.json").read_text())  # type: ignore[operator]
     assert config["labels"] == ["negative", "positive"]
     merged = merge_delta("tiny-bert", result.delta_dir, tmp_path / "merged", models_dir=models_dir)  # type: ignore[arg-type]
     plain = AutoModelForSequenceClassification.from_pretrained(merged)
