@@ -13,7 +13,7 @@ from api.schemas import JobCreate
 from core.datasets import TASK_OF_FORMAT, DatasetReport, check_pair
 from core.files import get_file
 from core.hparam_bounds import BOOLS as HP_BOOLS
-from core.hparam_bounds import CHOICES, NUMBER_BOUNDS, target_patterns
+from core.hparam_bounds import CHOICES, NUMBER_BOUNDS, delta_cap_problem, target_patterns
 from core.jobs import NewJob
 from core.models import File
 from core.registry import UnknownModel, get_model, list_models
@@ -54,6 +54,9 @@ def normalize_method(body: JobCreate) -> tuple[dict[str, Any], dict[str, Any]]:
         raise APIError(400, f"{param} must be an object of name: value, got {json_type(nested)}", param=param)
     hyper = {**(body.hyperparameters or {}), **nested}
     check_hyperparameters(hyper)
+    problem = delta_cap_problem(kind, hyper)
+    if problem:
+        raise APIError(400, problem, param="hyperparameters.max_delta_density")
     for key in ("n_epochs", "batch_size", "learning_rate_multiplier"):
         hyper.setdefault(key, "auto")
     return {"type": kind, kind: {"hyperparameters": hyper}}, hyper

@@ -21,6 +21,7 @@ NUMBER_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "max_steps": (1, 1e7, True),
     "early_stopping_patience": (0, 100, True),
     "density": (1e-4, 1.0, False),
+    "max_delta_density": (1e-4, 1.0, False),
     "basis_steps": (1, 200, True),
     "basis_probe_steps": (0, 1000, True),
     "support_block": (1.0, 1000.0, False),
@@ -35,6 +36,28 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "result_checkpoint": ("best", "last"),
 }
 BOOLS: tuple[str, ...] = ("train_layernorm", "train_rest_dense", "eval_at_start", "per_layer_basis")
+
+DEFAULT_DENSITY = 0.01  # "auto" density (SparseGrad / MeProp)
+SPARSE_DELTA_METHODS = ("sparsegrad", "meprop")
+
+
+def delta_cap_problem(method: str, hyper: dict[str, object]) -> str | None:
+    """Why max_delta_density (the bound on a sparse delta's share of each layer's coefficients) does not fit
+    the rest of a job, or None: it needs a sparse delta (sparsegrad, meprop), a dynamic support and a cap of
+    at least the density (every step moves that share of each layer)."""
+    cap = hyper.get("max_delta_density")
+    if cap is None or cap == "auto":
+        return None
+    if method not in SPARSE_DELTA_METHODS:
+        return f"max_delta_density applies to {' and '.join(SPARSE_DELTA_METHODS)} (a sparse delta), not {method}"
+    if method == "sparsegrad" and hyper.get("support") == "fixed":
+        return "max_delta_density applies to support 'dynamic' only (a fixed support's delta holds k entries)"
+    density = hyper.get("density")
+    density = DEFAULT_DENSITY if density is None or density == "auto" else density
+    if isinstance(cap, int | float) and isinstance(density, int | float) and cap < density:
+        return f"max_delta_density ({cap:g}) must be >= density ({density:g}): every step moves that share"
+    return None
+
 
 # target_modules: module names, name suffixes or glob patterns (fnmatch: * ? [..]), never a regular
 # expression: a user's pattern is matched in the worker, and a glob's matching time is bounded (Python

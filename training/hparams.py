@@ -17,6 +17,7 @@
 | early_stopping_patience | 0 = off (evaluations without a better valid_loss before stopping) | [0, 100] |
 | result_checkpoint | "best" (step of lowest valid_loss) with a validation file, else "last" | choice |
 | density | 0.01 (SparseGrad / MeProp: share of MLP coefficients updated per step) | [1e-4, 1] |
+| max_delta_density | none (unbounded); the saved delta's share of each layer's coefficients, >= density | [1e-4, 1] |
 | basis_steps | 10 (SparseGrad's preliminary gradient steps) | [1, 200] |
 | basis_probe_steps | 0 (off); n: fit the head n steps for the basis phase, then restore it | [0, 1000] |
 | per_layer_basis | false (one HOSVD basis per role, shared by all blocks); true: one per layer | bool |
@@ -47,7 +48,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from core.hparam_auto import BASE_LR, auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
-from core.hparam_bounds import BOOLS, CHOICES, NUMBER_BOUNDS, target_patterns
+from core.hparam_bounds import BOOLS, CHOICES, DEFAULT_DENSITY, NUMBER_BOUNDS, delta_cap_problem, target_patterns
 from training.spec import HyperparameterError
 
 # The auto rules for epochs, batch size and base rate live in core.hparam_auto (the API estimate uses them).
@@ -71,6 +72,7 @@ class Hyper:
     max_steps: int | None
     early_stopping_patience: int
     density: float
+    max_delta_density: float | None
     basis_steps: int
     basis_probe_steps: int
     per_layer_basis: bool
@@ -185,7 +187,10 @@ def resolve(
     steps_per_epoch, total = plan_steps(n_train, batch_size, epochs, max_steps)
     every = max(10, math.ceil(total / 5))
     support = get("support", "dynamic")
-    density = get("density", 0.01)
+    density = get("density", DEFAULT_DENSITY)
+    problem = delta_cap_problem(method, raw)
+    if problem:
+        raise HyperparameterError(problem, param="max_delta_density")
     block = get("support_block", auto_support_block(method, task))
     if block is not None and block * density >= 1:
         block = None  # a block as large as the layer confines nothing
@@ -218,6 +223,7 @@ def resolve(
         max_steps=max_steps,
         early_stopping_patience=get("early_stopping_patience", 0),
         density=density,
+        max_delta_density=get("max_delta_density", None),
         basis_steps=get("basis_steps", 10),
         basis_probe_steps=get("basis_probe_steps", 0),
         per_layer_basis=get("per_layer_basis", False),

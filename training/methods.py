@@ -46,6 +46,7 @@ def sparse_config(
     """The SparseGradConfig of a job (MeProp re-selects its support every step: always dynamic)."""
     return sg.SparseGradConfig(
         density=hp.density,
+        max_delta_density=hp.max_delta_density,
         target_modules=hp.target_modules,
         support="dynamic" if method == "meprop" else hp.support,  # type: ignore[arg-type]
         support_block=hp.support_block if method == "sparsegrad" else None,
@@ -119,6 +120,19 @@ def prepare(
     else:
         count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Prepared(model, optimizer, basis, count, lora_rank)
+
+
+def delta_stats(model: nn.Module, method: str) -> dict[str, int]:
+    """What the method's delta holds now: "delta_nnz" (stored numbers: a sparse delta's ΔC entries, or the
+    trainable parameters of LoRA / full) and "delta_bytes" (its tensors' bytes, as `save_delta` writes)."""
+    if method in ("sparsegrad", "meprop"):
+        size = sg.delta_size(model)
+        return {"delta_nnz": size.nnz, "delta_bytes": size.bytes}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return {
+        "delta_nnz": sum(p.numel() for p in params),
+        "delta_bytes": sum(p.numel() * p.element_size() for p in params),
+    }
 
 
 def trainable_state(model: nn.Module, method: str) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ def train(
 
 def delta_tensors(result: TrainResult) -> dict[str, torch.Tensor]:
     assert result.delta_dir is not None
-    return load_file(str(result.delta_dir / "sparsegrad_delta.safetensors"))
+    sparse = result.delta_dir / "sparsegrad_delta.safetensors"  # else LoRA's / full's adapter_model
+    return load_file(str(sparse if sparse.is_file() else result.delta_dir / "adapter_model.safetensors"))
 
 
 def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -143,6 +145,7 @@ class StopAfter:
         ("sparsegrad", {"support_block": 2}),
         ("sparsegrad", {"per_layer_basis": True, "basis_probe_steps": 5}),
         ("sparsegrad", {"selection": "adam", "weight_decay": 0.1}),
+        ("sparsegrad", {"max_delta_density": 0.02}),
         ("full", {}),
     ],
 )
@@ -164,6 +167,25 @@ def test_paused_then_resumed_equals_uninterrupted(
     same_tensors(delta_tensors(resumed), delta_tensors(straight))
     if method == "sparsegrad":
         assert (paused.checkpoint_dir / "basis.safetensors").is_file()
+
+
+def test_checkpoint_events_report_the_delta_size_within_its_cap(
+    tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
+) -> None:
+    events: list[dict[str, float]] = []
+    hooks = Hooks(on_checkpoint=lambda s, d, m: events.append(m))
+    result = train(
+        tmp_path, sst2, models_dir, "sparsegrad", hooks=hooks, checkpoint_every=4, max_delta_density=0.02
+    )
+    assert len(events) == 3 and all({"delta_nnz", "delta_bytes"} <= set(e) for e in events)  # steps 4, 8, 12
+    config = json.loads((result.delta_dir / "sparsegrad_delta.json").read_text())  # type: ignore[operator]
+    cap = sum(round(0.02 * spec["shape"][0] * spec["shape"][1]) for spec in config["layers"].values())
+    final_nnz = sum(spec["nnz"] for spec in config["layers"].values())
+    final_bytes = sum(t.numel() * t.element_size() for t in delta_tensors(result).values())
+    nnz = [e["delta_nnz"] for e in events] + [final_nnz]
+    sizes = [e["delta_bytes"] for e in events] + [final_bytes]
+    assert nnz == sorted(nnz) and nnz[-1] <= cap and nnz[0] > 0  # the union grows, within the cap
+    assert sizes == sorted(sizes) and sizes[0] > 0  # entries, rows and columns only grow
 
 
 def test_cancel_stops_within_one_step(tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path) -> None:
