@@ -73,7 +73,10 @@ def analyse(delta_dir: Path) -> dict[str, Any]:
             nnz = [int(s["nnz"]) for s in specs]
             if bases:
                 (b,) = bases
-                n_rows, n_cols = f.get_slice(f"{b}.rows").get_shape()[0], f.get_slice(f"{b}.cols").get_shape()[0]
+                n_rows, n_cols = (
+                    f.get_slice(f"{b}.rows").get_shape()[0],
+                    f.get_slice(f"{b}.cols").get_shape()[0],
+                )
             else:  # stored dense: rows and columns the union spans are not in the file
                 n_rows, n_cols = d_out, d_in
             for suffix, vb in (("", F32), ("_bf16", 2)):
@@ -96,9 +99,7 @@ def analyse(delta_dir: Path) -> dict[str, Any]:
         "sizes": sizes,
         "roles": roles,
         "file_bytes": (delta_dir / "sparsegrad_delta.safetensors").stat().st_size,
-        "dense_mlp_bytes": sum(
-            F32 * s["shape"][0] * s["shape"][1] for s in config["layers"].values()
-        ),
+        "dense_mlp_bytes": sum(F32 * s["shape"][0] * s["shape"][1] for s in config["layers"].values()),
     }
 
 
@@ -114,7 +115,9 @@ def _bf16_copy(src: Path, dst: Path) -> None:
         for k, t in tensors.items()
     }
     dst.mkdir(parents=True, exist_ok=True)
-    save_file(low, str(dst / "sparsegrad_delta.safetensors"), metadata={"format": "sparsegrad", "version": "4"})
+    save_file(
+        low, str(dst / "sparsegrad_delta.safetensors"), metadata={"format": "sparsegrad", "version": "4"}
+    )
     config = json.loads((src / "sparsegrad_delta.json").read_text())
     (dst / "sparsegrad_delta.json").write_text(json.dumps({**config, "value_dtype": "bfloat16"}))
 
@@ -136,7 +139,9 @@ def _accuracy(delta_dir: Path, dev: Path) -> tuple[float, Any]:
     with torch.no_grad():
         for i in range(0, len(rows), 64):
             chunk = rows[i : i + 64]
-            enc = tok([r["text"] for r in chunk], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            enc = tok(
+                [r["text"] for r in chunk], padding=True, truncation=True, max_length=128, return_tensors="pt"
+            )
             pred = model(**enc).logits.argmax(-1).tolist()
             right += sum(int(p) == int(r["label"]) for p, r in zip(pred, chunk, strict=True))
     return right / len(rows), {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -196,10 +201,17 @@ def table(rows: list[dict[str, Any]]) -> str:
     ]
     for name in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == name]
-        mean = lambda key: statistics.mean(r[key] for r in mine)  # noqa: E731
-        size = lambda key: statistics.mean(r["sizes"][key] for r in mine) / 1e6  # noqa: E731
+
+        def mean(key: str, mine: list[dict[str, Any]] = mine) -> float:
+            return statistics.mean(r[key] for r in mine)
+
+        def size(key: str, mine: list[dict[str, Any]] = mine) -> float:
+            return statistics.mean(r["sizes"][key] for r in mine) / 1e6
+
+        def role(rl: str, key: str, mine: list[dict[str, Any]] = mine) -> float:
+            return statistics.mean(r["roles"][rl][key] for r in mine)
+
         dense_mlp = mine[0]["dense_mlp_bytes"] / 1e6
-        role = lambda rl, key: statistics.mean(r["roles"][rl][key] for r in mine)  # noqa: E731
         fractions = {rl: {k: role(rl, k) for k in ("union", "rows", "cols")} for rl in ("up", "down")}
         b7, d7 = shape_7b(fractions)
         b7h, _ = shape_7b(fractions, 2)
@@ -246,4 +258,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])

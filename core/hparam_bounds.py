@@ -49,7 +49,8 @@ def delta_cap_problem(method: str, hyper: dict[str, object]) -> str | None:
     if cap is None or cap == "auto":
         return None
     if method not in SPARSE_DELTA_METHODS:
-        return f"max_delta_density applies to {' and '.join(SPARSE_DELTA_METHODS)} (a sparse delta), not {method}"
+        methods = " and ".join(SPARSE_DELTA_METHODS)
+        return f"max_delta_density applies to {methods} (a sparse delta), not {method}"
     if method == "sparsegrad" and hyper.get("support") == "fixed":
         return "max_delta_density applies to support 'dynamic' only (a fixed support's delta holds k entries)"
     density = hyper.get("density")

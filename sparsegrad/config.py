@@ -173,7 +173,9 @@ class SparseGradConfig:
             if isinstance(cap, bool) or not isinstance(cap, int | float) or not 0.0 < float(cap) <= 1.0:
                 raise ValueError(f"max_delta_density must be a number in (0, 1] or None, got {cap!r}")
             if self.support != "dynamic":
-                raise ValueError("max_delta_density applies to support='dynamic' only (fixed holds k entries)")
+                raise ValueError(
+                    "max_delta_density applies to support='dynamic' only (fixed holds k entries)"
+                )
             if cap < self.density:
                 raise ValueError(
                     f"max_delta_density ({cap}) must be >= density ({self.density}): a step moves k entries"

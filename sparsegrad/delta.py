@@ -1,4 +1,4 @@
-"""The sparse delta artifact: sparsegrad_delta.json + sparsegrad_delta.safetensors, and merging it into a base."""
+"""The sparse delta artifact (sparsegrad_delta.json + .safetensors) and merging it into a base model."""
 
 from __future__ import annotations
 
@@ -253,7 +253,9 @@ def _add_rounded_once(w: torch.Tensor, dw: torch.Tensor) -> None:
     w.copy_((w.to(torch.promote_types(w.dtype, dw.dtype)) + dw).to(w.dtype))
 
 
-def _legacy_layer_delta(f: Any, keys: set[str], name: str, spec: dict[str, Any], shape: torch.Size) -> torch.Tensor:
+def _legacy_layer_delta(
+    f: Any, keys: set[str], name: str, spec: dict[str, Any], shape: torch.Size
+) -> torch.Tensor:
     """ΔW of a layer stored in the COO form of versions 1-3 (int32 global (row, col), values, the group's
     referenced basis columns under `<basis>.p_cols/.p/.q_cols/.q`)."""
     idx = f.get_tensor(f"{name}.indices").long()

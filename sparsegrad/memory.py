@@ -133,7 +133,9 @@ def layer_encoding_bytes(nnz: int, n_rows: int, n_cols: int, value_bytes: int = 
     }
 
 
-def basis_columns_bytes(d_out: int, n_rows: int, d_in: int, n_cols: int, rotated: bool, value_bytes: int) -> int:
+def basis_columns_bytes(
+    d_out: int, n_rows: int, d_in: int, n_cols: int, rotated: bool, value_bytes: int
+) -> int:
     """The group's column numbers (int32) and, for a rotated basis, P's and Q's referenced columns."""
     return 4 * (n_rows + n_cols) + (value_bytes * (d_out * n_rows + d_in * n_cols) if rotated else 0)
 

@@ -17,7 +17,7 @@
 | early_stopping_patience | 0 = off (evaluations without a better valid_loss before stopping) | [0, 100] |
 | result_checkpoint | "best" (step of lowest valid_loss) with a validation file, else "last" | choice |
 | density | 0.01 (SparseGrad / MeProp: share of MLP coefficients updated per step) | [1e-4, 1] |
-| max_delta_density | none (unbounded); the saved delta's share of each layer's coefficients, >= density | [1e-4, 1] |
+| max_delta_density | none (unbounded); cap on the delta's share of each layer's coefficients | [1e-4, 1] |
 | basis_steps | 10 (SparseGrad's preliminary gradient steps) | [1, 200] |
 | basis_probe_steps | 0 (off); n: fit the head n steps for the basis phase, then restore it | [0, 1000] |
 | per_layer_basis | false (one HOSVD basis per role, shared by all blocks); true: one per layer | bool |
@@ -48,7 +48,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from core.hparam_auto import BASE_LR, auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
-from core.hparam_bounds import BOOLS, CHOICES, DEFAULT_DENSITY, NUMBER_BOUNDS, delta_cap_problem, target_patterns
+from core.hparam_bounds import (
+    BOOLS,
+    CHOICES,
+    DEFAULT_DENSITY,
+    NUMBER_BOUNDS,
+    delta_cap_problem,
+    target_patterns,
+)
 from training.spec import HyperparameterError
 
 # The auto rules for epochs, batch size and base rate live in core.hparam_auto (the API estimate uses them).

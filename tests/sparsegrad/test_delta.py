@@ -62,7 +62,10 @@ def test_save_load_merge_round_trip(kind: str, method: str, tmp_path: Path) -> N
     base_out = _logits(tiny_model(kind), batch)
     assert (tuned - base_out).abs().max() > 1e-3  # training did change the model
     sg.save_delta(model, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sparsegrad_delta.json", "sparsegrad_delta.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "sparsegrad_delta.json",
+        "sparsegrad_delta.safetensors",
+    ]
     config = json.loads((tmp_path / "sparsegrad_delta.json").read_text())
     assert config["format"] == "sparsegrad" and config["version"] == 4
     assert config["base_model_id"] == f"tiny-{kind}" and len(config["base_fingerprint"]) == 64
@@ -98,7 +101,10 @@ def test_delta_stores_only_used_basis_columns(tmp_path: Path) -> None:
         assert len(p_keys) == 2  # one per group (up, down), not per layer
         for key in p_keys:
             rows, cols = f.get_tensor(key[:-2] + ".rows"), f.get_tensor(key[:-2] + ".cols")
-            assert f.get_tensor(key).shape[1] == rows.numel() and f.get_tensor(key[:-2] + ".q").shape[1] == cols.numel()
+            assert (
+                f.get_tensor(key).shape[1] == rows.numel()
+                and f.get_tensor(key[:-2] + ".q").shape[1] == cols.numel()
+            )
         first = next(iter(sg.sparse_layers(model)))
         assert f.get_tensor(f"{first}.col").dtype == torch.uint8  # |C| <= 256: one byte per local column
 
@@ -113,7 +119,9 @@ def test_auto_encoding_stores_the_smallest_form(method: str, tmp_path: Path) -> 
     # auto picks per layer (and dense per group): never above any form forced on every layer
     assert sizes["auto"] <= min(v for k, v in sizes.items() if k != "auto") + 512  # header differences
     size = sg.delta_size(model)
-    assert size.bytes <= sizes["auto"] and size.nnz == sum(m.delta()[0].numel() for m in sg.sparse_layers(model).values())
+    assert size.bytes <= sizes["auto"] and size.nnz == sum(
+        m.delta()[0].numel() for m in sg.sparse_layers(model).values()
+    )
     with pytest.raises(ValueError, match="encoding must be"):
         sg.save_delta(model, tmp_path / "x", encoding="zip")
     with pytest.raises(ValueError, match="value_dtype must be"):
@@ -152,7 +160,9 @@ def test_save_delta_needs_an_injected_model(tmp_path: Path) -> None:
         sg.save_delta(tiny_model("bert"), tmp_path)
 
 
-@pytest.mark.parametrize(("n_rows", "n_cols", "share"), [(7, 300, 0.05), (5, 13, 0.6), (3, 4, 1.0), (4, 9, 0.0)])
+@pytest.mark.parametrize(
+    ("n_rows", "n_cols", "share"), [(7, 300, 0.05), (5, 13, 0.6), (3, 4, 1.0), (4, 9, 0.0)]
+)
 def test_every_layer_form_decodes_to_the_same_grid(n_rows: int, n_cols: int, share: float) -> None:
     gen = torch.Generator().manual_seed(n_rows * n_cols)
     cells = n_rows * n_cols
@@ -165,7 +175,10 @@ def test_every_layer_form_decodes_to_the_same_grid(n_rows: int, n_cols: int, sha
         size = sum(t.numel() * t.element_size() for t in parts.values())
         assert size == layer_encoding_bytes(local.numel(), n_rows, n_cols)[form]
     mask = torch.zeros(cells, dtype=torch.bool).index_fill_(0, local, True)
-    reference = [int("".join("1" if b else "0" for b in mask[i : i + 8].tolist()).ljust(8, "0"), 2) for i in range(0, cells, 8)]
+    reference = [
+        int("".join("1" if b else "0" for b in mask[i : i + 8].tolist()).ljust(8, "0"), 2)
+        for i in range(0, cells, 8)
+    ]
     assert pack_bits(mask).tolist() == reference  # most significant bit first, as numpy.packbits
     assert torch.equal(unpack_bits(pack_bits(mask), cells), mask)
 
@@ -183,6 +196,7 @@ def test_low_precision_delta_is_half_the_size_and_close(value_dtype: str, tmp_pa
         dw = w - base[f"{name}.weight"]
         err = (low[f"{name}.weight"] - w).norm() / dw.norm()
         assert 0 < err < (2e-2 if value_dtype == "bfloat16" else 2e-3), (name, err)
+
     def floats(folder: str) -> int:
         with safe_open(str(tmp_path / folder / "sparsegrad_delta.safetensors"), framework="pt") as f:
             return sum(
@@ -190,4 +204,5 @@ def test_low_precision_delta_is_half_the_size_and_close(value_dtype: str, tmp_pa
                 for k in f.keys()
                 if k.endswith((".values", ".p", ".q"))
             )
+
     assert floats("low") * 2 == floats("f32")

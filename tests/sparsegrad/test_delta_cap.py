@@ -1,4 +1,4 @@
-"""max_delta_density: the optimizer keeps each layer's delta (the union of its updated entries) within the cap."""
+"""max_delta_density: the optimizer keeps each layer's delta (its updated entries) within the cap."""
 
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ def test_max_delta_density_bounds_each_layers_delta(extra: dict[str, object], tm
 
 
 def test_a_frozen_support_still_trains() -> None:
-    # a causal LM (no head trains): only the MLP coefficients move; the cap (4%) is reached within two steps of 2%: the later steps move
-    # only those entries, and the loss on the batch still falls
+    # a causal LM (no head trains): only the MLP coefficients move; the cap (4%) is reached within two
+    # steps of 2%: the later steps move only those entries, and the loss on the batch still falls
     model, losses = _train(20, repeat=True, kind="llama", max_delta_density=0.04)
     assert all(m.delta()[0].numel() <= k_of(m.d_out, m.d_in, 0.04) for m in sg.sparse_layers(model).values())
     assert losses[-1] < losses[3] - 0.005, losses  # measured: 4.582 -> 4.572
