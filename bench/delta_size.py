@@ -58,8 +58,8 @@ def analyse(delta_dir: Path) -> dict[str, Any]:
 
     config = json.loads((delta_dir / "sparsegrad_delta.json").read_text())
     groups: dict[str, list[dict[str, Any]]] = {}
-    for spec in config["layers"].values():
-        groups.setdefault(spec["group"], []).append(spec)
+    for spec in config["layers"].values():  # by role: "up", "down" (group names are "up:1536x384"...)
+        groups.setdefault(spec["group"].split(":")[0], []).append(spec)
     sizes = {f"{form}{suffix}": 0 for form in (*FORMS, "dense", "auto") for suffix in ("", "_bf16")}
     roles: dict[str, dict[str, float]] = {}
     with safe_open(str(delta_dir / "sparsegrad_delta.safetensors"), framework="pt") as f:
@@ -147,11 +147,11 @@ def _accuracy(delta_dir: Path, dev: Path) -> tuple[float, Any]:
     return right / len(rows), {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def run_variant(args: tuple[str, int, float, Path, Path, Path]) -> dict[str, Any]:
-    """Train one variant and seed, then measure its delta."""
+def run_variant(args: tuple[str, int, float, Path, Path, Path, Path]) -> dict[str, Any]:
+    """Train one variant and seed, then measure its delta (its row is also written to `out` at once)."""
     from bench.quality import run_one
 
-    name, seed, epochs, train, valid, work = args
+    name, seed, epochs, train, valid, work, out_dir = args
     row = run_one("sparsegrad", seed, epochs, train, valid, work, VARIANTS[name])
     delta = work / "delta"
     measured = analyse(delta)
@@ -174,7 +174,8 @@ def run_variant(args: tuple[str, int, float, Path, Path, Path]) -> dict[str, Any
         "wall_s": row["wall_s"],
         **measured,
     }
-    print(json.dumps({k: v for k, v in out.items() if k != "roles"}), flush=True)
+    print(json.dumps(out), flush=True)
+    (out_dir / f"row-{name}-{seed}.json").write_text(json.dumps(out))
     return out
 
 
@@ -247,7 +248,11 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sgft-delta-") as tmp:
         train, valid = write_data(Path(tmp) / "data", args.train, 872)
-        runs = [(v, s, args.epochs, train, valid, Path(tmp) / f"{v}-{s}") for s in seeds for v in variants]
+        runs = [
+            (v, s, args.epochs, train, valid, Path(tmp) / f"{v}-{s}", args.out)
+            for s in seeds
+            for v in variants
+        ]
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, ctx, initializer=_set_threads, initargs=(args.threads,)) as pool:
             rows = list(pool.map(run_variant, runs))
