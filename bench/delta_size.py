@@ -44,6 +44,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "block4": {"support_block": 4.0},
     "block4-cap02": {"support_block": 4.0, "max_delta_density": 0.02},
     "block2": {"support_block": 2.0},
+    "block8": {"support_block": 8.0},
+    "block16": {"support_block": 16.0},
 }
 FORMS = ("csr", "bitmap", "block")
 
