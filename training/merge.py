@@ -13,20 +13,20 @@ from torch import nn
 
 import sparsegrad as sg
 from sparsegrad.delta import CONFIG_NAME as SG_CONFIG
-from training.methods import DELTA_META, FULL_FORMAT
+from training.methods import DELTA_META, FULL_CONFIG, FULL_FORMAT, FULL_WEIGHTS
 from training.models import load_model, load_tokenizer, registry_entry
 from training.spec import ModelLoadError, TrainingError
 
 
 def _read_meta(delta_dir: Path) -> dict[str, Any]:
     meta_path = delta_dir / DELTA_META
-    # a SparseGrad / MeProp delta (sparsegrad_delta.json; adapter_config.json before format version 4), or
-    # a LoRA (peft) or full delta (adapter_config.json)
-    configs = [delta_dir / SG_CONFIG, delta_dir / "adapter_config.json"]
+    # a SparseGrad / MeProp delta (sparsegrad_delta.json), a full one (full_delta.json), a LoRA (peft's
+    # adapter_config.json), or one of the first two written before 2026-12-06 (adapter_config.json)
+    configs = [delta_dir / SG_CONFIG, delta_dir / FULL_CONFIG, delta_dir / "adapter_config.json"]
     config_path = next((p for p in configs if p.is_file()), None)
     if config_path is None:
         raise TrainingError(
-            f"{delta_dir} is not a delta folder (no {SG_CONFIG} nor adapter_config.json)",
+            f"{delta_dir} is not a delta folder (no {SG_CONFIG}, {FULL_CONFIG} nor adapter_config.json)",
             param="delta",
         )
     config = json.loads(config_path.read_text())
@@ -76,7 +76,8 @@ def _merge(base: nn.Module, method: str, delta_dir: Path) -> nn.Module:
 
         return PeftModel.from_pretrained(base, str(delta_dir)).merge_and_unload()
     if method in ("full", FULL_FORMAT):
-        tensors = load_file(str(delta_dir / "adapter_model.safetensors"))
+        weights = delta_dir / FULL_WEIGHTS
+        tensors = load_file(str(weights if weights.is_file() else delta_dir / "adapter_model.safetensors"))
         result = base.load_state_dict(tensors, strict=False)
         if result.unexpected_keys:
             raise ValueError(f"delta holds weights the base lacks: {result.unexpected_keys[:5]}")

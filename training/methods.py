@@ -6,8 +6,8 @@
 - full: every weight trains (torch AdamW).
 
 Deltas (each folder also holds `sgft_delta.json`: method, task, labels, base model; what merge_delta reads):
-sparsegrad/meprop -> sparsegrad.save_delta; lora -> peft save_pretrained; full -> every weight in
-adapter_model.safetensors with adapter_config.json {"format": "full"}.
+sparsegrad/meprop -> sparsegrad.save_delta (docs/delta-format.md); lora -> peft save_pretrained (peft's own
+adapter files); full -> every weight in full_delta.safetensors with full_delta.json {"format": "full"}.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from training.hparams import Hyper
 
 DELTA_META = "sgft_delta.json"
 FULL_FORMAT = "full"
+# full fine-tuning's delta (every weight); it used peft's file names before 2026-12-06 (merge reads both)
+FULL_CONFIG, FULL_WEIGHTS = "full_delta.json", "full_delta.safetensors"
 
 
 @dataclass
@@ -191,9 +193,9 @@ def save_delta(
         model.save_pretrained(str(out))  # type: ignore[operator]
     else:
         tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()}
-        save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": FULL_FORMAT})
+        save_file(tensors, str(out / FULL_WEIGHTS), metadata={"format": FULL_FORMAT})
         config = {"format": FULL_FORMAT, "version": 1, "method": "full", "task": task, "labels": labels}
-        (out / "adapter_config.json").write_text(json.dumps({**config, "base_model_id": base}, indent=2))
+        (out / FULL_CONFIG).write_text(json.dumps({**config, "base_model_id": base}, indent=2))
     meta = _meta(method, task, labels, base, extra)
     (out / DELTA_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return out

@@ -34,8 +34,10 @@ def train(
 
 def delta_tensors(result: TrainResult) -> dict[str, torch.Tensor]:
     assert result.delta_dir is not None
-    sparse = result.delta_dir / "sparsegrad_delta.safetensors"  # else LoRA's / full's adapter_model
-    return load_file(str(sparse if sparse.is_file() else result.delta_dir / "adapter_model.safetensors"))
+    for name in ("sparsegrad_delta.safetensors", "full_delta.safetensors", "adapter_model.safetensors"):
+        if (result.delta_dir / name).is_file():  # SparseGrad / MeProp, full, LoRA (peft)
+            return load_file(str(result.delta_dir / name))
+    raise AssertionError(f"no delta weights in {result.delta_dir}")
 
 
 def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -167,6 +169,18 @@ def test_paused_then_resumed_equals_uninterrupted(
     same_tensors(delta_tensors(resumed), delta_tensors(straight))
     if method == "sparsegrad":
         assert (paused.checkpoint_dir / "basis.safetensors").is_file()
+
+
+def test_full_delta_written_with_the_old_file_names_still_merges(
+    tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
+) -> None:
+    result = train(tmp_path / "run", sst2, models_dir, "full", n_epochs=1)
+    assert result.delta_dir is not None and (result.delta_dir / "full_delta.json").is_file()
+    new = merge_delta("tiny-bert", result.delta_dir, tmp_path / "new", models_dir=models_dir)
+    (result.delta_dir / "full_delta.json").rename(result.delta_dir / "adapter_config.json")
+    (result.delta_dir / "full_delta.safetensors").rename(result.delta_dir / "adapter_model.safetensors")
+    old = merge_delta("tiny-bert", result.delta_dir, tmp_path / "old", models_dir=models_dir)
+    same_tensors(load_file(str(new / "model.safetensors")), load_file(str(old / "model.safetensors")))
 
 
 def test_checkpoint_events_report_the_delta_size_within_its_cap(
