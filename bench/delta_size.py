@@ -230,6 +230,29 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def paired(rows: list[dict[str, Any]], variant: str, against: str = "default") -> str | None:
+    """Dev-accuracy difference of `variant` to `against` over the seeds both ran: mean ± standard error in
+    points, and on how many seeds it was at least as good (the paired form of bench.quality.verdict)."""
+    acc = {(r["variant"], r["seed"]): 100 * r["accuracy"] for r in rows}
+    seeds = sorted(s for v, s in acc if v == variant and (against, s) in acc)
+    if not seeds:
+        return None
+    diffs = [acc[(variant, s)] - acc[(against, s)] for s in seeds]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    good = sum(d >= 0 for d in diffs)
+    return (
+        f"{variant} − {against}: {statistics.mean(diffs):+.2f} ± {se:.2f} points over seeds "
+        f"{','.join(map(str, seeds))} ({' / '.join(f'{d:+.2f}' for d in diffs)}; at least as good on "
+        f"{good} of {len(seeds)})"
+    )
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    """The table, then each variant's paired difference to the default job."""
+    lines = [paired(rows, v) for v in dict.fromkeys(r["variant"] for r in rows) if v != "default"]
+    return table(rows) + "\n\n" + "\n".join(f"- {line}" for line in lines if line)
+
+
 def main(argv: list[str] | None = None) -> None:
     from bench.quality import _set_threads, write_data
 
@@ -258,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, ctx, initializer=_set_threads, initargs=(args.threads,)) as pool:
             rows = list(pool.map(run_variant, runs))
-    text = table(rows)
+    text = report(rows)
     print(text)
     (args.out / "delta_size.json").write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "delta_size.md").write_text(text + "\n")
