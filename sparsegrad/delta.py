@@ -137,13 +137,33 @@ def _delta_tensors(
     return tensors, specs, bases, dense
 
 
-def delta_size(model: nn.Module, encoding: str = "auto", value_dtype: str = "float32") -> DeltaSize:
-    """Entries and tensor bytes of the delta `save_delta` would write now (the file adds a small header)."""
-    tensors, specs, _, _ = _delta_tensors(model, encoding, value_dtype)
-    return DeltaSize(
-        nnz=sum(s["nnz"] for s in specs.values()),
-        bytes=sum(t.numel() * t.element_size() for t in tensors.values()),
-    )
+def delta_size(model: nn.Module, value_dtype: str = "float32") -> DeltaSize:
+    """Entries and tensor bytes of the delta `save_delta(model, encoding="auto")` would write now (the file
+    adds a small header), from the same size functions, without building the tensors (cheap enough for
+    every checkpoint)."""
+    if value_dtype not in VALUE_DTYPES:
+        raise ValueError(f"value_dtype must be one of {sorted(VALUE_DTYPES)}, got {value_dtype!r}")
+    vbytes = torch.finfo(VALUE_DTYPES[value_dtype]).bits // 8
+    layers = sparse_layers(model)
+    groups: dict[str, list[SparseGradLinear]] = {}
+    for layer in layers.values():
+        groups.setdefault(f"{layer.group}@{id(layer.P)}@{layer.d_out}x{layer.d_in}", []).append(layer)
+    nnz = total = 0
+    for members in groups.values():
+        first = members[0]
+        idx = [m.delta()[0] for m in members]
+        flat = torch.cat(idx)
+        n_rows = torch.unique(flat // first.d_in).numel() if flat.numel() else 0
+        n_cols = torch.unique(flat % first.d_in).numel() if flat.numel() else 0
+        rotated = first.P is not None and first.Q is not None
+        sizes = [i.numel() for i in idx]
+        total += delta_group_bytes(first.d_out, first.d_in, sizes, n_rows, n_cols, rotated, vbytes)[1]
+        nnz += sum(sizes)
+    placeholders = {id(m.coef) for m in layers.values()}
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in placeholders:
+            total += p.numel() * p.element_size()
+    return DeltaSize(nnz=nnz, bytes=total)
 
 
 def save_delta(
