@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
+from sparsegrad.delta import LAYER_PARTS, delta_files, read_delta_config
+from sparsegrad.delta_codec import decode
 from tests.service.stack import free_port
 from training import JobSpec, TrainResult, merge_delta, run_training
 from training.launch import result_from_json, torchrun_command
@@ -123,10 +126,23 @@ def support(work: Path, at_end: bool) -> set[tuple[str, int]]:
     if not at_end:
         tensors = load_file(str(checkpoint))
         return {(k, int(i)) for k, t in tensors.items() if k.endswith(".delta_index") for i in t.tolist()}
-    tensors = load_file(str(work / "delta" / "adapter_model.safetensors"))
-    return {
-        (k, i * 10_000 + j) for k, t in tensors.items() if k.endswith(".indices") for i, j in t.t().tolist()
-    }
+    return delta_support(work / "delta")
+
+
+def delta_support(delta: Path) -> set[tuple[str, int]]:
+    """Every (layer, row * 10,000 + column) coefficient a saved delta holds (format 4, sparse forms)."""
+    config = read_delta_config(delta)
+    out: set[tuple[str, int]] = set()
+    with safe_open(str(delta_files(delta)[1]), framework="pt") as f:
+        keys = set(f.keys())
+        for name, spec in config["layers"].items():
+            assert f"{name}.weight_delta" not in keys, f"{name} was stored dense: no support to compare"
+            rows, cols = f.get_tensor(f"{spec['basis']}.rows"), f.get_tensor(f"{spec['basis']}.cols")
+            parts = {p: f.get_tensor(f"{name}.{p}") for p in LAYER_PARTS if f"{name}.{p}" in keys}
+            grid = decode(parts, rows.numel(), cols.numel(), spec["encoding"])
+            for i, j in grid.nonzero().tolist():
+                out.add((name, int(rows[i]) * 10_000 + int(cols[j])))
+    return out
 
 
 @pytest.mark.parametrize("name", list(CASES))

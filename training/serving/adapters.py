@@ -12,7 +12,6 @@ parameter returns the fine-tune's tensor, both for the adapter that is active in
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -25,7 +24,8 @@ from safetensors import safe_open
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparsegrad.delta import CONFIG_NAME, WEIGHTS_NAME, check_base
+from sparsegrad.delta import LAYER_PARTS, check_base, delta_files, read_delta_config
+from sparsegrad.delta_codec import decode
 
 _ACTIVE: ContextVar[Adapter | None] = ContextVar("sgft_active_adapter", default=None)
 
@@ -67,53 +67,73 @@ class Adapter:
         return dense + sum(d.nbytes for d in self.layers.values())
 
 
-def _factor(
-    p: torch.Tensor | None,
-    q: torch.Tensor | None,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    values: torch.Tensor,
-    d_out: int,
-    d_in: int,
-) -> LayerDelta:
-    """The layer's ΔW from COO entries (`rows`/`cols` index the columns of `p`/`q`, or the identity)."""
-    r, row_pos = torch.unique(rows, return_inverse=True)
-    c, col_pos = torch.unique(cols, return_inverse=True)
-    small = torch.zeros(r.numel(), c.numel())  # ΔC on its own rows x columns (|R|, |C|)
-    small.index_put_((row_pos, col_pos), values.float(), accumulate=True)
-    p_r = p[:, r] if p is not None else torch.eye(d_out)[:, r]  # (D_out, |R|)
-    q_c = q[:, c] if q is not None else torch.eye(d_in)[:, c]  # (D_in, |C|)
-    rank = min(r.numel(), c.numel())
-    if (d_out + d_in) * rank >= d_out * d_in:  # thin factors would not be smaller than ΔW itself
+def _thin(p_r: torch.Tensor, q_c: torch.Tensor, small: torch.Tensor, d_out: int, d_in: int) -> LayerDelta:
+    """ΔW = p_r small q_cᵀ kept as its thinner factorisation (rank min(|R|, |C|)), or dense where the
+    factors would not be smaller than ΔW itself."""
+    rank = min(small.shape)
+    if (d_out + d_in) * rank >= d_out * d_in:
         return LayerDelta(dense=(p_r @ small @ q_c.t()).contiguous())
-    if c.numel() <= r.numel():
+    if small.shape[1] <= small.shape[0]:
         return LayerDelta(left=(p_r @ small).contiguous(), right=q_c.contiguous())
     return LayerDelta(left=p_r.contiguous(), right=(q_c @ small.t()).contiguous())
 
 
+def _coo_layer(f: Any, keys: set[str], layer: str, spec: dict[str, Any]) -> LayerDelta | None:
+    """A layer of a version 1-3 delta: COO (global row, col) entries, the group's used basis columns."""
+    d_out, d_in = spec["shape"]
+    idx = f.get_tensor(f"{layer}.indices").long()
+    values = f.get_tensor(f"{layer}.values")
+    if values.numel() == 0:
+        return None
+    basis = spec["basis"]
+    rows, cols = idx[0], idx[1]
+    if f"{basis}.p" in keys:  # positions among the group's stored basis columns
+        p, q = f.get_tensor(f"{basis}.p").float(), f.get_tensor(f"{basis}.q").float()
+        rows = torch.searchsorted(f.get_tensor(f"{basis}.p_cols").long(), rows)
+        cols = torch.searchsorted(f.get_tensor(f"{basis}.q_cols").long(), cols)
+    else:
+        p, q = torch.eye(d_out), torch.eye(d_in)
+    r, row_pos = torch.unique(rows, return_inverse=True)
+    c, col_pos = torch.unique(cols, return_inverse=True)
+    small = torch.zeros(r.numel(), c.numel())  # ΔC on its own rows x columns (|R|, |C|)
+    small.index_put_((row_pos, col_pos), values.float(), accumulate=True)
+    return _thin(p[:, r], q[:, c], small, d_out, d_in)
+
+
+def _grid_layer(f: Any, keys: set[str], layer: str, spec: dict[str, Any]) -> LayerDelta | None:
+    """A layer of a version-4 delta: ΔC on the group's (|R|, |C|) grid (csr / bitmap / block), trimmed to
+    the rows and columns this layer uses."""
+    d_out, d_in = spec["shape"]
+    basis = spec["basis"]
+    rows, cols = f.get_tensor(f"{basis}.rows").long(), f.get_tensor(f"{basis}.cols").long()
+    parts = {part: f.get_tensor(f"{layer}.{part}") for part in LAYER_PARTS if f"{layer}.{part}" in keys}
+    grid = decode(parts, rows.numel(), cols.numel(), spec["encoding"])
+    r, c = grid.any(dim=1).nonzero().flatten(), grid.any(dim=0).nonzero().flatten()
+    if r.numel() == 0:
+        return None
+    if f"{basis}.p" in keys:
+        p_r, q_c = f.get_tensor(f"{basis}.p").float()[:, r], f.get_tensor(f"{basis}.q").float()[:, c]
+    else:  # identity basis (MeProp)
+        p_r, q_c = torch.eye(d_out)[:, rows[r]], torch.eye(d_in)[:, cols[c]]
+    return _thin(p_r, q_c, grid[r][:, c], d_out, d_in)
+
+
 def read_adapter(delta_dir: Path, name: str) -> Adapter:
-    """An Adapter from a saved SparseGrad / MeProp delta folder (sparsegrad.save_delta's format)."""
-    config = json.loads((Path(delta_dir) / CONFIG_NAME).read_text())
+    """An Adapter from a saved SparseGrad / MeProp delta folder (sparsegrad.save_delta's format, any
+    version)."""
+    config = read_delta_config(delta_dir)
+    read = _coo_layer if int(config.get("version", 0)) < 4 else _grid_layer
     layers: dict[str, LayerDelta] = {}
     params: dict[str, torch.Tensor] = {}
-    with safe_open(str(Path(delta_dir) / WEIGHTS_NAME), framework="pt") as f:
+    with safe_open(str(delta_files(delta_dir)[1]), framework="pt") as f:
         keys = set(f.keys())
         for layer, spec in config["layers"].items():
-            d_out, d_in = spec["shape"]
             if f"{layer}.weight_delta" in keys:
                 layers[layer] = LayerDelta(dense=f.get_tensor(f"{layer}.weight_delta").float())
                 continue
-            idx = f.get_tensor(f"{layer}.indices").long()
-            values = f.get_tensor(f"{layer}.values")
-            if values.numel() == 0:
-                continue
-            basis = spec["basis"]
-            rows, cols, p, q = idx[0], idx[1], None, None
-            if f"{basis}.p" in keys:  # positions among the group's stored basis columns
-                p, q = f.get_tensor(f"{basis}.p").float(), f.get_tensor(f"{basis}.q").float()
-                rows = torch.searchsorted(f.get_tensor(f"{basis}.p_cols").long(), rows)
-                cols = torch.searchsorted(f.get_tensor(f"{basis}.q_cols").long(), cols)
-            layers[layer] = _factor(p, q, rows, cols, values, d_out, d_in)
+            delta = read(f, keys, layer, spec)
+            if delta is not None:
+                layers[layer] = delta
         for plain in config["dense_params"]:
             params[plain] = f.get_tensor(f"dense.{plain}")
     return Adapter(name, layers, params, config.get("labels"), config)
