@@ -44,10 +44,6 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "sparsegrad-dynamic-fsdp": ("sparsegrad", {"support": "dynamic"}),
 }
 Pair = tuple[TrainResult, TrainResult]
-# The unconfined dynamic support reaches coefficients along the basis's last columns, whose eigenvectors
-# move most with the order of the Gram sums' float32 additions (1e-7 relative): measured 1.3e-4 there, at
-# most 3.5e-5 elsewhere.
-DW_TOLERANCE = {"sparsegrad-dynamic-unconfined": 1e-3}
 
 
 def prompt_completion(path: Path, n: int = 64) -> Path:
@@ -143,10 +139,14 @@ def test_two_processes_equal_one_on_the_same_global_batch(
     assert dw1 and dw1.keys() == dw2.keys()
     diff = sum(float((dw1[k] - dw2[k]).norm() ** 2) for k in dw1) ** 0.5
     size = sum(float(dw1[k].norm() ** 2) for k in dw1) ** 0.5
-    assert size > 0 and diff <= DW_TOLERANCE.get(name, 1e-4) * size, (diff, size)
+    # the figures docs/distributed.md quotes (`pytest -rP` shows them)
+    print(f"{name}: loss {max(abs(x - y) / abs(x) for x, y in zip(a, b, strict=True)):.1e}, ", end="")
+    print(f"merged ΔW {diff / size:.1e} relative norm")
+    assert size > 0 and diff <= 1e-4 * size, (diff, size)
     if name.startswith("sparsegrad"):
         at_end = name.endswith("-fsdp")
         s1, s2 = support(models.parent / f"{name}-1", at_end), support(models.parent / f"{name}-2", at_end)
+        print(f"{name}: supports {len(s1 & s2)} shared of {len(s1 | s2)}")
         assert s1 and len(s1 & s2) >= 0.999 * len(s1 | s2), (len(s1), len(s2), len(s1 & s2))
 
 
