@@ -252,8 +252,9 @@ def compute_basis(
         if reduce is not None:
             for tensor in [*gram_out.values(), *gram_in.values(), *grad_sum.values()]:
                 reduce(tensor)
-        p_out = {k: _eigvecs_desc(v) for k, v in gram_out.items()}
-        q_out = {k: _eigvecs_desc(v) for k, v in gram_in.items()}
+        # each float64 Gram sum is freed once its float32 eigenvectors exist
+        p_out = {k: _eigvecs_desc(gram_out.pop(k)) for k in list(gram_out)}
+        q_out = {k: _eigvecs_desc(gram_in.pop(k)) for k in list(gram_in)}
         extra += time.perf_counter() - t0
     finally:
         with torch.no_grad():
