@@ -8,8 +8,10 @@ Per target layer (D_out, D_in), k = round(density·D_out·D_in):
 - optimizer: the paper's rule keeps 24 B (float32 m, v, step, ΔC and an int64 index) for every entry ever
   selected (k for a fixed support, union·D_out·D_in for a dynamic one); selection="adam" keeps dense
   float32 moments over every candidate (8 B each, the block's area in a block); `optimizer_bytes`.
-- basis: float32 P (D_out²) and Q (D_in²) per group of same-shaped layers; the basis phase also holds the
-  two Gram sums of one group at a time (same sizes): `basis_bytes`.
+- basis: float32 P (D_out²) and Q (D_in²) per group of same-shaped layers: `basis_bytes`. The basis phase
+  holds every group's two Gram sums together, in float64 (twice `basis_bytes`; each is freed once its
+  eigenvectors exist), beside the model's weights, one basis batch's activations and the target layers'
+  weight gradients; it is not part of `estimate`, which models the training steps.
 - side path (frozen bf16 weights): ΔC over the touched rows × columns in float32.
 """
 
