@@ -145,7 +145,7 @@ def check_delta(client: httpx.Client, job: dict[str, Any]) -> None:
         raise CheckFailed(f"delta download -> HTTP {r.status_code}: {r.text[:500]}")
     with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
         sizes = {m.name.removeprefix("./"): m.size for m in tar.getmembers() if m.isfile()}
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
+    for name in ("sparsegrad_delta.json", "sparsegrad_delta.safetensors"):
         if sizes.get(name, 0) <= 0:
             raise CheckFailed(f"the delta archive lacks {name}: {sizes}")
     print(f"delta archive: {len(r.content):,} bytes, {json.dumps(sizes)}", flush=True)

@@ -68,6 +68,7 @@ def timed(served: Any, ids: list[int]) -> tuple[float, float, int]:
 def engine(models_dir: Path, delta: Path) -> dict[str, Any]:
     import torch
 
+    from sparsegrad.delta import delta_files
     from training.model_setup import SMOLLM2_NAME
     from training.serving.generate import chat_prompt
     from training.serving.models import ModelCache, param_bytes
@@ -99,7 +100,7 @@ def engine(models_dir: Path, delta: Path) -> dict[str, Any]:
         "rows": rows,
         "memory": {
             "adapter_bytes": tuned.adapter.nbytes,
-            "delta_file_bytes": (delta / "adapter_model.safetensors").stat().st_size,
+            "delta_file_bytes": delta_files(delta)[1].stat().st_size,
             "merged_copy_bytes": param_bytes(base.model),
             "rss_base_bytes": after_base - before,
             "rss_adapter_bytes": after_tuned - after_base,

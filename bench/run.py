@@ -17,6 +17,7 @@ SECTIONS = {
     "causal_lm": "bench.causal_lm",
     "memory": "bench.memory:bench",
     "precision": "bench.precision",
+    "delta_size": "bench.delta_size",
     "service": "bench.service_load",
     "isolation": "bench.isolation",
     "epochs": "bench.epochs",

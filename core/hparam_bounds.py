@@ -112,6 +112,14 @@ PARAMS: dict[str, Param] = {
             whole=True,
         ),
         _num("density", 1e-4, 1.0, "0.01", "SparseGrad / MeProp: share of MLP coefficients updated per step"),
+        _num(
+            "max_delta_density",
+            1e-4,
+            1.0,
+            "none (unbounded)",
+            "SparseGrad / MeProp, dynamic support: cap on the delta's share of each layer's coefficients "
+            "(newcomers fill the room left, then the support freezes)",
+        ),
         _num("basis_steps", 1, 200, "10", "SparseGrad: gradient steps of the basis phase", whole=True),
         _num(
             "support_block",
@@ -337,11 +345,37 @@ def check_rules(
         )
     if method == "lora" and raw.get("train_layernorm") is True:
         raise problem("{p}train_layernorm is not available with LoRA", "train_layernorm")
+    cap = delta_cap_problem(method, raw)
+    if cap:
+        raise HyperparameterProblem(prefix + cap, "max_delta_density")
 
 
 # The create request's `resources`: name -> (low, high). The deployment's own ceiling (the most devices any
 # of its workers serves) is SGFT_MAX_DEVICES; workers advertise theirs with SGFT_WORKER_DEVICES.
 RESOURCE_BOUNDS: dict[str, tuple[int, int]] = {"devices": (1, 64)}
+
+DEFAULT_DENSITY = 0.01  # "auto" density (SparseGrad / MeProp)
+SPARSE_DELTA_METHODS = ("sparsegrad", "meprop")
+
+
+def delta_cap_problem(method: str, hyper: dict[str, object]) -> str | None:
+    """Why max_delta_density (the bound on a sparse delta's share of each layer's coefficients) does not fit
+    the rest of a job, or None: it needs a sparse delta (sparsegrad, meprop), a dynamic support and a cap of
+    at least the density (every step moves that share of each layer)."""
+    cap = hyper.get("max_delta_density")
+    if cap is None or cap == "auto":
+        return None
+    if method not in SPARSE_DELTA_METHODS:
+        methods = " and ".join(SPARSE_DELTA_METHODS)
+        return f"max_delta_density applies to {methods} (a sparse delta), not {method}"
+    if method == "sparsegrad" and hyper.get("support") == "fixed":
+        return "max_delta_density applies to support 'dynamic' only (a fixed support's delta holds k entries)"
+    density = hyper.get("density")
+    density = DEFAULT_DENSITY if density is None or density == "auto" else density
+    if isinstance(cap, int | float) and isinstance(density, int | float) and cap < density:
+        return f"max_delta_density ({cap:g}) must be >= density ({density:g}): every step moves that share"
+    return None
+
 
 # target_modules: module names, name suffixes or glob patterns (fnmatch: * ? [..]), never a regular
 # expression: a user's pattern is matched in the worker, and a glob's matching time is bounded (Python

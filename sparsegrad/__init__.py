@@ -7,7 +7,7 @@ Pure PyTorch, usable without the service (like peft):
     inject(model, cfg, basis)                    # in place; freezes what must not train
     opt = make_optimizer(model, lr=1e-4, weight_decay=0.0)
     ... loss.backward(); opt.step(); opt.zero_grad() ...
-    save_delta(model, "out/")                    # adapter_config.json + adapter_model.safetensors
+    save_delta(model, "out/")                    # sparsegrad_delta.json + .safetensors
     plain = load_delta(fresh_base_model, "out/") # base with the delta merged in, plain layers
     plain = merge(model)                         # same, from the live injected model
 
@@ -19,7 +19,7 @@ support, basis); load it into `inject(fresh_model, cfg, basis)` with `load_state
 from sparsegrad.baselines import apply_lora, apply_meprop, enable_full_finetuning, lora_rank_for
 from sparsegrad.basis import Basis, compute_basis
 from sparsegrad.config import SparseGradConfig
-from sparsegrad.delta import DeltaMismatch, load_delta, read_delta_config, save_delta
+from sparsegrad.delta import DeltaMismatch, DeltaSize, delta_size, load_delta, read_delta_config, save_delta
 from sparsegrad.function import SparseGradFunction
 from sparsegrad.layer import SparseGradLinear
 from sparsegrad.model import (
@@ -36,6 +36,7 @@ from sparsegrad.targets import Target, find_target_modules
 __all__ = [
     "Basis",
     "DeltaMismatch",
+    "DeltaSize",
     "SparseGradAdamW",
     "SparseGradConfig",
     "SparseGradFunction",
@@ -45,6 +46,7 @@ __all__ = [
     "apply_meprop",
     "compute_basis",
     "count_trainable_parameters",
+    "delta_size",
     "enable_full_finetuning",
     "find_target_modules",
     "get_info",

@@ -102,10 +102,20 @@ class Basis:
         return out
 
 
+# The Gram sums are accumulated (and all-reduced) in float64. Each per-layer, per-step product x xᵀ is
+# computed in float32, and is the same on one process and on N (a rank computes whole basis batches, as
+# one process does); what differs is the order in which those products are summed (one running sum against
+# N partial sums all-reduced). In float32 that order moves the sums by ~1e-7 relative, enough to turn the
+# eigenvectors of the smallest, closely spaced eigenvalues by ~1e-2 rad; in float64 the sums agree to
+# ~1e-16 and one process and N build the same basis to float32 rounding.
+GRAM_DTYPE = torch.float64
+
+
 def _eigvecs_desc(gram: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors of a symmetric PSD (D, D) matrix whose upper triangle is set, by descending eigenvalue."""
+    """Eigenvectors of a symmetric PSD (D, D) matrix whose upper triangle is set, by descending eigenvalue,
+    in float32 (`eigh` runs in the Gram sum's own dtype, float64)."""
     _, vecs = torch.linalg.eigh(gram, UPLO="U")
-    return column_major(vecs.flip(1))
+    return column_major(vecs.flip(1).to(torch.float32))
 
 
 def _gram_add(acc: torch.Tensor, x: torch.Tensor, rows: bool) -> None:
@@ -113,17 +123,18 @@ def _gram_add(acc: torch.Tensor, x: torch.Tensor, rows: bool) -> None:
 
     Done as row blocks of the upper triangle (block i: rows i against columns i onwards), which skips most
     of the lower triangle: with 4 blocks 10/16 of a full product's multiply-adds, same matmul speed.
+    Each block's product is computed in x's dtype (float32 matmul speed; at most a quarter of the (D, D)
+    triangle alive at a time) and added to `acc` (float64, `GRAM_DTYPE`).
     `_eigvecs_desc` reads the upper triangle only.
     """
-    x = x.to(acc.dtype)
     d = acc.shape[0]
     n_blocks = max(1, min(4, d // 384))
     edges = [d * i // n_blocks for i in range(n_blocks + 1)]
     for lo, hi in itertools.pairwise(edges):
         if rows:
-            acc[lo:hi, lo:].addmm_(x[lo:hi], x[lo:].t())
+            acc[lo:hi, lo:].add_(x[lo:hi] @ x[lo:].t())
         else:
-            acc[lo:hi, lo:].addmm_(x[:, lo:hi].t(), x[:, lo:])
+            acc[lo:hi, lo:].add_(x[:, lo:hi].t() @ x[:, lo:])
 
 
 def _move(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -172,7 +183,8 @@ def compute_basis(
     summed gradient kept to choose a support, before they are used: processes that each saw part of the
     data then build the same basis and choose the same supports.
 
-    Streaming form: per group, accumulate Σ G Gᵀ (D_out, D_out) and Σ Gᵀ G (D_in, D_in) in float32 over
+    Streaming form: per group, accumulate Σ G Gᵀ (D_out, D_out) and Σ Gᵀ G (D_in, D_in) in float64 (float32
+    products, summed in float64: one process and N then sum to the same basis, see `GRAM_DTYPE`) over
     every layer and step (an upper-triangle product per layer, one layer's float32 gradient alive at a
     time; the summed gradients a fixed support or block needs are kept in host memory), then one `eigh`
     each (P, Q = eigenvectors by descending eigenvalue). With `cfg.per_layer_basis` each layer is its own
@@ -219,8 +231,9 @@ def compute_basis(
                         weight.grad = None
                         key = group_of[name]
                         if key not in gram_out:
-                            gram_out[key] = torch.zeros(g.shape[0], g.shape[0], device=device)
-                            gram_in[key] = torch.zeros(g.shape[1], g.shape[1], device=device)
+                            shape_out, shape_in = (g.shape[0],) * 2, (g.shape[1],) * 2
+                            gram_out[key] = torch.zeros(shape_out, dtype=GRAM_DTYPE, device=device)
+                            gram_in[key] = torch.zeros(shape_in, dtype=GRAM_DTYPE, device=device)
                         # streamed: Σ_l G_l G_lᵀ and Σ_l G_lᵀ G_l, one layer's gradient alive at a time
                         _gram_add(gram_out[key], g, rows=True)
                         _gram_add(gram_in[key], g, rows=False)
@@ -239,8 +252,9 @@ def compute_basis(
         if reduce is not None:
             for tensor in [*gram_out.values(), *gram_in.values(), *grad_sum.values()]:
                 reduce(tensor)
-        p_out = {k: _eigvecs_desc(v) for k, v in gram_out.items()}
-        q_out = {k: _eigvecs_desc(v) for k, v in gram_in.items()}
+        # each float64 Gram sum is freed once its float32 eigenvectors exist
+        p_out = {k: _eigvecs_desc(gram_out.pop(k)) for k in list(gram_out)}
+        q_out = {k: _eigvecs_desc(gram_in.pop(k)) for k in list(gram_in)}
         extra += time.perf_counter() - t0
     finally:
         with torch.no_grad():

@@ -1,8 +1,9 @@
-"""The sparse delta artifact: adapter_config.json + adapter_model.safetensors, and merging it into a base."""
+"""The sparse delta artifact (sparsegrad_delta.json + .safetensors) and merging it into a base model."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +12,38 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from sparsegrad.delta_codec import decode, encode, smallest
 from sparsegrad.function import apply_sparse_update
-from sparsegrad.memory import delta_coo_bytes, delta_dense_bytes
+from sparsegrad.layer import SparseGradLinear
+from sparsegrad.memory import delta_group_bytes
 from sparsegrad.model import FINGERPRINT_KIND, get_info, sparse_layers, weight_fingerprint
 from sparsegrad.targets import is_linear_like, linear_weight, module_weight
 
 FORMAT = "sparsegrad"
-VERSION = 3  # 2: a layer may be stored as a dense weight_delta; 3: fingerprints of bf16-rounded values
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
+# 2: a layer may be stored as a dense weight_delta; 3: fingerprints of bf16-rounded values; 4: own file names,
+# per-group basis columns (`<basis>.rows/.cols/.p/.q`) and per-layer csr / bitmap / block forms
+VERSION = 4
+CONFIG_NAME = "sparsegrad_delta.json"
+WEIGHTS_NAME = "sparsegrad_delta.safetensors"
+# versions 1-3 borrowed peft's names without being a peft adapter; load_delta still reads them
+LEGACY_CONFIG_NAME = "adapter_config.json"
+LEGACY_WEIGHTS_NAME = "adapter_model.safetensors"
+ENCODINGS = ("auto", "csr", "bitmap", "block", "dense")
+LAYER_PARTS = ("row_ptr", "col", "values", "bitmap", "block")  # a layer's tensors: <layer name>.<part>
+VALUE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class DeltaMismatch(ValueError):
     """The delta does not fit this base model (names the layer)."""
+
+
+@dataclass(frozen=True)
+class DeltaSize:
+    """What `save_delta` would write: ΔC entries stored sparsely (a layer stored as dense ΔW counts its
+    entries all the same), and the weights file's tensor bytes."""
+
+    nnz: int
+    bytes: int
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -35,54 +55,77 @@ def _plain_name(param_name: str) -> str:
     return param_name.replace(".base_layer.", ".")
 
 
-def save_delta(model: nn.Module, out_dir: str | Path, encoding: str = "auto") -> Path:
-    """Write the delta of an injected model to `out_dir` (created) and return it.
+def _encode_group(
+    short: str,
+    names: list[str],
+    members: list[SparseGradLinear],
+    encoding: str,
+    vdtype: torch.dtype,
+    tensors: dict[str, torch.Tensor],
+) -> dict[str, str]:
+    """Write one basis group's tensors; returns each layer's form."""
+    first = members[0]
+    deltas = [m.delta() for m in members]  # (sorted flat indices, values) of ΔC
+    idx = [ix.cpu() for ix, _ in deltas]
+    rows = [ix // first.d_in for ix in idx]
+    cols = [ix % first.d_in for ix in idx]
+    r = torch.unique(torch.cat(rows)) if idx else torch.zeros(0, dtype=torch.int64)
+    c = torch.unique(torch.cat(cols)) if idx else torch.zeros(0, dtype=torch.int64)
+    rotated = first.P is not None and first.Q is not None
+    vbytes = torch.finfo(vdtype).bits // 8
+    form, _ = delta_group_bytes(
+        first.d_out, first.d_in, [i.numel() for i in idx], r.numel(), c.numel(), rotated, vbytes
+    )
+    if encoding == "dense" or (encoding == "auto" and form == "dense"):
+        for n, m in zip(names, members, strict=True):
+            tensors[f"{n}.weight_delta"] = m.get_delta_weight().cpu().to(vdtype).contiguous()
+        return dict.fromkeys(names, "dense")
+    tensors[f"{short}.rows"] = r.to(torch.int32)
+    tensors[f"{short}.cols"] = c.to(torch.int32)
+    if rotated:
+        assert first.P is not None and first.Q is not None
+        tensors[f"{short}.p"] = first.P.detach().cpu()[:, r].to(vdtype).contiguous()  # (D_out, |R|)
+        tensors[f"{short}.q"] = first.Q.detach().cpu()[:, c].to(vdtype).contiguous()  # (D_in, |C|)
+    forms = {}
+    for n, (_, values), rr, cc in zip(names, deltas, rows, cols, strict=True):
+        local = torch.searchsorted(r, rr) * c.numel() + torch.searchsorted(c, cc)  # sorted, as idx
+        layer_form = encoding if encoding != "auto" else smallest(rr.numel(), r.numel(), c.numel(), vbytes)
+        vals = values.detach().cpu().to(vdtype)
+        for part, t in encode(local, vals, r.numel(), c.numel(), layer_form).items():
+            tensors[f"{n}.{part}"] = t.contiguous()
+        forms[n] = layer_form
+    return forms
 
-    Per target layer: int32 COO (row, col) of ΔC and its values; per basis group only the columns of P and Q
-    that some layer's entries reference (stored once per group). A group whose COO entries (12 bytes each)
-    and basis columns would outweigh its dense ΔW = P ΔC Qᵀ (a long dynamic run touches a large share of the
-    coefficients) is stored as ΔW instead; `encoding` "coo" or "dense" forces one form for every group.
-    Plus every trained dense parameter (head, norms, biases) in full, and a config naming the base model,
-    its target-weight fingerprints and labels.
-    """
-    if encoding not in ("auto", "coo", "dense"):
-        raise ValueError(f"encoding must be 'auto', 'coo' or 'dense', got {encoding!r}")
-    info = get_info(model)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+
+def _delta_tensors(
+    model: nn.Module, encoding: str, value_dtype: str
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]], dict[str, str], list[str]]:
+    """(tensors, per-layer specs, basis-group names, trained dense parameters) of a delta."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {', '.join(map(repr, ENCODINGS))}, got {encoding!r}")
+    if value_dtype not in VALUE_DTYPES:
+        raise ValueError(f"value_dtype must be one of {sorted(VALUE_DTYPES)}, got {value_dtype!r}")
+    vdtype = VALUE_DTYPES[value_dtype]
     tensors: dict[str, torch.Tensor] = {}
     layers = sparse_layers(model)
     groups: dict[str, list[str]] = {}  # layers sharing one P/Q pair share their stored basis columns
     for name, layer in layers.items():
-        groups.setdefault(f"{layer.group}@{id(layer.P)}", []).append(name)
-    basis_of: dict[str, str | None] = {}
+        groups.setdefault(f"{layer.group}@{id(layer.P)}@{layer.d_out}x{layer.d_in}", []).append(name)
+    specs: dict[str, dict[str, Any]] = {}
     for i, names in enumerate(groups.values()):
         members = [layers[n] for n in names]
-        first, short = members[0], f"basis{i}"
-        deltas = [m.delta() for m in members]  # (sorted flat indices, values) of ΔC
-        idx = [ix.cpu() for ix, _ in deltas]
-        rows = [ix // m.d_in for ix, m in zip(idx, members, strict=True)]
-        cols = [ix % m.d_in for ix, m in zip(idx, members, strict=True)]
-        r, c = torch.unique(torch.cat(rows)), torch.unique(torch.cat(cols))
-        rotated = first.P is not None and first.Q is not None
-        nnz = sum(ix.numel() for ix in idx)
-        coo_bytes = delta_coo_bytes(nnz, first.d_out, r.numel(), first.d_in, c.numel(), rotated)
-        dense_smaller = coo_bytes > delta_dense_bytes((m.d_out, m.d_in) for m in members)
-        if encoding == "dense" or (encoding == "auto" and dense_smaller):
-            for n, m in zip(names, members, strict=True):
-                tensors[f"{n}.weight_delta"] = m.get_delta_weight().float().cpu().contiguous()
-                basis_of[n] = None
-            continue
-        for n, (_, values), rr, cc in zip(names, deltas, rows, cols, strict=True):
-            tensors[f"{n}.indices"] = torch.stack([rr, cc]).to(torch.int32).contiguous()  # (2, nnz)
-            tensors[f"{n}.values"] = values.detach().float().cpu().contiguous()
-            basis_of[n] = short
-        if rotated:
-            assert first.P is not None and first.Q is not None
-            tensors[f"{short}.p_cols"] = r.to(torch.int32)
-            tensors[f"{short}.p"] = first.P.detach().float().cpu()[:, r].contiguous()  # (D_out, |R|)
-            tensors[f"{short}.q_cols"] = c.to(torch.int32)
-            tensors[f"{short}.q"] = first.Q.detach().float().cpu()[:, c].contiguous()  # (D_in, |C|)
+        short = f"basis{i}"
+        forms = _encode_group(short, names, members, encoding, vdtype, tensors)
+        for n, m in zip(names, members, strict=True):
+            specs[n] = {
+                "shape": [m.d_out, m.d_in],
+                "k": m.k,
+                "group": m.group,
+                "basis": None if forms[n] == "dense" else short,
+                "encoding": forms[n],
+                "nnz": int(m.delta()[0].numel()),
+                "transposed": m.transposed,
+            }
     dense: list[str] = []
     placeholders = {id(m.coef) for m in layers.values()}
     for pname, p in model.named_parameters():
@@ -90,6 +133,60 @@ def save_delta(model: nn.Module, out_dir: str | Path, encoding: str = "auto") ->
             plain = _plain_name(pname)
             dense.append(plain)
             tensors[f"dense.{plain}"] = p.detach().cpu().contiguous()
+    bases = {f"basis{i}": names[0] for i, names in enumerate(groups.values())}
+    return tensors, specs, bases, dense
+
+
+def delta_size(model: nn.Module, value_dtype: str = "float32") -> DeltaSize:
+    """Entries and tensor bytes of the delta `save_delta(model, encoding="auto")` would write now (the file
+    adds a small header), from the same size functions, without building the tensors (cheap enough for
+    every checkpoint)."""
+    if value_dtype not in VALUE_DTYPES:
+        raise ValueError(f"value_dtype must be one of {sorted(VALUE_DTYPES)}, got {value_dtype!r}")
+    vbytes = torch.finfo(VALUE_DTYPES[value_dtype]).bits // 8
+    layers = sparse_layers(model)
+    groups: dict[str, list[SparseGradLinear]] = {}
+    for layer in layers.values():
+        groups.setdefault(f"{layer.group}@{id(layer.P)}@{layer.d_out}x{layer.d_in}", []).append(layer)
+    nnz = total = 0
+    for members in groups.values():
+        first = members[0]
+        idx = [m.delta()[0] for m in members]
+        flat = torch.cat(idx)
+        n_rows = torch.unique(flat // first.d_in).numel() if flat.numel() else 0
+        n_cols = torch.unique(flat % first.d_in).numel() if flat.numel() else 0
+        rotated = first.P is not None and first.Q is not None
+        sizes = [i.numel() for i in idx]
+        total += delta_group_bytes(first.d_out, first.d_in, sizes, n_rows, n_cols, rotated, vbytes)[1]
+        nnz += sum(sizes)
+    placeholders = {id(m.coef) for m in layers.values()}
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in placeholders:
+            total += p.numel() * p.element_size()
+    return DeltaSize(nnz=nnz, bytes=total)
+
+
+def save_delta(
+    model: nn.Module, out_dir: str | Path, encoding: str = "auto", value_dtype: str = "float32"
+) -> Path:
+    """Write the delta of an injected model to `out_dir` (created) and return it: sparsegrad_delta.json +
+    sparsegrad_delta.safetensors (docs/delta-format.md).
+
+    Per basis group (layers sharing P and Q): the basis columns some layer's entries reference (rows R of
+    P, columns C of Q, stored once per group), and per layer ΔC on the local |R| x |C| grid as "csr",
+    "bitmap" or "block", whichever is smallest (`encoding="auto"`; a name forces that form). A group whose
+    sparse form would outweigh its dense ΔW = P ΔC Qᵀ is stored as ΔW ("dense"; forced for every group by
+    `encoding="dense"`). Every form is lossless: load_delta merges the same weights from each.
+    `value_dtype` "float16" / "bfloat16" stores ΔC values, basis columns and ΔW in that precision (half the
+    bytes, no longer exact: docs/delta-format.md gives the error measured). Plus every trained dense
+    parameter (head, norms, biases) in full, and a config naming the base model, its target-weight
+    fingerprints and labels.
+    """
+    info = get_info(model)
+    tensors, specs, bases, dense = _delta_tensors(model, encoding, value_dtype)
+    layers = sparse_layers(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
@@ -99,17 +196,10 @@ def save_delta(model: nn.Module, out_dir: str | Path, encoding: str = "auto") ->
         "layer_fingerprints": info.layer_fingerprints,
         "fingerprint_kind": FINGERPRINT_KIND,
         "base_dtype": _dtype_name(next(iter(layers.values())).weight.dtype) if layers else None,
+        "value_dtype": value_dtype,
         "target_modules": [t.name for t in info.targets],
-        "layers": {
-            n: {
-                "shape": [m.d_out, m.d_in],
-                "k": m.k,
-                "group": m.group,
-                "basis": basis_of[n],
-                "transposed": m.transposed,
-            }
-            for n, m in layers.items()
-        },
+        "layers": specs,
+        "bases": {short: {"rotated": layers[first].P is not None} for short, first in bases.items()},
         "density": info.cfg.density,
         "support": info.cfg.support,
         "task": info.task,
@@ -123,11 +213,22 @@ def save_delta(model: nn.Module, out_dir: str | Path, encoding: str = "auto") ->
     return out
 
 
+def delta_files(delta_dir: str | Path) -> tuple[Path, Path]:
+    """(config, weights) paths of a delta folder: this version's names, else those of versions 1-3."""
+    folder = Path(delta_dir)
+    if (folder / CONFIG_NAME).is_file():
+        return folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if (folder / LEGACY_CONFIG_NAME).is_file():
+        legacy = json.loads((folder / LEGACY_CONFIG_NAME).read_text())
+        if legacy.get("format") == FORMAT:
+            return folder / LEGACY_CONFIG_NAME, folder / LEGACY_WEIGHTS_NAME
+    raise FileNotFoundError(f"{folder / CONFIG_NAME} not found: not a sparsegrad delta folder")
+
+
 def read_delta_config(delta_dir: str | Path) -> dict[str, Any]:
-    """adapter_config.json of a delta, checked for format and version."""
-    path = Path(delta_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not a sparsegrad delta folder")
+    """The config of a delta (sparsegrad_delta.json, or adapter_config.json before version 4), checked for
+    format and version."""
+    path, _ = delta_files(delta_dir)
     config = json.loads(path.read_text())
     if config.get("format") != FORMAT:
         raise ValueError(f"{path}: format is {config.get('format')!r}, expected {FORMAT!r}")
@@ -172,42 +273,65 @@ def _add_rounded_once(w: torch.Tensor, dw: torch.Tensor) -> None:
     w.copy_((w.to(torch.promote_types(w.dtype, dw.dtype)) + dw).to(w.dtype))
 
 
+def _legacy_layer_delta(
+    f: Any, keys: set[str], name: str, spec: dict[str, Any], shape: torch.Size
+) -> torch.Tensor:
+    """ΔW of a layer stored in the COO form of versions 1-3 (int32 global (row, col), values, the group's
+    referenced basis columns under `<basis>.p_cols/.p/.q_cols/.q`)."""
+    idx = f.get_tensor(f"{name}.indices").long()
+    values = f.get_tensor(f"{name}.values")
+    b = spec["basis"]
+    rows, cols = idx[0], idx[1]
+    if f"{b}.p" not in keys:
+        dw = torch.zeros(shape, dtype=torch.float32)
+        apply_sparse_update(dw, rows, cols, values, None, None)
+        return dw
+    # local positions of the rows/cols among the stored basis columns
+    p, q = f.get_tensor(f"{b}.p"), f.get_tensor(f"{b}.q")
+    rows = torch.searchsorted(f.get_tensor(f"{b}.p_cols").long(), rows)
+    cols = torch.searchsorted(f.get_tensor(f"{b}.q_cols").long(), cols)
+    small = torch.zeros(p.shape[1], q.shape[1])  # ΔC restricted to the used (|R|, |C|)
+    small.index_put_((rows, cols), values, accumulate=True)
+    return p @ small @ q.t()  # type: ignore[no-any-return]
+
+
+def _layer_delta(f: Any, keys: set[str], name: str, spec: dict[str, Any], shape: torch.Size) -> torch.Tensor:
+    """ΔW (float32, (D_out, D_in)) of a layer of a version-4 delta."""
+    form, b = spec["encoding"], spec["basis"]
+    rows, cols = f.get_tensor(f"{b}.rows").long(), f.get_tensor(f"{b}.cols").long()
+    parts = {part: f.get_tensor(f"{name}.{part}") for part in LAYER_PARTS if f"{name}.{part}" in keys}
+    small = decode(parts, rows.numel(), cols.numel(), form)  # ΔC on the group's (|R|, |C|) grid
+    if f"{b}.p" not in keys:  # identity basis (MeProp): the grid sits at those rows and columns of ΔW
+        dw = torch.zeros(shape, dtype=torch.float32)
+        dw[rows.unsqueeze(1), cols] = small
+        return dw
+    p, q = f.get_tensor(f"{b}.p").float(), f.get_tensor(f"{b}.q").float()
+    return p @ small @ q.t()  # type: ignore[no-any-return]
+
+
 @torch.no_grad()
 def load_delta(model: nn.Module, delta_dir: str | Path, check_fingerprint: bool = True) -> nn.Module:
     """Merge a saved delta into a fresh base `model` (in place) and return it: plain layers, no sparsegrad.
 
-    W += P[:, rows] ΔC Q[:, cols]ᵀ per target layer; trained dense parameters are copied in. A base that does
-    not match (missing layer, shape, or fingerprint) raises DeltaMismatch naming the layer.
+    W += P[:, R] ΔC Q[:, C]ᵀ per target layer (or its stored ΔW), the sum taken in float32 and rounded once to
+    W's dtype; trained dense parameters are copied in. Reads every format version (1-3: adapter_config.json +
+    adapter_model.safetensors, COO). A base that does not match (missing layer, shape, or fingerprint) raises
+    DeltaMismatch naming the layer.
     """
     config = read_delta_config(delta_dir)
     check_base(model, config, check_fingerprint)
     params = dict(model.named_parameters())
-    with safe_open(str(Path(delta_dir) / WEIGHTS_NAME), framework="pt") as f:
+    _, weights = delta_files(delta_dir)
+    legacy = int(config.get("version", 0)) < 4
+    with safe_open(str(weights), framework="pt") as f:
         keys = set(f.keys())
         for name, spec in config["layers"].items():
-            m = model.get_submodule(name)
-            w = linear_weight(m)
+            w = linear_weight(model.get_submodule(name))
             if f"{name}.weight_delta" in keys:  # stored dense (see save_delta)
-                _add_rounded_once(w, f.get_tensor(f"{name}.weight_delta"))
+                _add_rounded_once(w, f.get_tensor(f"{name}.weight_delta").float())
                 continue
-            idx = f.get_tensor(f"{name}.indices").long()
-            values = f.get_tensor(f"{name}.values")
-            b = spec["basis"]
-            p = q = None
-            rows, cols = idx[0], idx[1]
-            if f"{b}.p" in keys:
-                # local positions of the rows/cols among the stored basis columns
-                p, q = f.get_tensor(f"{b}.p"), f.get_tensor(f"{b}.q")
-                rows = torch.searchsorted(f.get_tensor(f"{b}.p_cols").long(), rows)
-                cols = torch.searchsorted(f.get_tensor(f"{b}.q_cols").long(), cols)
-            if p is None or q is None:
-                dw = torch.zeros(w.shape, dtype=torch.float32)
-                apply_sparse_update(dw, rows, cols, values, None, None)
-            else:
-                small = torch.zeros(p.shape[1], q.shape[1])  # ΔC restricted to the used (|R|, |C|)
-                small.index_put_((rows, cols), values, accumulate=True)
-                dw = p @ small @ q.t()  # (D_out, D_in)
-            _add_rounded_once(w, dw)
+            read = _legacy_layer_delta if legacy else _layer_delta
+            _add_rounded_once(w, read(f, keys, name, spec, w.shape))
         for plain in config["dense_params"]:
             if plain not in params:
                 raise DeltaMismatch(f"base model has no parameter {plain!r} that the delta trained")

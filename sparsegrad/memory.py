@@ -8,8 +8,10 @@ Per target layer (D_out, D_in), k = round(density·D_out·D_in):
 - optimizer: the paper's rule keeps 24 B (float32 m, v, step, ΔC and an int64 index) for every entry ever
   selected (k for a fixed support, union·D_out·D_in for a dynamic one); selection="adam" keeps dense
   float32 moments over every candidate (8 B each, the block's area in a block); `optimizer_bytes`.
-- basis: float32 P (D_out²) and Q (D_in²) per group of same-shaped layers; the basis phase also holds the
-  two Gram sums of one group at a time (same sizes): `basis_bytes`.
+- basis: float32 P (D_out²) and Q (D_in²) per group of same-shaped layers: `basis_bytes`. The basis phase
+  holds every group's two Gram sums together, in float64 (twice `basis_bytes`; each is freed once its
+  eigenvectors exist), beside the model's weights, one basis batch's activations and the target layers'
+  weight gradients; it is not part of `estimate`, which models the training steps.
 - side path (frozen bf16 weights): ΔC over the touched rows × columns in float32.
 """
 
@@ -101,12 +103,61 @@ def side_path_bytes(d_out: int, d_in: int, choice: Choice) -> int:
 
 
 def delta_coo_bytes(nnz: int, d_out: int, n_rows: int, d_in: int, n_cols: int, rotated: bool) -> int:
-    """A saved delta in COO form: the entries plus the basis columns they reference."""
+    """A delta of format version 3 (COO): the entries plus the basis columns they reference."""
     return DELTA_COO_ENTRY * nnz + (F32 * (d_out * n_rows + d_in * n_cols) if rotated else 0)
 
 
-def delta_dense_bytes(layers: Iterable[tuple[int, int]]) -> int:
-    return sum(F32 * d_out * d_in for d_out, d_in in layers)
+def delta_dense_bytes(layers: Iterable[tuple[int, int]], value_bytes: int = F32) -> int:
+    return sum(value_bytes * d_out * d_in for d_out, d_in in layers)
+
+
+# The saved delta (format version 4, docs/delta-format.md). A group of layers sharing one basis stores the
+# basis columns its entries reference, rows R and columns C (their union over the group's layers), and per
+# layer ΔC on the local |R| x |C| grid in the smallest of three lossless forms; or, when that is smaller,
+# each layer's dense ΔW. `save_delta` chooses with these functions; the bench feeds them measured fractions.
+LAYER_ENCODINGS = ("csr", "bitmap", "block")
+
+
+def local_index_bytes(n_cols: int) -> int:
+    """Width of a local column index (uint8, int16, int32) for a grid of `n_cols` columns."""
+    return 1 if n_cols <= 256 else 2 if n_cols <= 32768 else 4
+
+
+def layer_encoding_bytes(nnz: int, n_rows: int, n_cols: int, value_bytes: int = F32) -> dict[str, int]:
+    """Bytes of one layer's ΔC on the local grid in each form: "csr" (int32 row pointers, narrow local
+    column indices, values), "bitmap" (one bit per grid cell, then the values in row-major order), "block"
+    (every grid cell's value)."""
+    cells = n_rows * n_cols
+    return {
+        "csr": 4 * (n_rows + 1) + (local_index_bytes(n_cols) + value_bytes) * nnz,
+        "bitmap": (cells + 7) // 8 + value_bytes * nnz,
+        "block": value_bytes * cells,
+    }
+
+
+def basis_columns_bytes(
+    d_out: int, n_rows: int, d_in: int, n_cols: int, rotated: bool, value_bytes: int
+) -> int:
+    """The group's column numbers (int32) and, for a rotated basis, P's and Q's referenced columns."""
+    return 4 * (n_rows + n_cols) + (value_bytes * (d_out * n_rows + d_in * n_cols) if rotated else 0)
+
+
+def delta_group_bytes(
+    d_out: int,
+    d_in: int,
+    nnz: list[int],
+    n_rows: int,
+    n_cols: int,
+    rotated: bool = True,
+    value_bytes: int = F32,
+) -> tuple[str, int]:
+    """("sparse" | "dense", bytes) of a group of same-shaped layers (one nnz each): the sparse form (basis
+    columns + each layer's smallest encoding) or dense ΔW per layer, whichever is smaller."""
+    sparse = basis_columns_bytes(d_out, n_rows, d_in, n_cols, rotated, value_bytes) + sum(
+        min(layer_encoding_bytes(z, n_rows, n_cols, value_bytes).values()) for z in nnz
+    )
+    dense = delta_dense_bytes([(d_out, d_in)] * len(nnz), value_bytes)
+    return ("sparse", sparse) if sparse <= dense else ("dense", dense)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from sparsegrad._index import merge_sorted, relay, restrict
 from sparsegrad.basis import Reduce
 from sparsegrad.function import Support, values_at
 from sparsegrad.layer import SparseGradLinear
+from sparsegrad.memory import k_of
 from sparsegrad.model import get_info, sparse_layers
 
 _SPARSE_KEYS = ("exp_avg", "exp_avg_sq", "step", "delta")
@@ -64,6 +65,7 @@ class SparseGradAdamW(torch.optim.Optimizer):
         self.refresh_every = info.cfg.support_refresh_every
         self.global_bias_correction = info.cfg.bias_correction == "global"
         self.adam_selection = info.cfg.selection == "adam"
+        self.max_union = info.cfg.max_delta_density  # the bounded delta: see capped_scores
         layers = [m for m in sparse_layers(model).values() if m.coef.requires_grad]
         groups: dict[tuple[int, int, int, int], list[SparseGradLinear]] = {}
         for m in layers:
@@ -153,7 +155,7 @@ class SparseGradAdamW(torch.optim.Optimizer):
         present = [m_.block for m_ in layers if m_.block is not None]
         blocks = present if len(present) == len(layers) else None
         if self.adam_selection:
-            self._adam_selection_step(layers, grads_in, blocks, group, st)
+            self._adam_selection_step(layers, grads_in, blocks, group, st, self.max_union)
             return
         if not st:
             st["index"] = torch.zeros(0, dtype=torch.int64, device=first.weight.device)
@@ -168,11 +170,14 @@ class SparseGradAdamW(torch.optim.Optimizer):
             if self.support == "dynamic" and blocks is not None:
                 # top-k among the blocks' entries
                 cand, inside = _block_grads(grads_in, blocks)
-                pick = torch.topk(inside.abs(), first.k, dim=1, sorted=False).indices.sort(dim=1).values
+                scores = inside.abs()
+                for i, layer in enumerate(layers):
+                    scores[i] = capped_scores(layer, scores[i], cand[i], self.max_union)
+                pick = torch.topk(scores, first.k, dim=1, sorted=False).indices.sort(dim=1).values
                 top, g = cand.gather(1, pick), inside.gather(1, pick).reshape(-1)
                 supports = _block_supports(top, pick, blocks)
             elif self.support == "dynamic":
-                top, g = _per_layer_top_k(grads_in, first.k)  # (L, k), (L·k,)
+                top, g = _per_layer_top_k(grads_in, first.k, layers, self.max_union)  # (L, k), (L·k,)
                 supports = [Support.of(t, first.d_in) for t in top]
             else:
                 grads = _dense_grads(grads_in)  # (L, N)
@@ -222,6 +227,7 @@ class SparseGradAdamW(torch.optim.Optimizer):
         blocks: list[Support] | None,
         group: dict[str, Any],
         st: dict[str, Any],
+        max_union: float | None = None,
     ) -> None:
         """selection="adam": every candidate coefficient (all of them, or the block's) has Adam moments that
         follow dL/dC every step; only the k entries with the largest AdamW step move. A coefficient whose
@@ -255,7 +261,8 @@ class SparseGradAdamW(torch.optim.Optimizer):
             step = (m / bc1).div_((v / bc2).sqrt_().add_(eps))
             if wd:
                 step.add_(st["delta"][i], alpha=wd)
-            pick = torch.topk(step.abs(), first.k, sorted=False).indices.sort().values  # (k,)
+            scores = capped_scores(layer, step.abs(), None if block is None else cand, max_union)
+            pick = torch.topk(scores, first.k, sorted=False).indices.sort().values  # (k,)
             update = step[pick].mul_(-lr)
             if wd:
                 st["delta"][i].index_add_(0, pick, update)
@@ -324,13 +331,47 @@ class SparseGradAdamW(torch.optim.Optimizer):
         raise KeyError("layer is not handled by this optimizer")
 
 
-def _per_layer_top_k(grads_in: list[torch.Tensor | None], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def capped_scores(
+    layer: SparseGradLinear, scores: torch.Tensor, cand: torch.Tensor | None, max_union: float | None
+) -> torch.Tensor:
+    """The bounded delta (SparseGradConfig.max_delta_density): `scores` (>= 0) of the candidates (flat
+    indices `cand`, or every coefficient) with every candidate the top-k may not pick set to -1, so that the
+    layer's delta (the union of its updated entries) stays within round(max_union·D_out·D_in) entries.
+    While that leaves room for k newcomers nothing changes; then only the best `room` newcomers stay
+    eligible beside the entries already in the delta, and once the cap is reached the support is frozen:
+    later steps pick among the delta's own entries."""
+    if max_union is None:
+        return scores
+    union = layer.delta()[0]
+    room = k_of(layer.d_out, layer.d_in, max_union) - union.numel()
+    if room >= layer.k:
+        return scores
+    flat = cand if cand is not None else torch.arange(scores.numel(), device=scores.device)
+    inside = torch.zeros_like(flat, dtype=torch.bool)
+    if union.numel():
+        pos = torch.searchsorted(union, flat).clamp(max=union.numel() - 1)
+        inside = union[pos] == flat
+    allowed = inside.clone()
+    outside = (~inside).nonzero().squeeze(1)
+    if room > 0 and outside.numel():
+        best = torch.topk(scores[outside], min(room, outside.numel()), sorted=False).indices
+        allowed[outside[best]] = True
+    return torch.where(allowed, scores, scores.new_full((), -1.0))
+
+
+def _per_layer_top_k(
+    grads_in: list[torch.Tensor | None],
+    k: int,
+    layers: list[SparseGradLinear],
+    max_union: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each layer's k largest |dL/dC| (sorted flat indices (L, k)) and their values (L·k,), one layer at a
-    time: no (L, D_out·D_in) stack of the group's gradients."""
+    time: no (L, D_out·D_in) stack of the group's gradients; within the delta's cap (`capped_scores`)."""
     tops, values = [], []
-    for f in grads_in:
+    for f, layer in zip(grads_in, layers, strict=True):
         flat = f.to_dense().reshape(-1)  # type: ignore[union-attr]  # a view of a dense gradient
-        top = torch.topk(flat.abs(), k, sorted=False).indices.sort().values
+        scores = capped_scores(layer, flat.abs(), None, max_union)
+        top = torch.topk(scores, k, sorted=False).indices.sort().values
         tops.append(top)
         values.append(flat[top])
     return torch.stack(tops), torch.cat(values)

@@ -20,6 +20,7 @@ from typing import Any
 
 from core.hparam_auto import BASE_LR, auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
 from core.hparam_bounds import (
+    DEFAULT_DENSITY,
     NUMBER_BOUNDS,
     HyperparameterProblem,
     check_rules,
@@ -49,6 +50,7 @@ class Hyper:
     max_steps: int | None
     early_stopping_patience: int
     density: float
+    max_delta_density: float | None
     basis_steps: int
     support: str
     selection: str
@@ -117,7 +119,7 @@ def resolve(
     steps_per_epoch, total = plan_steps(n_train, batch_size, epochs, max_steps)
     every = max(10, math.ceil(total / 5))
     support = get("support", "dynamic")
-    density = get("density", 0.01)
+    density = get("density", DEFAULT_DENSITY)
     block = get("support_block", auto_support_block(method, task))
     if block is not None and block * density >= 1:
         block = None  # a block as large as the layer confines nothing
@@ -139,6 +141,7 @@ def resolve(
         max_steps=max_steps,
         early_stopping_patience=get("early_stopping_patience", 0),
         density=density,
+        max_delta_density=get("max_delta_density", None),
         basis_steps=get("basis_steps", 10),
         support=support,
         selection=get("selection", auto_selection(method, task, support, total)),

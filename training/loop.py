@@ -30,7 +30,7 @@ from training import checkpoint as ckpt
 from training.data import collate, epoch_order, loss_units, micro_batches
 from training.distributed import SINGLE, World, gathered
 from training.hparams import Hyper, get_lr, in_use
-from training.methods import save_delta, trainable_state
+from training.methods import delta_stats, save_delta, trainable_state
 from training.metrics import evaluate
 from training.outcome import BEST_DELTA, DivergenceWatch, kept_message, majority_warning, save_best
 from training.setup import Run, build_run
@@ -97,8 +97,9 @@ def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
     older = sorted((work_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     for old in older[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
-    if hooks.on_checkpoint:
-        hooks.on_checkpoint(run.step, folder, dict(run.last_eval))
+    if hooks.on_checkpoint:  # the event reports the delta's size beside the last evaluation
+        stats = delta_stats(model, run.spec.method)
+        hooks.on_checkpoint(run.step, folder, {**run.last_eval, **stats})
     return folder
 
 

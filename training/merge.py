@@ -12,18 +12,37 @@ from safetensors.torch import load_file
 from torch import nn
 
 import sparsegrad as sg
-from training.methods import DELTA_META, FULL_FORMAT
+from sparsegrad.delta import CONFIG_NAME as SG_CONFIG
+from training.methods import DELTA_META, FULL_CONFIG, FULL_FORMAT, FULL_WEIGHTS
 from training.models import load_model, load_tokenizer, registry_entry
 from training.spec import ModelLoadError, TrainingError
 
 
+def delta_config_path(delta_dir: Path) -> Path | None:
+    """The config file of a delta folder, or None when it is not one: a SparseGrad / MeProp delta
+    (sparsegrad_delta.json), a full one (full_delta.json), a LoRA (peft's adapter_config.json), or one of the
+    first two written before 2026-12-06 (adapter_config.json)."""
+    configs = [delta_dir / SG_CONFIG, delta_dir / FULL_CONFIG, delta_dir / "adapter_config.json"]
+    return next((p for p in configs if p.is_file()), None)
+
+
+def delta_config(delta_dir: Path) -> dict[str, Any]:
+    """The parsed config of a delta folder (TrainingError when it is not one)."""
+    config_path = delta_config_path(delta_dir)
+    if config_path is None:
+        raise TrainingError(
+            f"{delta_dir} is not a delta folder (no {SG_CONFIG}, {FULL_CONFIG} nor adapter_config.json)",
+            param="delta",
+        )
+    config: dict[str, Any] = json.loads(config_path.read_text())
+    return config
+
+
 def _read_meta(delta_dir: Path) -> dict[str, Any]:
-    meta_path, config_path = delta_dir / DELTA_META, delta_dir / "adapter_config.json"
-    if not config_path.is_file():
-        raise TrainingError(f"{delta_dir} is not a delta folder (no adapter_config.json)", param="delta")
-    config = json.loads(config_path.read_text())
+    meta_path = delta_dir / DELTA_META
+    config = delta_config(delta_dir)
     meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if "method" not in meta:  # a delta written elsewhere: infer from adapter_config.json
+    if "method" not in meta:  # a delta written elsewhere: infer from its config
         fmt = config.get("format")
         meta["method"] = "lora" if config.get("peft_type") == "LORA" else config.get("method", fmt)
         meta.setdefault("task", config.get("task"))
@@ -68,7 +87,8 @@ def _merge(base: nn.Module, method: str, delta_dir: Path) -> nn.Module:
 
         return PeftModel.from_pretrained(base, str(delta_dir)).merge_and_unload()
     if method in ("full", FULL_FORMAT):
-        tensors = load_file(str(delta_dir / "adapter_model.safetensors"))
+        weights = delta_dir / FULL_WEIGHTS
+        tensors = load_file(str(weights if weights.is_file() else delta_dir / "adapter_model.safetensors"))
         result = base.load_state_dict(tensors, strict=False)
         if result.unexpected_keys:
             raise ValueError(f"delta holds weights the base lacks: {result.unexpected_keys[:5]}")

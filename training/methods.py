@@ -6,8 +6,8 @@
 - full: every weight trains (torch AdamW).
 
 Deltas (each folder also holds `sgft_delta.json`: method, task, labels, base model; what merge_delta reads):
-sparsegrad/meprop -> sparsegrad.save_delta; lora -> peft save_pretrained; full -> every weight in
-adapter_model.safetensors with adapter_config.json {"format": "full"}.
+sparsegrad/meprop -> sparsegrad.save_delta (docs/delta-format.md); lora -> peft save_pretrained (peft's own
+adapter files); full -> every weight in full_delta.safetensors with full_delta.json {"format": "full"}.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from training.hparams import Hyper
 
 DELTA_META = "sgft_delta.json"
 FULL_FORMAT = "full"
+# full fine-tuning's delta (every weight); it used peft's file names before 2026-12-06 (merge reads both)
+FULL_CONFIG, FULL_WEIGHTS = "full_delta.json", "full_delta.safetensors"
 
 
 @dataclass
@@ -53,6 +55,7 @@ def sparse_config(
     `library`: SparseGradConfig fields the job API does not offer (JobSpec.library)."""
     return sg.SparseGradConfig(
         density=hp.density,
+        max_delta_density=hp.max_delta_density,
         target_modules=hp.target_modules,
         support="dynamic" if method == "meprop" else hp.support,  # type: ignore[arg-type]
         support_block=hp.support_block if method == "sparsegrad" else None,
@@ -154,6 +157,19 @@ def _sparse_params(model: nn.Module) -> set[nn.Parameter]:
     return {p for layer in sg.sparse_layers(model).values() for p in layer.parameters()}
 
 
+def delta_stats(model: nn.Module, method: str) -> dict[str, int]:
+    """What the method's delta holds now: "delta_nnz" (stored numbers: a sparse delta's ΔC entries, or the
+    trainable parameters of LoRA / full) and "delta_bytes" (its tensors' bytes, as `save_delta` writes)."""
+    if method in ("sparsegrad", "meprop"):
+        size = sg.delta_size(model)
+        return {"delta_nnz": size.nnz, "delta_bytes": size.bytes}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return {
+        "delta_nnz": sum(p.numel() for p in params),
+        "delta_bytes": sum(p.numel() * p.element_size() for p in params),
+    }
+
+
 def trainable_state(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
     """Everything training changes, by state-dict name: trainable parameters, plus for sparsegrad/meprop the
     injected layers' live weights and sparse buffers (ΔC, support). The basis is saved apart."""
@@ -215,9 +231,9 @@ def save_delta(
             n: (full[n] if full is not None else p).detach().cpu().contiguous()
             for n, p in model.named_parameters()
         }
-        save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": FULL_FORMAT})
+        save_file(tensors, str(out / FULL_WEIGHTS), metadata={"format": FULL_FORMAT})
         config = {"format": FULL_FORMAT, "version": 1, "method": "full", "task": task, "labels": labels}
-        (out / "adapter_config.json").write_text(json.dumps({**config, "base_model_id": base}, indent=2))
+        (out / FULL_CONFIG).write_text(json.dumps({**config, "base_model_id": base}, indent=2))
     meta = _meta(method, task, labels, base, extra)
     (out / DELTA_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return out

@@ -62,7 +62,7 @@ class TrainResult:
     total_steps: int
     trained_tokens: int
     metrics: dict[str, float]  # validation metrics of result_step (and the last train_loss)
-    delta_dir: Path | None  # adapter_config.json + adapter_model.safetensors; None unless completed
+    delta_dir: Path | None  # the method's delta files (sparsegrad.delta, peft, full); None unless completed
     checkpoint_dir: Path | None  # latest checkpoint (resume from here)
     history: list[dict[str, float]] = field(default_factory=list)  # per-step/eval rows for metrics file
     result_step: int | None = None  # the step whose weights the delta holds (best or last; None: no delta)

@@ -24,6 +24,7 @@ import torch
 
 from core.settings import Settings
 from core.storage import Storage
+from training.merge import delta_config_path
 from training.serving.adapters import activate
 from training.serving.generate import Finish, GenerationError, Sampling, chat_prompt, stream_text, text_prompt
 from training.serving.models import ModelCache, ModelTooLarge, Served
@@ -62,7 +63,7 @@ class Engine:
             shutil.rmtree(tmp, ignore_errors=True)
             if target["kind"] == "checkpoint":
                 self.storage.get_dir(key, tmp / "ckpt")
-                if not (tmp / "ckpt" / "delta" / "adapter_config.json").is_file():
+                if delta_config_path(tmp / "ckpt" / "delta") is None:
                     raise Failed(
                         409,
                         f"The checkpoint {target['model']!r} holds no servable delta "

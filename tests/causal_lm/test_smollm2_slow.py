@@ -47,7 +47,7 @@ def test_smollm2_sparsegrad_chat_sft_then_generate(tmp_path: Path) -> None:
     )
     result = run_training(spec, train, valid, tmp_path / "work", models_dir=models_dir)
     assert result.status == "completed" and result.step == 6
-    assert result.delta_dir is not None and (result.delta_dir / "adapter_config.json").is_file()
+    assert result.delta_dir is not None and (result.delta_dir / "sparsegrad_delta.json").is_file()
     before = next(r["valid_loss"] for r in result.history if r["step"] == 0 and "valid_loss" in r)
     assert math.isfinite(before) and math.isfinite(result.metrics["valid_loss"])
     assert 0 < result.metrics["trainable_parameters"] < 0.02 * 134_515_008  # ~1% of the MLP coefficients

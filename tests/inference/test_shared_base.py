@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import sparsegrad as sg
+from sparsegrad.delta import delta_files
 from training import JobSpec, TrainResult, run_training
 from training.models import load_model, registry_entry
 from training.serving.adapters import SharedBase, activate, read_adapter
@@ -101,7 +102,7 @@ def test_an_extra_fine_tune_costs_at_most_twice_its_delta(models_dir: Path, chat
     before = cache.used
     served = cache.serve_delta("ft:a", "tiny-llama", "causal_lm", chat_deltas[0])
     extra = cache.used - before
-    delta_bytes = (chat_deltas[0] / "adapter_model.safetensors").stat().st_size
+    delta_bytes = delta_files(chat_deltas[0])[1].stat().st_size
     assert served.adapter is not None and extra == served.adapter.nbytes
     assert 0 < extra <= 2 * delta_bytes
     assert extra < param_bytes(served.model)  # well under a merged copy

@@ -93,6 +93,18 @@ def test_create_validation_names_the_param(api: Api) -> None:
             {"model": MODEL, "training_file": train, "hyperparameters": {"batch_size": "big"}},
             "hyperparameters.batch_size",
         ),
+        (
+            {"model": MODEL, "training_file": train, "hyperparameters": {"max_delta_density": 0.005}},
+            "hyperparameters.max_delta_density",  # below the default density 0.01
+        ),
+        (
+            {
+                "model": MODEL,
+                "training_file": train,
+                "method": {"type": "lora", "lora": {"hyperparameters": {"max_delta_density": 0.1}}},
+            },
+            "hyperparameters.max_delta_density",  # LoRA's delta is not sparse
+        ),
         ({"model": MODEL, "training_file": train, "suffix": "a/b"}, "suffix"),
         ({"model": MODEL}, "training_file"),
     ]

@@ -126,7 +126,7 @@ def _check_learned(delta_archive: bytes, tmp: Path) -> None:
     8 steps went 0.565 -> 0.525, so the learning rate matters. Training is seeded, so the outcome repeats
     for these settings."""
     delta = extract(delta_archive, tmp / "delta")
-    assert (delta / "adapter_config.json").exists() and (delta / "adapter_model.safetensors").exists()
+    assert (delta / "sparsegrad_delta.json").exists() and (delta / "sparsegrad_delta.safetensors").exists()
     before, after, changed = accuracies(delta, sst2_lines("dev", 200))
     print(f"dev accuracy (200 lines): untrained {before:.3f}, fine-tuned {after:.3f}, {changed} changed")
     assert changed > 0 and after > before, f"dev accuracy untrained {before:.3f} vs fine-tuned {after:.3f}"

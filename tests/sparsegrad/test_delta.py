@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 
 import sparsegrad as sg
+from sparsegrad.delta_codec import decode, encode, pack_bits, unpack_bits
+from sparsegrad.memory import layer_encoding_bytes
 from tests.sparsegrad.tiny import tiny_batches, tiny_model
 
 
@@ -43,6 +46,15 @@ def _trained(kind: str, method: str = "sparsegrad", **cfg_kwargs: object) -> nn.
     return model
 
 
+def _tensor_bytes(folder: Path) -> int:
+    with safe_open(str(folder / "sparsegrad_delta.safetensors"), framework="pt") as f:
+        return sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())
+
+
+def _target_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if ".dense.weight" in n or "mlp" in n}
+
+
 @pytest.mark.parametrize(
     ("kind", "method"),
     [("bert", "sparsegrad"), ("llama", "sparsegrad"), ("gpt2", "sparsegrad"), ("bert", "meprop")],
@@ -54,21 +66,30 @@ def test_save_load_merge_round_trip(kind: str, method: str, tmp_path: Path) -> N
     tuned = _logits(model, batch)
     base_out = _logits(tiny_model(kind), batch)
     assert (tuned - base_out).abs().max() > 1e-3  # training did change the model
-    sg.save_delta(model, tmp_path, encoding="coo")
-    config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert config["format"] == "sparsegrad" and config["version"] == 3
+    sg.save_delta(model, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "sparsegrad_delta.json",
+        "sparsegrad_delta.safetensors",
+    ]
+    config = json.loads((tmp_path / "sparsegrad_delta.json").read_text())
+    assert config["format"] == "sparsegrad" and config["version"] == 4
     assert config["base_model_id"] == f"tiny-{kind}" and len(config["base_fingerprint"]) == 64
     assert config["target_modules"] == [t.name for t in sg.get_info(model).targets]
     assert config["labels"] == ["a", "b", "c"] and config["support"] == "dynamic"
-    with safe_open(str(tmp_path / "adapter_model.safetensors"), framework="pt") as f:
-        first = config["target_modules"][0]
-        assert f.get_tensor(f"{first}.indices").dtype == torch.int32
     loaded = sg.load_delta(tiny_model(kind), tmp_path)
     assert not any(isinstance(m, sg.SparseGradLinear) for m in loaded.modules())
     assert (_logits(loaded, batch) - tuned).abs().max().item() < 1e-4
-    sg.save_delta(model, tmp_path / "dense", encoding="dense")  # ΔW per layer instead of COO + basis
-    loaded = sg.load_delta(tiny_model(kind), tmp_path / "dense")
-    assert (_logits(loaded, batch) - tuned).abs().max().item() < 1e-4
+    merged_by_form = {}
+    for form in ("csr", "bitmap", "block", "dense"):  # every form, forced
+        sg.save_delta(model, tmp_path / form, encoding=form)
+        layers = json.loads((tmp_path / form / "sparsegrad_delta.json").read_text())["layers"]
+        assert {spec["encoding"] for spec in layers.values()} == {form}
+        loaded = sg.load_delta(tiny_model(kind), tmp_path / form)
+        assert (_logits(loaded, batch) - tuned).abs().max().item() < 1e-4
+        merged_by_form[form] = _target_weights(loaded)
+    for form in ("bitmap", "block"):  # the sparse forms decode to the same ΔC: the same weights, bit for bit
+        for name, w in merged_by_form[form].items():
+            assert torch.equal(w, merged_by_form["csr"][name]), (form, name)
     merged = sg.merge(model)
     assert not any(isinstance(m, sg.SparseGradLinear) for m in merged.modules())
     assert (_logits(merged, batch) - tuned).abs().max().item() < 1e-4
@@ -78,32 +99,51 @@ def test_save_load_merge_round_trip(kind: str, method: str, tmp_path: Path) -> N
 
 def test_delta_stores_only_used_basis_columns(tmp_path: Path) -> None:
     model = _trained("bert")
-    sg.save_delta(model, tmp_path, encoding="coo")
-    with safe_open(str(tmp_path / "adapter_model.safetensors"), framework="pt") as f:
+    sg.save_delta(model, tmp_path, encoding="csr")
+    with safe_open(str(tmp_path / "sparsegrad_delta.safetensors"), framework="pt") as f:
         keys = set(f.keys())
         p_keys = sorted(k for k in keys if k.endswith(".p"))
         assert len(p_keys) == 2  # one per group (up, down), not per layer
         for key in p_keys:
-            cols = f.get_tensor(key[:-2] + ".p_cols")
-            assert f.get_tensor(key).shape[1] == cols.numel()
+            rows, cols = f.get_tensor(key[:-2] + ".rows"), f.get_tensor(key[:-2] + ".cols")
+            assert (
+                f.get_tensor(key).shape[1] == rows.numel()
+                and f.get_tensor(key[:-2] + ".q").shape[1] == cols.numel()
+            )
+        first = next(iter(sg.sparse_layers(model)))
+        assert f.get_tensor(f"{first}.col").dtype == torch.uint8  # |C| <= 256: one byte per local column
 
 
-@pytest.mark.parametrize(("method", "form"), [("sparsegrad", "dense"), ("meprop", "coo")])
-def test_auto_encoding_stores_the_smaller_form(method: str, form: str, tmp_path: Path) -> None:
-    # tiny SparseGrad: the basis columns alone outweigh ΔW, so the group goes dense; MeProp (no basis, 5%
-    # of the entries per step, three steps) stays COO
+@pytest.mark.parametrize("method", ["sparsegrad", "meprop"])
+def test_auto_encoding_stores_the_smallest_form(method: str, tmp_path: Path) -> None:
     model = _trained("bert", method)
     sizes = {}
-    for encoding in ("coo", "dense", "auto"):
+    for encoding in ("csr", "bitmap", "block", "dense", "auto"):
         sg.save_delta(model, tmp_path / encoding, encoding=encoding)
-        sizes[encoding] = (tmp_path / encoding / "adapter_model.safetensors").stat().st_size
-    assert sizes["auto"] == sizes[form] == min(sizes["coo"], sizes["dense"])
-    with safe_open(str(tmp_path / "auto" / "adapter_model.safetensors"), framework="pt") as f:
-        keys = set(f.keys())
-    for name in sg.sparse_layers(model):
-        assert (f"{name}.weight_delta" in keys) == (form == "dense") != (f"{name}.indices" in keys)
+        sizes[encoding] = (tmp_path / encoding / "sparsegrad_delta.safetensors").stat().st_size
+    # auto picks per layer (and dense per group): never above any form forced on every layer
+    assert sizes["auto"] <= min(v for k, v in sizes.items() if k != "auto") + 512  # header differences
+    size = sg.delta_size(model)  # from the size functions alone: the tensors save_delta wrote
+    assert size.bytes == _tensor_bytes(tmp_path / "auto") and size.nnz == sum(
+        m.delta()[0].numel() for m in sg.sparse_layers(model).values()
+    )
     with pytest.raises(ValueError, match="encoding must be"):
         sg.save_delta(model, tmp_path / "x", encoding="zip")
+    with pytest.raises(ValueError, match="value_dtype must be"):
+        sg.save_delta(model, tmp_path / "x", value_dtype="int8")
+
+
+@pytest.mark.parametrize("method", ["sparsegrad", "meprop"])
+def test_released_version_3_deltas_still_merge_to_the_same_weights(method: str) -> None:
+    # written by the released code (format version 3, peft's file names, COO), with the weights its
+    # load_delta merged (tests/sparsegrad/data, made once from main at 024046f)
+    data = Path(__file__).parent / "data"
+    loaded = sg.load_delta(tiny_model("bert"), data / f"v3_{method}")
+    expected = load_file(str(data / f"v3_{method}_merged.safetensors"))
+    params = dict(loaded.named_parameters())
+    for name, w in expected.items():
+        assert torch.equal(params[name].detach(), w), name
+    assert sg.read_delta_config(data / f"v3_{method}")["version"] == 3
 
 
 def test_mismatched_base_is_refused(tmp_path: Path) -> None:
@@ -111,9 +151,9 @@ def test_mismatched_base_is_refused(tmp_path: Path) -> None:
     other = tiny_model("bert", seed=123)
     with pytest.raises(sg.DeltaMismatch, match=r"bert\.encoder\.layer\.0\.intermediate\.dense.*sha256"):
         sg.load_delta(other, tmp_path)
-    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config = json.loads((tmp_path / "sparsegrad_delta.json").read_text())
     config["layers"]["bert.encoder.layer.1.output.dense"]["shape"] = [32, 65]
-    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    (tmp_path / "sparsegrad_delta.json").write_text(json.dumps(config))
     with pytest.raises(sg.DeltaMismatch, match=r"layer 'bert\.encoder\.layer\.1\.output\.dense'.*\[32, 64\]"):
         sg.load_delta(tiny_model("bert"), tmp_path)
     with pytest.raises(sg.DeltaMismatch, match="no linear layer"):
@@ -123,3 +163,53 @@ def test_mismatched_base_is_refused(tmp_path: Path) -> None:
 def test_save_delta_needs_an_injected_model(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="inject"):
         sg.save_delta(tiny_model("bert"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "n_cols", "share"), [(7, 300, 0.05), (5, 13, 0.6), (3, 4, 1.0), (4, 9, 0.0)]
+)
+def test_every_layer_form_decodes_to_the_same_grid(n_rows: int, n_cols: int, share: float) -> None:
+    gen = torch.Generator().manual_seed(n_rows * n_cols)
+    cells = n_rows * n_cols
+    local = torch.randperm(cells, generator=gen)[: round(share * cells)].sort().values
+    values = torch.randn(local.numel(), generator=gen)
+    expected = torch.zeros(cells).index_put_((local,), values).view(n_rows, n_cols)
+    for form in ("csr", "bitmap", "block"):
+        parts = encode(local, values, n_rows, n_cols, form)
+        assert torch.equal(decode(parts, n_rows, n_cols, form), expected), form
+        size = sum(t.numel() * t.element_size() for t in parts.values())
+        assert size == layer_encoding_bytes(local.numel(), n_rows, n_cols)[form]
+    mask = torch.zeros(cells, dtype=torch.bool).index_fill_(0, local, True)
+    reference = [
+        int("".join("1" if b else "0" for b in mask[i : i + 8].tolist()).ljust(8, "0"), 2)
+        for i in range(0, cells, 8)
+    ]
+    assert pack_bits(mask).tolist() == reference  # most significant bit first, as numpy.packbits
+    assert torch.equal(unpack_bits(pack_bits(mask), cells), mask)
+
+
+@pytest.mark.parametrize("value_dtype", ["float16", "bfloat16"])
+def test_low_precision_delta_is_half_the_size_and_close(value_dtype: str, tmp_path: Path) -> None:
+    model = _trained("bert")
+    sg.save_delta(model, tmp_path / "f32", encoding="csr")
+    sg.save_delta(model, tmp_path / "low", encoding="csr", value_dtype=value_dtype)
+    exact = _target_weights(sg.load_delta(tiny_model("bert"), tmp_path / "f32"))
+    low = _target_weights(sg.load_delta(tiny_model("bert"), tmp_path / "low"))
+    base = _target_weights(tiny_model("bert"))
+    for name in sg.read_delta_config(tmp_path / "low")["target_modules"]:
+        w = exact[f"{name}.weight"]
+        dw = w - base[f"{name}.weight"]
+        err = (low[f"{name}.weight"] - w).norm() / dw.norm()
+        assert 0 < err < (2e-2 if value_dtype == "bfloat16" else 2e-3), (name, err)
+
+    def floats(folder: str) -> int:
+        with safe_open(str(tmp_path / folder / "sparsegrad_delta.safetensors"), framework="pt") as f:
+            return sum(
+                f.get_tensor(k).numel() * f.get_tensor(k).element_size()
+                for k in f.keys()
+                if k.endswith((".values", ".p", ".q"))
+            )
+
+    assert floats("low") * 2 == floats("f32")
+    sg.save_delta(model, tmp_path / "auto_low", value_dtype=value_dtype)
+    assert sg.delta_size(model, value_dtype).bytes == _tensor_bytes(tmp_path / "auto_low")

@@ -64,5 +64,5 @@ def test_job_on_a_small_device_reports_and_uses_the_lean_choice(tmp_path: Path, 
     assert result.status == "completed" and result.delta_dir is not None
     budget = [m for m in messages if m.startswith("Memory budget")]
     assert budget and "(SGFT_DEVICE_MEMORY)" in budget[0] and "so support fixed in a 2k block" in budget[0]
-    config = json.loads((result.delta_dir / "adapter_config.json").read_text())
+    config = json.loads((result.delta_dir / "sparsegrad_delta.json").read_text())
     assert config["support"] == "fixed" and config["config"]["support_block"] == 2.0

@@ -56,6 +56,9 @@ def test_auto_values_follow_data_size_and_method() -> None:
         ({"epochs": 3}, "unknown hyperparameter 'epochs'"),
         ({"n_epochs": True}, "n_epochs must be a number"),
         ({"dense_learning_rate": 0.5}, "dense_learning_rate must be between 1e-07 and 0.1"),
+        ({"max_delta_density": 0.005}, "max_delta_density (0.005) must be >= density (0.01)"),
+        ({"max_delta_density": 0.1, "support": "fixed"}, "max_delta_density applies to support 'dynamic'"),
+        ({"max_delta_density": 2}, "max_delta_density must be between 0.0001 and 1"),
     ],
 )
 def test_out_of_range_is_refused_with_the_bound(raw: dict[str, object], needle: str) -> None:

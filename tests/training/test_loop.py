@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,10 @@ def train(
 
 def delta_tensors(result: TrainResult) -> dict[str, torch.Tensor]:
     assert result.delta_dir is not None
-    return load_file(str(result.delta_dir / "adapter_model.safetensors"))
+    for name in ("sparsegrad_delta.safetensors", "full_delta.safetensors", "adapter_model.safetensors"):
+        if (result.delta_dir / name).is_file():  # SparseGrad / MeProp, full, LoRA (peft)
+            return load_file(str(result.delta_dir / name))
+    raise AssertionError(f"no delta weights in {result.delta_dir}")
 
 
 def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -146,6 +150,7 @@ class StopAfter:
         ("sparsegrad", {"support_block": 2}),
         ("sparsegrad", {"per_layer_basis": True, "basis_probe_steps": 5}),
         ("sparsegrad", {"selection": "adam", "weight_decay": 0.1}),
+        ("sparsegrad", {"max_delta_density": 0.02}),
         ("full", {}),
     ],
 )
@@ -167,6 +172,37 @@ def test_paused_then_resumed_equals_uninterrupted(
     same_tensors(delta_tensors(resumed), delta_tensors(straight))
     if method == "sparsegrad":
         assert (paused.checkpoint_dir / "basis.safetensors").is_file()
+
+
+def test_full_delta_written_with_the_old_file_names_still_merges(
+    tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
+) -> None:
+    result = train(tmp_path / "run", sst2, models_dir, "full", n_epochs=1)
+    assert result.delta_dir is not None and (result.delta_dir / "full_delta.json").is_file()
+    new = merge_delta("tiny-bert", result.delta_dir, tmp_path / "new", models_dir=models_dir)
+    (result.delta_dir / "full_delta.json").rename(result.delta_dir / "adapter_config.json")
+    (result.delta_dir / "full_delta.safetensors").rename(result.delta_dir / "adapter_model.safetensors")
+    old = merge_delta("tiny-bert", result.delta_dir, tmp_path / "old", models_dir=models_dir)
+    same_tensors(load_file(str(new / "model.safetensors")), load_file(str(old / "model.safetensors")))
+
+
+def test_checkpoint_events_report_the_delta_size_within_its_cap(
+    tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
+) -> None:
+    events: list[dict[str, float]] = []
+    hooks = Hooks(on_checkpoint=lambda s, d, m: events.append(m))
+    result = train(
+        tmp_path, sst2, models_dir, "sparsegrad", hooks=hooks, checkpoint_every=4, max_delta_density=0.02
+    )
+    assert len(events) == 3 and all({"delta_nnz", "delta_bytes"} <= set(e) for e in events)  # steps 4, 8, 12
+    config = json.loads((result.delta_dir / "sparsegrad_delta.json").read_text())  # type: ignore[operator]
+    cap = sum(round(0.02 * spec["shape"][0] * spec["shape"][1]) for spec in config["layers"].values())
+    final_nnz = sum(spec["nnz"] for spec in config["layers"].values())
+    final_bytes = sum(t.numel() * t.element_size() for t in delta_tensors(result).values())
+    nnz = [e["delta_nnz"] for e in events] + [final_nnz]
+    sizes = [e["delta_bytes"] for e in events] + [final_bytes]
+    assert nnz == sorted(nnz) and nnz[-1] <= cap and nnz[0] > 0  # the union grows, within the cap
+    assert sizes == sorted(sizes) and sizes[0] > 0  # entries, rows and columns only grow
 
 
 def test_cancel_stops_within_one_step(tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path) -> None:
@@ -197,7 +233,7 @@ def test_string_labels_map_to_ids_and_are_kept_in_the_delta(
     names = {0: "negative", 1: "positive"}
     data = (relabel(sst2[0], tmp_path / "t.jsonl", names), relabel(sst2[1], tmp_path / "v.jsonl", names))
     result = train(tmp_path / "run", data, models_dir, "sparsegrad", n_epochs=1)
-    config = __import__("json").loads((result.delta_dir / "adapter_config.json").read_text())  # type: ignore[operator]
+    config = __import__("json").loads((result.delta_dir / "sparsegrad_delta.json").read_text())  # type: ignore[operator]
     assert config["labels"] == ["negative", "positive"]
     merged = merge_delta("tiny-bert", result.delta_dir, tmp_path / "merged", models_dir=models_dir)  # type: ignore[arg-type]
     plain = AutoModelForSequenceClassification.from_pretrained(merged)

@@ -164,7 +164,7 @@ def test_upload_train_watch_curve_and_download(
     assert info.value.suggested_filename == meta["filename"]
     if meta["filename"].endswith(".tar.gz"):
         names = tarfile.open(fileobj=io.BytesIO(stored)).getnames()
-        assert any(n.endswith("adapter_model.safetensors") for n in names), names
+        assert any(n.endswith("sparsegrad_delta.safetensors") for n in names), names
 
     # Merge from the page: a real worker merges; the button follows merge_status, then becomes a link.
     page.get_by_test_id("merge-button").click()

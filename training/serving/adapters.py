@@ -18,7 +18,6 @@ keeps the own factors while they stay within HELD_PER_FILE_BYTE of the delta fil
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -31,7 +30,8 @@ from safetensors import safe_open
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparsegrad.delta import CONFIG_NAME, WEIGHTS_NAME, check_base
+from sparsegrad.delta import LAYER_PARTS, check_base, delta_files, read_delta_config
+from sparsegrad.delta_codec import decode
 
 _ACTIVE: ContextVar[Adapter | None] = ContextVar("sgft_active_adapter", default=None)
 
@@ -106,47 +106,72 @@ class Adapter:
 
 @dataclass
 class _Entries:
-    """One layer's COO entries of ΔC: `rows` / `cols` index the columns of its group's basis."""
+    """One layer's ΔC on the rows `r` and columns `c` it uses: positions among its group's stored basis
+    columns (rotated), or plain row / column ids (identity basis)."""
 
-    rows: torch.Tensor
-    cols: torch.Tensor
-    values: torch.Tensor
+    r: torch.Tensor
+    c: torch.Tensor
+    small: torch.Tensor  # (|r|, |c|)
     d_out: int
     d_in: int
 
-    def small(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(used rows, used columns, ΔC on them (|R|, |C|))."""
-        r, row_pos = torch.unique(self.rows, return_inverse=True)
-        c, col_pos = torch.unique(self.cols, return_inverse=True)
-        small = torch.zeros(r.numel(), c.numel())
-        small.index_put_((row_pos, col_pos), self.values.float(), accumulate=True)
-        return r, c, small
 
-
-def _factor(p: torch.Tensor | None, q: torch.Tensor | None, e: _Entries) -> LayerDelta:
-    """The layer's ΔW as thin factors of its own (or dense), from its basis columns `p`/`q` (or the
-    identity)."""
-    r, c, small = e.small()
-    p_r = p[:, r] if p is not None else torch.eye(e.d_out)[:, r]  # (D_out, |R|)
-    q_c = q[:, c] if q is not None else torch.eye(e.d_in)[:, c]  # (D_in, |C|)
-    rank = min(r.numel(), c.numel())
-    if (e.d_out + e.d_in) * rank >= e.d_out * e.d_in:  # thin factors would not be smaller than ΔW itself
+def _thin(p_r: torch.Tensor, q_c: torch.Tensor, small: torch.Tensor, d_out: int, d_in: int) -> LayerDelta:
+    """ΔW = p_r small q_cᵀ kept as its thinner factorisation (rank min(|R|, |C|)), or dense where the
+    factors would not be smaller than ΔW itself."""
+    rank = min(small.shape)
+    if (d_out + d_in) * rank >= d_out * d_in:
         return LayerDelta(dense=(p_r @ small @ q_c.t()).contiguous())
-    if c.numel() <= r.numel():
+    if small.shape[1] <= small.shape[0]:
         return LayerDelta(left=(p_r @ small).contiguous(), right=q_c.contiguous())
     return LayerDelta(left=p_r.contiguous(), right=(q_c @ small.t()).contiguous())
 
 
 def _on_basis(basis: GroupBasis, e: _Entries) -> LayerDelta:
-    r, c, small = e.small()
-    rows = None if r.numel() == basis.p.shape[1] else r  # all of the group's rows: no scatter
-    cols = None if c.numel() == basis.q.shape[1] else c
-    return LayerDelta(basis=basis, small=small.contiguous(), rows=rows, cols=cols)
+    rows = None if e.r.numel() == basis.p.shape[1] else e.r  # all of the group's rows: no scatter
+    cols = None if e.c.numel() == basis.q.shape[1] else e.c
+    return LayerDelta(basis=basis, small=e.small.contiguous(), rows=rows, cols=cols)
 
 
-# `auto`: the most bytes an adapter's rotated layers may hold per byte of the delta file before layers move
-# to their group's shared basis. Each layer's own thin factors are the faster path (decode on a
-# SmolLM2-shaped model: about 29 against 26 tokens/s, docs/benchmarks.md); the shared basis holds far less.
+def _coo_layer(f: Any, keys: set[str], layer: str, spec: dict[str, Any]) -> _Entries | None:
+    """A layer of a version 1-3 delta: COO (global row, col) entries, the group's used basis columns."""
+    d_out, d_in = spec["shape"]
+    idx = f.get_tensor(f"{layer}.indices").long()
+    values = f.get_tensor(f"{layer}.values")
+    if values.numel() == 0:
+        return None
+    basis = spec["basis"]
+    rows, cols = idx[0], idx[1]
+    if f"{basis}.p" in keys:  # positions among the group's stored basis columns
+        rows = torch.searchsorted(f.get_tensor(f"{basis}.p_cols").long(), rows)
+        cols = torch.searchsorted(f.get_tensor(f"{basis}.q_cols").long(), cols)
+    r, row_pos = torch.unique(rows, return_inverse=True)
+    c, col_pos = torch.unique(cols, return_inverse=True)
+    small = torch.zeros(r.numel(), c.numel())  # ΔC on its own rows x columns (|R|, |C|)
+    small.index_put_((row_pos, col_pos), values.float(), accumulate=True)
+    return _Entries(r, c, small, d_out, d_in)
+
+
+def _grid_layer(f: Any, keys: set[str], layer: str, spec: dict[str, Any]) -> _Entries | None:
+    """A layer of a version-4 delta: ΔC on the group's (|R|, |C|) grid (csr / bitmap / block), trimmed to
+    the rows and columns this layer uses."""
+    d_out, d_in = spec["shape"]
+    basis = spec["basis"]
+    rows, cols = f.get_tensor(f"{basis}.rows").long(), f.get_tensor(f"{basis}.cols").long()
+    parts = {part: f.get_tensor(f"{layer}.{part}") for part in LAYER_PARTS if f"{layer}.{part}" in keys}
+    grid = decode(parts, rows.numel(), cols.numel(), spec["encoding"])
+    r, c = grid.any(dim=1).nonzero().flatten(), grid.any(dim=0).nonzero().flatten()
+    if r.numel() == 0:
+        return None
+    small = grid[r][:, c].float()
+    if f"{basis}.p" in keys:
+        return _Entries(r, c, small, d_out, d_in)
+    return _Entries(rows[r], cols[c], small, d_out, d_in)  # identity basis (MeProp): plain ids
+
+
+# `auto`: the most bytes an adapter may hold per byte of its delta file before layers move to their group's
+# shared basis. Each layer's own thin factors are the faster path (decode on a SmolLM2-shaped model: about
+# 30 against 27 tokens/s, docs/benchmarks.md); the shared basis holds far less.
 HELD_PER_FILE_BYTE = 1.5
 
 
@@ -167,36 +192,34 @@ def _choose(own: dict[str, LayerDelta], shared: dict[str, LayerDelta], limit: in
 
 
 def read_adapter(delta_dir: Path, name: str, form: str = "auto") -> Adapter:
-    """An Adapter from a saved SparseGrad / MeProp delta folder (sparsegrad.save_delta's format).
+    """An Adapter from a saved SparseGrad / MeProp delta folder (sparsegrad.save_delta's format, any
+    version).
 
     `form` of the rotated groups' layers: "own" (each layer's thin factors or dense ΔW: the fastest),
     "shared" (every layer on its group's basis columns held once: the fewest bytes) or "auto" (own factors
     within HELD_PER_FILE_BYTE bytes per byte of the delta file, else the layers that save most shared)."""
     if form not in ("auto", "own", "shared"):
         raise ValueError(f"form must be 'auto', 'own' or 'shared', got {form!r}")
-    config = json.loads((Path(delta_dir) / CONFIG_NAME).read_text())
+    config = read_delta_config(delta_dir)
+    read = _coo_layer if int(config.get("version", 0)) < 4 else _grid_layer
+    weights = delta_files(delta_dir)[1]
     layers: dict[str, LayerDelta] = {}
     params: dict[str, torch.Tensor] = {}
     groups: dict[str, dict[str, _Entries]] = {}
-    with safe_open(str(Path(delta_dir) / WEIGHTS_NAME), framework="pt") as f:
+    with safe_open(str(weights), framework="pt") as f:
         keys = set(f.keys())
         for layer, spec in config["layers"].items():
-            d_out, d_in = spec["shape"]
             if f"{layer}.weight_delta" in keys:
                 layers[layer] = LayerDelta(dense=f.get_tensor(f"{layer}.weight_delta").float())
                 continue
-            idx = f.get_tensor(f"{layer}.indices").long()
-            values = f.get_tensor(f"{layer}.values")
-            if values.numel() == 0:
+            e = read(f, keys, layer, spec)
+            if e is None:
                 continue
-            basis = spec["basis"]
-            rows, cols = idx[0], idx[1]
-            if f"{basis}.p" in keys:  # positions among the group's stored basis columns
-                rows = torch.searchsorted(f.get_tensor(f"{basis}.p_cols").long(), rows)
-                cols = torch.searchsorted(f.get_tensor(f"{basis}.q_cols").long(), cols)
-                groups.setdefault(basis, {})[layer] = _Entries(rows, cols, values, d_out, d_in)
+            if f"{spec['basis']}.p" in keys:
+                groups.setdefault(spec["basis"], {})[layer] = e
             else:
-                layers[layer] = _factor(None, None, _Entries(rows, cols, values, d_out, d_in))
+                eye_r, eye_c = torch.eye(e.d_out)[:, e.r], torch.eye(e.d_in)[:, e.c]
+                layers[layer] = _thin(eye_r, eye_c, e.small, e.d_out, e.d_in)
         for plain in config["dense_params"]:
             params[plain] = f.get_tensor(f"dense.{plain}")
         own: dict[str, LayerDelta] = {}
@@ -207,15 +230,14 @@ def read_adapter(delta_dir: Path, name: str, form: str = "auto") -> Adapter:
             for layer, e in members.items():
                 shared[layer] = _on_basis(group_basis, e)
                 if form != "shared":
-                    own[layer] = _factor(p, q, e)
-        if form == "auto":
-            file_bytes = (Path(delta_dir) / WEIGHTS_NAME).stat().st_size
-            rest = sum(d.nbytes for d in layers.values()) + sum(
-                t.numel() * t.element_size() for t in params.values()
-            )
-            layers.update(_choose(own, shared, int(HELD_PER_FILE_BYTE * file_bytes) - rest))
-        else:
-            layers.update(shared if form == "shared" else own)
+                    own[layer] = _thin(p[:, e.r], q[:, e.c], e.small, e.d_out, e.d_in)
+    if form == "auto":
+        rest = sum(d.nbytes for d in layers.values()) + sum(
+            t.numel() * t.element_size() for t in params.values()
+        )
+        layers.update(_choose(own, shared, int(HELD_PER_FILE_BYTE * weights.stat().st_size) - rest))
+    else:
+        layers.update(shared if form == "shared" else own)
     layers = {name: layers[name] for name in config["layers"] if name in layers}  # the config's order
     return Adapter(name, layers, params, config.get("labels"), config)
 

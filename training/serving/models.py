@@ -8,7 +8,6 @@ the inference server loads and runs models on one thread.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from training.merge import _merge, _read_meta
+from training.merge import _merge, _read_meta, delta_config
 from training.models import load_model, load_tokenizer, max_positions, registry_entry
 from training.serving.adapters import Adapter, SharedBase, read_adapter
 
@@ -155,5 +154,5 @@ class ModelCache:
 
 
 def _rest_dense(delta_dir: Path) -> bool:
-    config = json.loads((delta_dir / "adapter_config.json").read_text())
+    config = delta_config(delta_dir)
     return bool((config.get("config") or {}).get("train_rest_dense"))
