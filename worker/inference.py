@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from training.serving.generate import Finish, GenerationError, Sampling, chat_pr
 from training.serving.models import ModelCache, ModelTooLarge, Served
 from training.serving.predict import predict
 from training.spec import TrainingError
+from worker import archives
 
 log = logging.getLogger(__name__)
 Emit = Callable[[dict[str, Any]], None]
@@ -73,8 +73,7 @@ class Engine:
             else:
                 tmp.mkdir(parents=True)
                 self.storage.get_file(key, tmp / "delta.tar.gz")
-                with tarfile.open(tmp / "delta.tar.gz") as tar:
-                    tar.extractall(tmp / "delta", filter="data")
+                archives.extract(tmp / "delta.tar.gz", tmp / "delta")
             (tmp / "ready").write_text("")
             shutil.rmtree(local, ignore_errors=True)
             tmp.rename(local)

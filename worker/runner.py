@@ -25,7 +25,7 @@ from core.settings import Settings, get_settings
 from core.states import JobStatus
 from core.storage import Storage
 from training.spec import JobSpec, TrainingError, TrainResult
-from worker import failures
+from worker import archives, failures
 from worker.group import RankGroup, outcome, write_run_file
 from worker.hooks import Heartbeat, JobHooks
 from worker.redact import redact
@@ -264,8 +264,7 @@ def merge_job(job_id: str, settings: Settings | None = None) -> None:
             if delta_row is None:
                 raise TrainingError("The job's delta file was deleted; the merge needs it", None)
             storage.get_file(delta_row.storage_key, work / "delta.tar.gz")
-            with tarfile.open(work / "delta.tar.gz") as tar:
-                tar.extractall(work / "delta", filter="data")
+            archives.extract(work / "delta.tar.gz", work / "delta")
             training.merge_delta(job.model, work / "delta", work / "merged", models_dir=settings.models_path)
             archive = _tar(work / "merged", work / "merged.tar.gz")
             row = _stage_result(storage, job, archive, f"{job_id}-merged.tar.gz")

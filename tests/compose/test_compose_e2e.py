@@ -149,7 +149,9 @@ def test_openai_flow_and_the_delta_from_the_object_store(
     STATE["quick"] = (job_id, delta_file, archive)
 
 
-def test_the_infer_service_predicts_as_the_engine_evaluates(client: Any, tmp_path: Path) -> None:
+def test_the_infer_service_predicts_as_the_engine_evaluates(
+    client: Any, project: Project, tmp_path: Path
+) -> None:
     """The API proxies /v1/predictions to the `infer` container, which fetches the delta from the object
     store: same labels as the engine's own evaluation of base + delta, probabilities within 1e-5."""
     import httpx
@@ -164,7 +166,7 @@ def test_the_infer_service_predicts_as_the_engine_evaluates(client: Any, tmp_pat
         headers={"Authorization": f"Bearer {client.api_key}"},
         timeout=180,
     )
-    assert reply.status_code == 200, reply.text
+    assert reply.status_code == 200, reply.text + "\n" + project.compose("logs", "--no-color", "infer").stdout
     data = reply.json()["data"]
     valid = tmp_path / "valid.jsonl"
     valid.write_text("".join(valid_lines))
