@@ -76,8 +76,6 @@ def check_number(name: str, value: Any) -> float | int:
         check_value(name, value)
     except HyperparameterProblem as exc:
         raise HyperparameterError(str(exc), param=exc.param) from None
-    if not math.isfinite(value):
-        raise HyperparameterError(f"{name} must be a finite number, got {value!r}", param=name)
     return int(value) if NUMBER_BOUNDS[name][2] else float(value)
 
 
