@@ -1,8 +1,8 @@
 """Hyper-parameters: each a bounded number (or choice) or "auto"; "auto" resolved from data and method.
 
 Every hyper-parameter, its bounds or choices, what "auto" gives and its help are in the one table
-core.hparam_bounds.PARAMS, with the rules that link fields (check_rules); the API checks requests with the
-same table and rules, so a job it accepts resolves here. The auto rules are core.hparam_auto.
+rules.hparam_bounds.PARAMS, with the rules that link fields (check_rules); the API checks requests with the
+same table and rules, so a job it accepts resolves here. The auto rules are rules.hparam_auto.
 
 result_checkpoint "best" keeps the evaluated step (>= 1) whose valid_loss is lowest: the same criterion
 early_stopping_patience counts from, so a run stopped early publishes the step `patience` evaluations before
@@ -18,8 +18,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from core.hparam_auto import BASE_LR, auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
-from core.hparam_bounds import (
+from rules.hparam_auto import BASE_LR, auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
+from rules.hparam_bounds import (
     DEFAULT_DENSITY,
     NUMBER_BOUNDS,
     HyperparameterProblem,
@@ -30,7 +30,7 @@ from core.hparam_bounds import (
 )
 from training.spec import HyperparameterError
 
-# The auto rules for epochs, batch size and base rate live in core.hparam_auto (the API estimate uses them).
+# The auto rules for epochs, batch size and base rate live in rules.hparam_auto (the API estimate uses them).
 CAUSAL_SUPPORT_BLOCK = 2.0  # auto_support_block, and the block the memory budget falls back to
 
 
@@ -71,7 +71,7 @@ class Hyper:
 
 
 def check_number(name: str, value: Any) -> float | int:
-    """A bounded number (table core.hparam_bounds); HyperparameterError naming the bound otherwise."""
+    """A bounded number (table rules.hparam_bounds); HyperparameterError naming the bound otherwise."""
     try:
         check_value(name, value)
     except HyperparameterProblem as exc:
@@ -90,7 +90,7 @@ def resolve(
 ) -> Hyper:
     """Validate `raw` and fill every "auto" (see the module table). `model_max_length`: position limit;
     `validation`: the job has a validation file; `devices`: processes it trains on."""
-    try:  # the API ran the same checks (core.hparam_bounds): a job it accepted passes here
+    try:  # the API ran the same checks (rules.hparam_bounds): a job it accepted passes here
         check_rules(
             raw,
             method=method,

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from core.datasets import TASK_OF_FORMAT
-from core.hparam_bounds import METHODS
+from rules.datasets import TASK_OF_FORMAT
+from rules.hparam_bounds import METHODS
 from training import checkpoint as ckpt
 from training.budget import device_memory, fit_to_budget
 from training.data import (

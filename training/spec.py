@@ -25,7 +25,7 @@ class JobSpec:
     task: Task | None = None  # None: inferred from the model and the data
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     seed: int = 42
-    # SparseGradConfig fields the job API does not offer (core.hparam_bounds.REMOVED: basis_probe_steps,
+    # SparseGradConfig fields the job API does not offer (rules.hparam_bounds.REMOVED: basis_probe_steps,
     # per_layer_basis, bias_correction), for the bench and library callers; never set from a job's row.
     library: dict[str, Any] = field(default_factory=dict)
 

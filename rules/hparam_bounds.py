@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from core.hparam_auto import auto_batch_size
+from rules.hparam_auto import auto_batch_size
 
 METHODS: tuple[str, ...] = ("sparsegrad", "lora", "full", "meprop")  # the job API's methods, in this order
 METHOD_LABELS: dict[str, str] = {
@@ -41,7 +41,7 @@ def _num(name: str, low: float, high: float, auto: str, help: str, whole: bool =
 
 # Every hyper-parameter a job accepts. The API (a 400 at creation), the CLI, the web form (GET
 # /v1/fine_tuning/hyperparameters) and the training engine all read this table; rules that link two fields
-# are in `check_rules` below, also shared. The "auto" rules themselves are core.hparam_auto.
+# are in `check_rules` below, also shared. The "auto" rules themselves are rules.hparam_auto.
 PARAMS: dict[str, Param] = {
     p.name: p
     for p in (
