@@ -28,6 +28,7 @@ from rules.hparam_bounds import (
     is_auto,
     target_patterns,
 )
+from training.methods import uses_basis
 from training.spec import HyperparameterError
 
 # The auto rules for epochs, batch size and base rate live in rules.hparam_auto (the API estimate uses them).
@@ -162,7 +163,7 @@ def auto_support_block(method: str, task: str) -> float | None:
     SmolLM2-135M the step took about half the unconfined one's time and its peak memory 1.05x LoRA's
     (unconfined: 1.42x; bf16 weights, CPU), at a validation loss still below LoRA's at the same rate
     (README; docs/benchmarks.md)."""
-    return CAUSAL_SUPPORT_BLOCK if method == "sparsegrad" and task == "causal_lm" else None
+    return CAUSAL_SUPPORT_BLOCK if uses_basis(method) and task == "causal_lm" else None
 
 
 def auto_selection(method: str, task: str, support: str, total_steps: int) -> str:
@@ -170,7 +171,7 @@ def auto_selection(method: str, task: str, support: str, total_steps: int) -> st
     runs long enough for the moments to tell steady gradients from noise, else the paper's "gradient".
     SST-2 on MiniLM: over 126 steps "adam" gained 0.9 points (README); over 8 steps it learned less (0.565
     against 0.66 on 200 dev lines)."""
-    sparsegrad_dynamic = method == "sparsegrad" and support == "dynamic"
+    sparsegrad_dynamic = uses_basis(method) and support == "dynamic"
     return "adam" if sparsegrad_dynamic and task == "classification" and total_steps >= 100 else "gradient"
 
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Method = Literal["sparsegrad", "lora", "full", "meprop"]
+# A name in the method registry, training.methods.REGISTRY (the same names as the job API's
+# rules.hparam_bounds.METHODS); build_run refuses any other.
+Method = str
 Task = Literal["classification", "causal_lm"]
 StopReason = Literal["cancel", "pause"]
 
