@@ -109,7 +109,7 @@ class ParamInfo(BaseModel):
 
 
 class HyperparameterTable(BaseModel):
-    """Every job hyper-parameter (core.hparam_bounds): bounds or choices, what "auto" gives, help."""
+    """Every job hyper-parameter (rules.hparam_bounds): bounds or choices, what "auto" gives, help."""
 
     object: Literal["hyperparameter_table"]
     methods: list[MethodInfo]

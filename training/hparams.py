@@ -1,8 +1,8 @@
 """Hyper-parameters: each a bounded number (or choice) or "auto"; "auto" resolved from data and method.
 
 Every hyper-parameter, its bounds or choices, what "auto" gives and its help are in the one table
-core.hparam_bounds.PARAMS, with the rules that link fields (check_rules); the API checks requests with the
-same table and rules, so a job it accepts resolves here. The auto rules are core.hparam_auto.
+rules.hparam_bounds.PARAMS, with the rules that link fields (check_rules); the API checks requests with the
+same table and rules, so a job it accepts resolves here. The auto rules are rules.hparam_auto.
 
 result_checkpoint "best" keeps the evaluated step (>= 1) whose valid_loss is lowest: the same criterion
 early_stopping_patience counts from, so a run stopped early publishes the step `patience` evaluations before
@@ -18,8 +18,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from core.hparam_auto import BASE_LR, auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
-from core.hparam_bounds import (
+from rules.hparam_auto import BASE_LR, auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
+from rules.hparam_bounds import (
     DEFAULT_DENSITY,
     NUMBER_BOUNDS,
     HyperparameterProblem,
@@ -28,9 +28,10 @@ from core.hparam_bounds import (
     is_auto,
     target_patterns,
 )
+from training.methods import uses_basis
 from training.spec import HyperparameterError
 
-# The auto rules for epochs, batch size and base rate live in core.hparam_auto (the API estimate uses them).
+# The auto rules for epochs, batch size and base rate live in rules.hparam_auto (the API estimate uses them).
 CAUSAL_SUPPORT_BLOCK = 2.0  # auto_support_block, and the block the memory budget falls back to
 
 
@@ -71,7 +72,7 @@ class Hyper:
 
 
 def check_number(name: str, value: Any) -> float | int:
-    """A bounded number (table core.hparam_bounds); HyperparameterError naming the bound otherwise."""
+    """A bounded number (table rules.hparam_bounds); HyperparameterError naming the bound otherwise."""
     try:
         check_value(name, value)
     except HyperparameterProblem as exc:
@@ -90,7 +91,7 @@ def resolve(
 ) -> Hyper:
     """Validate `raw` and fill every "auto" (see the module table). `model_max_length`: position limit;
     `validation`: the job has a validation file; `devices`: processes it trains on."""
-    try:  # the API ran the same checks (core.hparam_bounds): a job it accepted passes here
+    try:  # the API ran the same checks (rules.hparam_bounds): a job it accepted passes here
         check_rules(
             raw,
             method=method,
@@ -162,7 +163,7 @@ def auto_support_block(method: str, task: str) -> float | None:
     SmolLM2-135M the step took about half the unconfined one's time and its peak memory 1.05x LoRA's
     (unconfined: 1.42x; bf16 weights, CPU), at a validation loss still below LoRA's at the same rate
     (README; docs/benchmarks.md)."""
-    return CAUSAL_SUPPORT_BLOCK if method == "sparsegrad" and task == "causal_lm" else None
+    return CAUSAL_SUPPORT_BLOCK if uses_basis(method) and task == "causal_lm" else None
 
 
 def auto_selection(method: str, task: str, support: str, total_steps: int) -> str:
@@ -170,7 +171,7 @@ def auto_selection(method: str, task: str, support: str, total_steps: int) -> st
     runs long enough for the moments to tell steady gradients from noise, else the paper's "gradient".
     SST-2 on MiniLM: over 126 steps "adam" gained 0.9 points (README); over 8 steps it learned less (0.565
     against 0.66 on 200 dev lines)."""
-    sparsegrad_dynamic = method == "sparsegrad" and support == "dynamic"
+    sparsegrad_dynamic = uses_basis(method) and support == "dynamic"
     return "adam" if sparsegrad_dynamic and task == "classification" and total_steps >= 100 else "gradient"
 
 
