@@ -96,6 +96,7 @@ class ErrorResponse(BaseModel):
 class MethodInfo(BaseModel):
     name: str
     label: str
+    sparse_delta: bool  # trains a sparse delta in a basis: `density` and `max_delta_density` apply
 
 
 class ParamInfo(BaseModel):

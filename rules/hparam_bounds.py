@@ -19,6 +19,7 @@ METHOD_LABELS: dict[str, str] = {
     "full": "Full fine-tuning",
     "meprop": "meProp",
 }
+SPARSE_DELTA_METHODS = ("sparsegrad", "meprop")  # a sparse delta in a basis: density and its cap apply
 Kind = Literal["number", "integer", "choice", "bool", "modules"]
 
 
@@ -200,7 +201,9 @@ def describe_table() -> dict[str, Any]:
         }
         for p in PARAMS.values()
     ]
-    methods = [{"name": m, "label": METHOD_LABELS[m]} for m in METHODS]
+    methods = [
+        {"name": m, "label": METHOD_LABELS[m], "sparse_delta": m in SPARSE_DELTA_METHODS} for m in METHODS
+    ]
     return {"object": "hyperparameter_table", "methods": methods, "data": params, "removed": REMOVED}
 
 
@@ -355,7 +358,6 @@ def check_rules(
 RESOURCE_BOUNDS: dict[str, tuple[int, int]] = {"devices": (1, 64)}
 
 DEFAULT_DENSITY = 0.01  # "auto" density (SparseGrad / MeProp)
-SPARSE_DELTA_METHODS = ("sparsegrad", "meprop")
 
 
 def delta_cap_problem(method: str, hyper: dict[str, object]) -> str | None:
