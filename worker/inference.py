@@ -24,7 +24,6 @@ import torch
 from core.settings import Settings
 from core.storage import Storage
 from training.merge import delta_config_path
-from training.serving.adapters import activate
 from training.serving.generate import Finish, GenerationError, Sampling, chat_prompt, stream_text, text_prompt
 from training.serving.models import ModelCache, ModelTooLarge, Served
 from training.serving.predict import predict
@@ -46,7 +45,11 @@ class Engine:
         self.settings = settings
         self.storage = Storage(settings.artifacts_url)
         self.cache = ModelCache(settings.models_path, settings.infer_memory)
+        # Fetched deltas, kept on disk while their model is in the cache (evicted: removed); a previous run's
+        # are stale (the cache starts empty), so they go at start. One `sgft infer` per data directory.
         self.deltas = settings.data_dir / "infer-deltas"
+        shutil.rmtree(self.deltas, ignore_errors=True)
+        self._fetched: dict[Path, str] = {}  # local folder -> the model it holds
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgft-infer")
         self.timeout = settings.infer_timeout
 
@@ -77,15 +80,27 @@ class Engine:
             (tmp / "ready").write_text("")
             shutil.rmtree(local, ignore_errors=True)
             tmp.rename(local)
+        self._fetched[local] = str(target["model"])
         return local / "delta"
+
+    def _drop_unused_deltas(self) -> None:
+        """Remove the fetched deltas of models that are not (or no longer) in the cache."""
+        loaded = self.cache.loaded_fine_tunes()
+        for local, model in list(self._fetched.items()):
+            if model not in loaded:
+                shutil.rmtree(local, ignore_errors=True)
+                del self._fetched[local]
 
     def served(self, target: dict[str, Any]) -> Served:
         try:
             if target["kind"] == "base":
                 return self.cache.serve_base(target["base"], target["task"])
-            return self.cache.serve_delta(
-                target["model"], target["base"], target["task"], self._delta_dir(target)
-            )
+            try:
+                return self.cache.serve_delta(
+                    target["model"], target["base"], target["task"], self._delta_dir(target)
+                )
+            finally:
+                self._drop_unused_deltas()  # what this load evicted, or a delta that failed to load
         except ModelTooLarge as exc:
             raise Failed(503, str(exc)) from None
         except TrainingError as exc:
@@ -137,7 +152,7 @@ class Engine:
                     stop=tuple(body.get("stop") or ()),
                     seed=None if seed is None else int(seed) + index,
                 )
-                with activate(served.adapter):
+                with served.use():
                     for piece in stream_text(served.model, tok, ids, sampling, deadline, served.context):
                         if cancelled.is_set():
                             return

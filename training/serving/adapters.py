@@ -79,6 +79,22 @@ class LayerDelta:
         assert self.left is not None and self.right is not None
         return (x @ self.right.to(x.dtype)) @ self.left.t().to(x.dtype)  # (..., r) -> (..., D_out)
 
+    def weight(self) -> torch.Tensor:
+        """ΔW itself (D_out, D_in), float32, computed from the held form (for adding into a base weight)."""
+        if self.dense is not None:
+            return self.dense.float()
+        if self.basis is not None:
+            assert self.small is not None
+            p = (
+                self.basis.p if self.rows is None else self.basis.p.index_select(1, self.rows)
+            )  # (D_out, |rows|)
+            q = (
+                self.basis.q if self.cols is None else self.basis.q.index_select(1, self.cols)
+            )  # (D_in, |cols|)
+            return (p @ self.small.float()) @ q.t()
+        assert self.left is not None and self.right is not None
+        return self.left.float() @ self.right.float().t()
+
     @property
     def nbytes(self) -> int:
         """This layer's own bytes (a shared basis is counted once, by the Adapter)."""
@@ -258,13 +274,19 @@ class _Override(nn.Module):
 
 
 class SharedBase:
-    """A base model that fine-tunes (Adapters) are applied to per call, never merged into."""
+    """A base model that fine-tunes (Adapters) are applied to per call through hooks, never merged into
+    (the "hook" strategy; training.serving.applied.AppliedBase adds the active ΔW into the weights)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._hooked: set[str] = set()
         self._overridden: set[str] = set()
         self._tied = _tied_names(model)
+
+    @property
+    def extra_bytes(self) -> int:
+        """Bytes held for this base beyond its weights, whatever number of fine-tunes it serves."""
+        return 0
 
     def can_share(self, adapter: Adapter) -> str | None:
         """None when `adapter` can be served on this base, else why not (then serve a merged copy)."""
@@ -292,6 +314,12 @@ class SharedBase:
                 module = self.model.get_submodule(owner) if owner else self.model
                 parametrize.register_parametrization(module, attr, _Override(plain), unsafe=True)
                 self._overridden.add(plain)
+
+    @contextmanager
+    def use(self, adapter: Adapter | None) -> Iterator[None]:
+        """Run the base as `adapter`'s fine-tune (None: the base itself) within this context."""
+        with activate(adapter):
+            yield
 
 
 def _tied_names(model: nn.Module) -> set[str]:
