@@ -1,6 +1,6 @@
 """The inference engine behind `sgft infer`: deltas fetched from the artifact store, models from a bounded
 cache (training.serving), one generation at a time on its own thread (the CPU has few cores; a queue of
-requests waits its turn, each within its time limit).
+requests waits its turn, each within its time limit; requests for the same model grouped: worker.infer_queue).
 
 Each call reports through `emit(dict)`: {"type": "start", "prompt_tokens"}, {"type": "text", "index",
 "text"} as tokens are produced, {"type": "finish", "index", "reason", "completion_tokens"} per choice, then
@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from training.serving.models import ModelCache, ModelTooLarge, Served
 from training.serving.predict import predict
 from training.spec import TrainingError
 from worker import archives
+from worker.infer_queue import CallQueue
 
 log = logging.getLogger(__name__)
 Emit = Callable[[dict[str, Any]], None]
@@ -50,11 +51,13 @@ class Engine:
         self.deltas = settings.data_dir / "infer-deltas"
         shutil.rmtree(self.deltas, ignore_errors=True)
         self._fetched: dict[Path, str] = {}  # local folder -> the model it holds
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgft-infer")
+        self.queue = CallQueue()
         self.timeout = settings.infer_timeout
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        return self.pool.submit(fn, *args)
+    def submit(self, fn: Callable[..., Any], body: dict[str, Any], *args: Any) -> Future[Any]:
+        """Run fn(body, *args) on the engine's thread; calls for the same model are grouped (infer_queue)."""
+        model = (body.get("target") or {}).get("model")
+        return self.queue.submit(str(model) if model is not None else None, fn, body, *args)
 
     # -- models ------------------------------------------------------------------------------------------
     def _delta_dir(self, target: dict[str, Any]) -> Path:
