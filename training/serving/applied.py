@@ -7,8 +7,9 @@ and the cost moves to a swap when the served model changes.
 
 - Exact restore: the first time a layer or parameter is targeted, its base value is copied once per base
   (in bf16 or fp16 when that copy converts back to the same values, else in the weight's own dtype); a swap
-  writes pristine + ΔW (the sum rounded once, as `sparsegrad.load_delta` merges), and back to the base
-  writes the pristine copy: the base's weights come back bit for bit.
+  writes pristine + ΔW (float32 weights: one addmm from the held factors, equal to the merged weights
+  within float rounding), and back to the base writes the pristine copy: the base's weights come back
+  bit for bit.
 - One model at a time: `use(adapter)` waits until no request of another model runs, swaps if needed, and
   lets any number of requests of the applied model run together. Waiters are served in arrival order (a
   request never overtakes an earlier one of another model), so nothing starves and nothing deadlocks,
@@ -28,7 +29,7 @@ from torch import nn
 
 from sparsegrad.delta import check_base
 from sparsegrad.targets import linear_weight
-from training.serving.adapters import Adapter, SharedBase
+from training.serving.adapters import Adapter, LayerDelta, SharedBase
 
 
 def exact_copy(w: torch.Tensor) -> torch.Tensor:
@@ -129,7 +130,7 @@ class AppliedBase(SharedBase):
                         self._live[name].copy_(self._pristine[name])
             if adapter is not None:
                 for name, delta in adapter.layers.items():
-                    _write_sum(self._live[name], self._pristine[name], delta.weight())
+                    _write_sum(self._live[name], self._pristine[name], delta)
                 for name, value in adapter.params.items():
                     self._live[name].copy_(value)
                 self._applied = adapter
@@ -141,10 +142,12 @@ class AppliedBase(SharedBase):
         self.swap_seconds += time.perf_counter() - started
 
 
-def _write_sum(w: torch.Tensor, pristine: torch.Tensor, dw: torch.Tensor) -> None:
-    """w = pristine + dw, the sum taken in float32 (at least) and rounded once to w's dtype."""
-    if w.dtype == torch.float32:
-        w.copy_(pristine)
-        w.add_(dw)
-    else:
-        w.copy_((pristine.to(torch.promote_types(w.dtype, dw.dtype)) + dw).to(w.dtype))
+def _write_sum(w: torch.Tensor, pristine: torch.Tensor, delta: LayerDelta) -> None:
+    """w = pristine + ΔW in float32 (at least), rounded to w's dtype; in one pass (addmm) where w and its
+    pristine copy are contiguous float32."""
+    if delta.dense is None and w.dtype == pristine.dtype == torch.float32 and w.is_contiguous():
+        a, b = delta.factors()
+        torch.addmm(pristine, a, b, out=w)
+        return
+    dw = delta.weight()
+    w.copy_((pristine.to(torch.promote_types(w.dtype, dw.dtype)) + dw).to(w.dtype))
