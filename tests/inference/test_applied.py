@@ -133,3 +133,32 @@ def test_a_request_waits_for_the_running_model_and_is_not_overtaken(
         t.join(timeout=60)
     assert order == ["A", "B", "C"]
     assert base.applied is a.adapter
+
+
+def test_a_bf16_base_takes_the_fine_tune_rounded_once_and_comes_back_bit_for_bit(
+    models_dir: Path,  # noqa: F811
+    chat_deltas: list[Path],  # noqa: F811
+) -> None:
+    """The path for weights that are not float32: pristine + ΔW summed in float32, rounded once to bf16,
+    as `sparsegrad.load_delta` merges into a bf16 model."""
+    import sparsegrad as sg
+
+    def bf16_model() -> torch.nn.Module:
+        entry = registry_entry("tiny-llama", models_dir)
+        return load_model(entry, "causal_lm", None, False).to(torch.bfloat16).eval()
+
+    model = bf16_model()
+    pristine = _state(model)
+    base = AppliedBase(model)
+    adapter = read_adapter(chat_deltas[0], "ft:0")
+    base.attach(adapter)
+    merged = sg.load_delta(bf16_model(), chat_deltas[0])
+    with torch.no_grad(), base.use(adapter):
+        weights = model.state_dict()
+        for name, value in merged.state_dict().items():  # each weight within one bf16 rounding step
+            torch.testing.assert_close(weights[name], value, atol=0, rtol=2**-7)
+        changed = [k for k, v in pristine.items() if not torch.equal(weights[k], v)]
+        assert changed
+    with torch.no_grad(), base.use(None):
+        after = model.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in pristine.items())
