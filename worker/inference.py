@@ -1,6 +1,6 @@
 """The inference engine behind `sgft infer`: deltas fetched from the artifact store, models from a bounded
 cache (training.serving), one generation at a time on its own thread (the CPU has few cores; a queue of
-requests waits its turn, each within its time limit).
+requests waits its turn, each within its time limit; requests for the same model grouped: worker.infer_queue).
 
 Each call reports through `emit(dict)`: {"type": "start", "prompt_tokens"}, {"type": "text", "index",
 "text"} as tokens are produced, {"type": "finish", "index", "reason", "completion_tokens"} per choice, then
@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,12 @@ import torch
 from core.settings import Settings
 from core.storage import Storage
 from training.merge import delta_config_path
-from training.serving.adapters import activate
 from training.serving.generate import Finish, GenerationError, Sampling, chat_prompt, stream_text, text_prompt
 from training.serving.models import ModelCache, ModelTooLarge, Served
 from training.serving.predict import predict
 from training.spec import TrainingError
 from worker import archives
+from worker.infer_queue import CallQueue
 
 log = logging.getLogger(__name__)
 Emit = Callable[[dict[str, Any]], None]
@@ -46,12 +46,18 @@ class Engine:
         self.settings = settings
         self.storage = Storage(settings.artifacts_url)
         self.cache = ModelCache(settings.models_path, settings.infer_memory)
+        # Fetched deltas, kept on disk while their model is in the cache (evicted: removed); a previous run's
+        # are stale (the cache starts empty), so they go at start. One `sgft infer` per data directory.
         self.deltas = settings.data_dir / "infer-deltas"
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgft-infer")
+        shutil.rmtree(self.deltas, ignore_errors=True)
+        self._fetched: dict[Path, str] = {}  # local folder -> the model it holds
+        self.queue = CallQueue()
         self.timeout = settings.infer_timeout
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        return self.pool.submit(fn, *args)
+    def submit(self, fn: Callable[..., Any], body: dict[str, Any], *args: Any) -> Future[Any]:
+        """Run fn(body, *args) on the engine's thread; calls for the same model are grouped (infer_queue)."""
+        model = (body.get("target") or {}).get("model")
+        return self.queue.submit(str(model) if model is not None else None, fn, body, *args)
 
     # -- models ------------------------------------------------------------------------------------------
     def _delta_dir(self, target: dict[str, Any]) -> Path:
@@ -77,15 +83,27 @@ class Engine:
             (tmp / "ready").write_text("")
             shutil.rmtree(local, ignore_errors=True)
             tmp.rename(local)
+        self._fetched[local] = str(target["model"])
         return local / "delta"
+
+    def _drop_unused_deltas(self) -> None:
+        """Remove the fetched deltas of models that are not (or no longer) in the cache."""
+        loaded = self.cache.loaded_fine_tunes()
+        for local, model in list(self._fetched.items()):
+            if model not in loaded:
+                shutil.rmtree(local, ignore_errors=True)
+                del self._fetched[local]
 
     def served(self, target: dict[str, Any]) -> Served:
         try:
             if target["kind"] == "base":
                 return self.cache.serve_base(target["base"], target["task"])
-            return self.cache.serve_delta(
-                target["model"], target["base"], target["task"], self._delta_dir(target)
-            )
+            try:
+                return self.cache.serve_delta(
+                    target["model"], target["base"], target["task"], self._delta_dir(target)
+                )
+            finally:
+                self._drop_unused_deltas()  # what this load evicted, or a delta that failed to load
         except ModelTooLarge as exc:
             raise Failed(503, str(exc)) from None
         except TrainingError as exc:
@@ -137,7 +155,7 @@ class Engine:
                     stop=tuple(body.get("stop") or ()),
                     seed=None if seed is None else int(seed) + index,
                 )
-                with activate(served.adapter):
+                with served.use():
                     for piece in stream_text(served.model, tok, ids, sampling, deadline, served.context):
                         if cancelled.is_set():
                             return

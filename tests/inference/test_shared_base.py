@@ -68,12 +68,12 @@ def test_two_fine_tunes_on_one_base_equal_their_merged_copies(
     )
     base = merged_logits(models_dir, None, ids)
     for s, delta in zip(served, chat_deltas, strict=True):
-        with torch.no_grad(), activate(s.adapter):
+        with torch.no_grad(), s.use():
             shared = s.model(input_ids=ids).logits
         reference = merged_logits(models_dir, delta, ids)
         assert not torch.allclose(reference, base, atol=1e-4)  # the fine-tune changed the model
         torch.testing.assert_close(shared, reference, atol=1e-5, rtol=1e-5)
-    with torch.no_grad():  # no adapter active: the base itself, untouched
+    with torch.no_grad(), cache.serve_base("tiny-llama", "causal_lm").use():  # the base itself, untouched
         torch.testing.assert_close(served[0].model(input_ids=ids).logits, base, atol=0, rtol=0)
 
 
@@ -96,13 +96,24 @@ def test_each_in_memory_form_equals_the_merged_copy(
     torch.testing.assert_close(shared, reference, atol=1e-5, rtol=1e-5)
 
 
-def test_an_extra_fine_tune_costs_at_most_twice_its_delta(models_dir: Path, chat_deltas: list[Path]) -> None:
-    cache = ModelCache(models_dir, budget=1 << 30)
-    cache.serve_base("tiny-llama", "causal_lm")
+@pytest.mark.parametrize("strategy", ["apply", "hook"])
+def test_an_extra_fine_tune_costs_at_most_twice_its_delta(
+    models_dir: Path, chat_deltas: list[Path], strategy: str
+) -> None:
+    """Per fine-tune: its adapter. Per base, once (apply): the pristine copies of the target weights."""
+    cache = ModelCache(models_dir, budget=1 << 30, strategy=strategy)
+    base = cache.serve_base("tiny-llama", "causal_lm")
     before = cache.used
-    served = cache.serve_delta("ft:a", "tiny-llama", "causal_lm", chat_deltas[0])
+    first = cache.serve_delta("ft:a", "tiny-llama", "causal_lm", chat_deltas[0])
+    assert base.base is not None and first.adapter is not None
+    pristine = base.base.extra_bytes
+    assert (pristine > 0) == (strategy == "apply")
+    assert cache.used - before == first.adapter.nbytes + pristine
+    before = cache.used
+    served = cache.serve_delta("ft:b", "tiny-llama", "causal_lm", chat_deltas[1])
     extra = cache.used - before
-    delta_bytes = delta_files(chat_deltas[0])[1].stat().st_size
+    delta_bytes = delta_files(chat_deltas[1])[1].stat().st_size
+    assert base.base.extra_bytes == pristine  # the same layers: nothing more per base
     assert served.adapter is not None and extra == served.adapter.nbytes
     assert 0 < extra <= 2 * delta_bytes
     assert extra < param_bytes(served.model)  # well under a merged copy
@@ -114,7 +125,7 @@ def test_stream_text_is_seeded_and_stops_at_a_stop_string(models_dir: Path, chat
     ids = chat_prompt(s.tokenizer, [{"role": "user", "content": "hi"}])
 
     def run(sampling: Sampling) -> tuple[str, Finish]:
-        with activate(s.adapter):
+        with s.use():
             parts = list(stream_text(s.model, s.tokenizer, ids, sampling, time.monotonic() + 60, s.context))
         finish = parts.pop()
         assert isinstance(finish, Finish)

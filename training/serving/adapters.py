@@ -1,10 +1,12 @@
 """Several SparseGrad fine-tunes on one shared base model, without a copy of its weights each.
 
 A fine-tune is an `Adapter`: per target layer the delta ΔW = P_R ΔC Q_Cᵀ kept factored as two thin
-matrices (or dense where that is smaller), and the few dense parameters it trained (head, norms). The base
-never changes: a forward hook on each target layer adds x ΔWᵀ, and a parametrization on each trained dense
-parameter returns the fine-tune's tensor, both for the adapter that is active in the current context
-(`activate`, a ContextVar: two threads can serve two fine-tunes of one base at once).
+matrices (or dense where that is smaller), and the few dense parameters it trained (head, norms). The
+service applies the active one's ΔW into the base's weights (training.serving.applied.AppliedBase, decode
+at the base's speed). `SharedBase` here is the other strategy ("hook"): the base never changes, a forward
+hook on each target layer adds x ΔWᵀ, and a parametrization on each trained dense parameter returns the
+fine-tune's tensor, both for the adapter that is active in the current context (`activate`, a ContextVar:
+two threads can serve two fine-tunes of one base at once), at the side path's cost on every token.
 
     x ΔWᵀ = (x Q_C)(P_R ΔC)ᵀ     x: (N, D_in);  Q_C: (D_in, |C|);  P_R ΔC: (D_out, |C|)      (|C| <= |R|)
           = (x Q_C ΔCᵀ) P_Rᵀ                   Q_C ΔCᵀ: (D_in, |R|);  P_R: (D_out, |R|)        (|R| < |C|)
@@ -78,6 +80,29 @@ class LayerDelta:
             return y @ self.basis.p.t().to(x.dtype)  # (..., D_out)
         assert self.left is not None and self.right is not None
         return (x @ self.right.to(x.dtype)) @ self.left.t().to(x.dtype)  # (..., r) -> (..., D_out)
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, b), float32, with ΔW = a @ b (D_out, D_in): the held form's product taken in the cheaper
+        order, so that a @ b costs about D_out D_in rank (for adding ΔW into a base weight)."""
+        if self.dense is not None:
+            return self.dense.float(), torch.eye(self.dense.shape[1])
+        if self.basis is not None:
+            assert self.small is not None
+            p = self.basis.p if self.rows is None else self.basis.p.index_select(1, self.rows)  # (D_out, r)
+            q = self.basis.q if self.cols is None else self.basis.q.index_select(1, self.cols)  # (D_in, c)
+            (r, c), d_out, d_in = self.small.shape, p.shape[0], q.shape[0]
+            if d_out * r * c + d_out * c * d_in <= r * c * d_in + d_out * r * d_in:
+                return p @ self.small.float(), q.t()  # (D_out, c), (c, D_in)
+            return p, self.small.float() @ q.t()  # (D_out, r), (r, D_in)
+        assert self.left is not None and self.right is not None
+        return self.left.float(), self.right.float().t()
+
+    def weight(self) -> torch.Tensor:
+        """ΔW itself (D_out, D_in), float32."""
+        if self.dense is not None:
+            return self.dense.float()
+        a, b = self.factors()
+        return a @ b
 
     @property
     def nbytes(self) -> int:
@@ -258,13 +283,19 @@ class _Override(nn.Module):
 
 
 class SharedBase:
-    """A base model that fine-tunes (Adapters) are applied to per call, never merged into."""
+    """A base model that fine-tunes (Adapters) are applied to per call through hooks, never merged into
+    (the "hook" strategy; training.serving.applied.AppliedBase adds the active ΔW into the weights)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._hooked: set[str] = set()
         self._overridden: set[str] = set()
         self._tied = _tied_names(model)
+
+    @property
+    def extra_bytes(self) -> int:
+        """Bytes held for this base beyond its weights, whatever number of fine-tunes it serves."""
+        return 0
 
     def can_share(self, adapter: Adapter) -> str | None:
         """None when `adapter` can be served on this base, else why not (then serve a merged copy)."""
@@ -292,6 +323,12 @@ class SharedBase:
                 module = self.model.get_submodule(owner) if owner else self.model
                 parametrize.register_parametrization(module, attr, _Override(plain), unsafe=True)
                 self._overridden.add(plain)
+
+    @contextmanager
+    def use(self, adapter: Adapter | None) -> Iterator[None]:
+        """Run the base as `adapter`'s fine-tune (None: the base itself) within this context."""
+        with activate(adapter):
+            yield
 
 
 def _tied_names(model: nn.Module) -> set[str]:

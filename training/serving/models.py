@@ -9,6 +9,8 @@ the inference server loads and runs models on one thread.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,13 @@ from training.merge import _merge, _read_meta, delta_config
 from training.methods import REGISTRY
 from training.models import load_model, load_tokenizer, max_positions, registry_entry
 from training.serving.adapters import Adapter, SharedBase, read_adapter
+from training.serving.applied import AppliedBase
 
 SHAREABLE = tuple(name for name, method in REGISTRY.items() if method.sparse_delta)
+# How fine-tunes run on their shared base: "apply" adds the active one's ΔW into the base's weights (decode
+# at the base's speed, a swap when the served model changes; docs/inference.md), "hook" adds x ΔWᵀ beside
+# every target layer on every token.
+STRATEGIES = ("apply", "hook")
 
 
 class ModelTooLarge(RuntimeError):
@@ -40,6 +47,14 @@ class Served:
     labels: list[str] | None
     max_seq_length: int
     mode: str  # "base" | "shared" | "merged"
+    base: SharedBase | None = None  # the shared base ("base" and "shared" modes)
+
+    @contextmanager
+    def use(self) -> Iterator[None]:
+        """Run this model's requests within: its fine-tune active on the shared base (or the base's own
+        weights), waiting for requests of other models of that base to finish first."""
+        with self.base.use(self.adapter) if self.base is not None else nullcontext():
+            yield
 
 
 @dataclass
@@ -57,9 +72,12 @@ def param_bytes(model: nn.Module) -> int:
 class ModelCache:
     """Bases (shared), adapters (per fine-tune) and merged copies, least recently used evicted first."""
 
-    def __init__(self, models_dir: Path | None, budget: int) -> None:
+    def __init__(self, models_dir: Path | None, budget: int, strategy: str = "apply") -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.models_dir = models_dir
         self.budget = budget
+        self.strategy = strategy
         self._entries: OrderedDict[str, tuple[int, Any]] = OrderedDict()  # key -> (bytes, object)
 
     @property
@@ -68,6 +86,10 @@ class ModelCache:
 
     def sizes(self) -> dict[str, int]:
         return {key: size for key, (size, _) in self._entries.items()}
+
+    def loaded_fine_tunes(self) -> set[str]:
+        """The fine-tunes (and checkpoints) in the cache, as adapters or merged copies."""
+        return {key.split(":", 1)[1] for key in self._entries if key.startswith(("adapter:", "merged:"))}
 
     def _get(self, key: str) -> Any:
         if key in self._entries:
@@ -108,13 +130,17 @@ class ModelCache:
         model.config.pad_token_id = tokenizer.pad_token_id  # type: ignore[union-attr]
         for p in model.parameters():
             p.requires_grad_(False)
-        loaded = _Base(SharedBase(model), tokenizer, max_positions(entry), param_bytes(model))
+        shared = AppliedBase(model) if self.strategy == "apply" else SharedBase(model)
+        loaded = _Base(shared, tokenizer, max_positions(entry), param_bytes(model))
         self._put(key, loaded.nbytes, loaded)
         return loaded
 
     def serve_base(self, name: str, task: str) -> Served:
         b = self.base(name, task)
-        return Served(b.shared.model, b.tokenizer, task, b.context, None, None, min(512, b.context), "base")
+        context = b.context
+        return Served(
+            b.shared.model, b.tokenizer, task, context, None, None, min(512, context), "base", b.shared
+        )
 
     def serve_delta(self, model_name: str, base_name: str, task: str, delta_dir: Path) -> Served:
         """The fine-tune `model_name` (its delta in `delta_dir`): on the shared base when it can, else a
@@ -130,6 +156,8 @@ class ModelCache:
             adapter = read_adapter(delta_dir, model_name)
             if b.shared.can_share(adapter) is None:
                 b.shared.attach(adapter)
+                # the pristine copies the apply strategy keeps count once, on the base
+                self._entries[f"base:{base_name}"] = (b.nbytes + b.shared.extra_bytes, b)
                 self._put(
                     f"adapter:{model_name}",
                     adapter.nbytes,
@@ -151,7 +179,7 @@ class ModelCache:
         self._get(kind)  # a fine-tune in use keeps its base recent too
         if kind == "merged":
             return Served(obj, b.tokenizer, task, b.context, None, labels, max_len, "merged")
-        return Served(b.shared.model, b.tokenizer, task, b.context, obj, labels, max_len, "shared")
+        return Served(b.shared.model, b.tokenizer, task, b.context, obj, labels, max_len, "shared", b.shared)
 
 
 def _rest_dense(delta_dir: Path) -> bool:

@@ -7,7 +7,6 @@ from typing import Any
 import torch
 
 from training.data import Encoded, collate
-from training.serving.adapters import activate
 from training.serving.models import Served
 
 BATCH = 16
@@ -32,7 +31,7 @@ def predict(served: Served, inputs: list[tuple[str, str | None]]) -> tuple[list[
     pad = served.tokenizer.pad_token_id or 0
     results: list[dict[str, Any]] = []
     device = next(served.model.parameters()).device
-    with activate(served.adapter):
+    with served.use():
         for start in range(0, len(encoded), BATCH):
             batch = collate(encoded[start : start + BATCH], pad, "classification")
             batch.pop("labels")
