@@ -157,11 +157,12 @@ def _sparse_params(model: nn.Module) -> set[nn.Parameter]:
     return {p for layer in sg.sparse_layers(model).values() for p in layer.parameters()}
 
 
-def delta_stats(model: nn.Module, method: str) -> dict[str, int]:
+def delta_stats(model: nn.Module, method: str, value_dtype: str = "float32") -> dict[str, int]:
     """What the method's delta holds now: "delta_nnz" (stored numbers: a sparse delta's ΔC entries, or the
-    trainable parameters of LoRA / full) and "delta_bytes" (its tensors' bytes, as `save_delta` writes)."""
+    trainable parameters of LoRA / full) and "delta_bytes" (its tensors' bytes, as `save_delta` writes;
+    `value_dtype`: a sparse delta's value precision, the job's delta_dtype)."""
     if method in ("sparsegrad", "meprop"):
-        size = sg.delta_size(model)
+        size = sg.delta_size(model, value_dtype)
         return {"delta_nnz": size.nnz, "delta_bytes": size.bytes}
     params = [p for p in model.parameters() if p.requires_grad]
     return {
@@ -218,12 +219,14 @@ def save_delta(
     base: str,
     extra: dict[str, Any],
     full: dict[str, torch.Tensor] | None = None,
+    value_dtype: str = "float32",
 ) -> Path:
     """Write the method's delta to `out` (+ sgft_delta.json) and return it. `full`: the whole state dict of
-    an FSDP-sharded model (training.distributed.gathered), whose own state dict holds shards."""
+    an FSDP-sharded model (training.distributed.gathered), whose own state dict holds shards; `value_dtype`:
+    a sparse delta's value precision (the job's delta_dtype; LoRA and full keep their parameters' dtype)."""
     out.mkdir(parents=True, exist_ok=True)
     if method in ("sparsegrad", "meprop"):
-        sg.save_delta(model, out)
+        sg.save_delta(model, out, value_dtype=value_dtype)
     elif method == "lora":
         model.save_pretrained(str(out), state_dict=full)  # type: ignore[operator]
     else:
