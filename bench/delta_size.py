@@ -9,9 +9,16 @@ the basis rows and columns per role (up, down); dev accuracy of the delta as wri
 (merged into a fresh base, evaluated here), and the bf16 copy's error on the merged target weights. Then
 the LLaMA-7B shape's delta from the same size functions, fed with the measured fractions.
 
-`python -m bench.delta_size --seeds 0 --variants default,cap05` (or `SGFT_BENCH=delta_size make bench`);
-SGFT_BENCH_DELTA_SEEDS, SGFT_BENCH_DELTA_VARIANTS, SGFT_BENCH_DELTA_TRAIN, SGFT_BENCH_DELTA_JOBS. Writes
-bench/out/delta_size.json and .md.
+"default" is the service's job (a block of 8k for classification, 2k for a causal LM), "unconfined" the
+same without a block (the classification default before the 8k block); paired lines compare with --against
+("unconfined"). `--model smollm2` trains the causal-LM job instead (SmolLM2-135M-Instruct on chitchat, the
+service's defaults, --steps optimizer steps; `make models` and SGFT_DATA_DIR=$PWD/var first) and reports its
+sizes, fractions and validation loss. Every run's row is saved as row-*.json in --out at once;
+`--report FOLDER…` prints the tables from saved rows without training.
+
+`python -m bench.delta_size --seeds 0 --variants unconfined,default` (or `SGFT_BENCH=delta_size make bench`);
+SGFT_BENCH_DELTA_SEEDS, SGFT_BENCH_DELTA_VARIANTS, SGFT_BENCH_DELTA_TRAIN, SGFT_BENCH_DELTA_JOBS,
+SGFT_BENCH_DELTA_MODEL. Writes bench/out/delta_size_<model>.json and .md.
 """
 
 from __future__ import annotations
@@ -278,10 +285,10 @@ def paired(rows: list[dict[str, Any]], variant: str, against: str = "default") -
     if not seeds:
         return None
     diffs = [acc[(variant, s)] - acc[(against, s)] for s in seeds]
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    se = f"{statistics.stdev(diffs) / math.sqrt(len(diffs)):.2f}" if len(diffs) > 1 else "n/a"
     good = sum(d >= 0 for d in diffs)
     return (
-        f"{variant} − {against}: {statistics.mean(diffs):+.2f} ± {se:.2f} points over seeds "
+        f"{variant} − {against}: {statistics.mean(diffs):+.2f} ± {se} points over seeds "
         f"{','.join(map(str, seeds))} ({' / '.join(f'{d:+.2f}' for d in diffs)}; at least as good on "
         f"{good} of {len(seeds)})"
     )
