@@ -22,6 +22,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY api ./api
 COPY core ./core
+COPY rules ./rules
 COPY worker ./worker
 COPY training ./training
 COPY sparsegrad ./sparsegrad
@@ -85,6 +86,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY api ./api
 COPY core ./core
+COPY rules ./rules
 COPY worker ./worker
 COPY training ./training
 COPY sparsegrad ./sparsegrad

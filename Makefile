@@ -22,7 +22,7 @@ run: install
 lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/mypy api core worker training sparsegrad cli bench
+	.venv/bin/mypy api core rules worker training sparsegrad cli bench
 	.venv/bin/lint-imports
 
 test: lint

@@ -10,13 +10,13 @@ from sqlalchemy.orm import Session
 
 from api.errors import APIError
 from api.schemas import JobCreate
-from core.datasets import TASK_OF_FORMAT, DatasetReport, check_pair
 from core.files import get_file
-from core.hparam_bounds import METHODS, RESOURCE_BOUNDS, HyperparameterProblem, check_rules
 from core.jobs import NewJob
 from core.models import File
-from core.registry import UnknownModel, get_model, list_models, position_limit
 from core.settings import Settings, device_queue
+from rules.datasets import TASK_OF_FORMAT, DatasetReport, check_pair
+from rules.hparam_bounds import METHODS, RESOURCE_BOUNDS, HyperparameterProblem, check_rules
+from rules.registry import UnknownModel, get_model, list_models, position_limit
 
 
 def request_hash(body: JobCreate) -> str:
@@ -71,7 +71,7 @@ def check_hyperparameters(
     max_length: int | None,
     devices: int = 1,
 ) -> None:
-    """The engine's own checks (core.hparam_bounds): a job accepted here is accepted by the engine."""
+    """The engine's own checks (rules.hparam_bounds): a job accepted here is accepted by the engine."""
     try:
         check_rules(
             hyper,

@@ -12,7 +12,7 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.datasets import not_jsonl
+from rules.datasets import not_jsonl
 
 _BOUNDARY = re.compile(rb'boundary="?([^";,]+)"?', re.IGNORECASE)
 _FILENAME = re.compile(rb'filename="([^"]*)"', re.IGNORECASE)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.queries import count_by_status
-from core.states import JobStatus
+from rules.states import JobStatus
 
 REQUESTS = Counter("sgft_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("sgft_http_request_seconds", "HTTP request latency", ["method", "route"])

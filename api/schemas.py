@@ -96,6 +96,7 @@ class ErrorResponse(BaseModel):
 class MethodInfo(BaseModel):
     name: str
     label: str
+    sparse_delta: bool  # trains a sparse delta in a basis: `density` and `max_delta_density` apply
 
 
 class ParamInfo(BaseModel):
@@ -109,7 +110,7 @@ class ParamInfo(BaseModel):
 
 
 class HyperparameterTable(BaseModel):
-    """Every job hyper-parameter (core.hparam_bounds): bounds or choices, what "auto" gives, help."""
+    """Every job hyper-parameter (rules.hparam_bounds): bounds or choices, what "auto" gives, help."""
 
     object: Literal["hyperparameter_table"]
     methods: list[MethodInfo]

@@ -39,23 +39,23 @@ def minilm(steps: int) -> tuple[Any, list[dict[str, Any]]]:
 
 
 def smollm2_shape(steps: int) -> tuple[Any, list[dict[str, Any]]]:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from training.testing import random_model
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    model = random_model(
+        "llama",
+        49152,
+        seed=0,
+        layers=30,
+        positions=2048,
         hidden_size=576,
         intermediate_size=1536,
-        num_hidden_layers=30,
         num_attention_heads=9,
         num_key_value_heads=3,
-        vocab_size=49152,
-        max_position_embeddings=2048,
         tie_word_embeddings=True,
     )
-    model = LlamaForCausalLM(config)
     batches = []
     for _ in range(steps):
-        ids = torch.randint(0, config.vocab_size, (8, 128))
+        ids = torch.randint(0, model.config.vocab_size, (8, 128))
         batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
     return model, batches
 

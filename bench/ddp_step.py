@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout
             )
             if done.returncode != 0:
-                sys.stderr.write(done.stderr[-4000:])
+                sys.stderr.write(done.stdout + done.stderr)
                 raise SystemExit(f"ddp_step: {nproc} process(es) failed (exit {done.returncode})")
             timing = json.loads(Path(config["timings"]).read_text())
             steps = timing["step_s"][args.warmup :] or timing["step_s"]
@@ -141,7 +141,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--rank"]:
-        return _rank_main(Path(argv[1]))
+        from training.launch import exit_rank
+
+        exit_rank(_rank_main(Path(argv[1])))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

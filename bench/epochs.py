@@ -1,12 +1,12 @@
 """The auto epoch rule, measured: SST-2 dev accuracy of the service's default job at several epoch counts.
 
 Every run is the job a user gets with no settings but `n_epochs`: SparseGrad on all-MiniLM-L6-v2, the auto
-batch size and learning rate (core.hparam_auto), through the service's engine (`training.run_training`).
+batch size and learning rate (rules.hparam_auto), through the service's engine (`training.run_training`).
 Training sets are seeded samples of SST-2 train (the same sample for every seed and epoch count); the score is
 the whole SST-2 dev set (872 sentences), read from the last step (result_checkpoint "last": the dev set is
 never used to pick a step). For each training-set size the table gives the dev accuracy per epoch count
 (mean and min-max over seeds), the optimizer steps and wall time per run, and marks the count that
-`core.hparam_auto.auto_epochs` picks. Writes bench/out/epochs.json and bench/out/epochs.md.
+`rules.hparam_auto.auto_epochs` picks. Writes bench/out/epochs.json and bench/out/epochs.md.
 
 `python -m bench.epochs` (or `SGFT_BENCH=epochs make bench`). Knobs: SGFT_BENCH_EPOCHS_GRID (--grid, the
 lines and epoch counts, default "300=2,3,10;2000=2,3"), SGFT_BENCH_EPOCHS_SEEDS (--seeds, "0,1"),
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.quality import MODEL, OUT_DIR, write_data
-from core.hparam_auto import auto_epochs
+from rules.hparam_auto import auto_epochs
 
 
 def _env(name: str, default: str) -> str:

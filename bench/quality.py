@@ -43,7 +43,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from core.hparam_bounds import REMOVED
+from rules.hparam_bounds import REMOVED
 
 DATA = Path("/work/shared/data/sst2")
 OUT_DIR = Path(__file__).resolve().parent / "out"

@@ -30,12 +30,12 @@ from sqlalchemy import create_engine, insert, text
 
 from bench import wrk
 from bench.load_burst import burst, queue_order
-from core.datasets import validate_file
 from core.files import create_file
 from core.keys import create_key
 from core.models import Job, JobEvent
 from core.storage import Storage
 from migrations import upgrade
+from rules.datasets import validate_file
 
 OUT = Path(__file__).parent / "out" / "service_load.json"
 PG_ADMIN = os.environ.get("SGFT_BENCH_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")

@@ -1,4 +1,4 @@
-"""The estimate's throughput table (core/throughput.py): the engine end to end on 300 SST-2 lines, MiniLM.
+"""The estimate's throughput table (rules/throughput.py): the engine end to end on 300 SST-2 lines, MiniLM.
 
 `.venv/bin/python -m bench.throughput_table sparsegrad lora full meprop`: per method, one
 `training.run_training` of 100 steps ("auto" otherwise: batch 8), no validation file; prints the trained

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import yaml
 
 from cli.client import JSON, ApiError, Client, default_base_url
-from core.hparam_bounds import METHODS
+from rules.hparam_bounds import METHODS
 
 TERMINAL = {"succeeded": 0, "failed": 1, "cancelled": 2}
 JOB_FIELDS = ("model", "training_file", "validation_file", "suffix", "seed", "metadata", "resources")

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 
 from core.ids import new_id
 from core.models import File, Job
-from core.states import JobStatus
 from core.storage import Storage
+from rules.states import JobStatus
 
 Lock = Literal["share", "update"] | None
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from core.jobs import fine_tuned_name
 from core.models import Checkpoint, File, Job
-from core.registry import UnknownModel, get_model
+from rules.registry import UnknownModel, get_model
 
 CHECKPOINT = re.compile(r"^(?P<model>ft:.+):ckpt-step-(?P<step>\d{1,9})$")
 TOKEN_HEADER = "X-SGFT-Infer-Token"

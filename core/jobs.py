@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from core.files import get_file
 from core.ids import new_id
 from core.models import Checkpoint, IdempotencyKey, Job, JobEvent, now
-from core.states import RESUME_FROM, IllegalTransition, JobStatus, check_transition, sources_of
+from rules.states import RESUME_FROM, IllegalTransition, JobStatus, check_transition, sources_of
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The merge side task of a succeeded job: asked for, claimed by a worker, kept alive by its heartbeat,
 finished, or recovered by the reaper when its worker dies. Every change is a compare-and-set over the
-transitions of `core.states.MERGE_ALLOWED`, as job statuses are (core.jobs)."""
+transitions of `rules.states.MERGE_ALLOWED`, as job statuses are (core.jobs)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from core.jobs import LostOwnership, add_event, rowcount, worker_tag
 from core.models import Job, now
-from core.states import MERGE_REQUEST_FROM, JobStatus, MergeStatus
+from rules.states import MERGE_REQUEST_FROM, JobStatus, MergeStatus
 
 log = logging.getLogger(__name__)
 

@@ -98,7 +98,7 @@ class Job(Base):
     checkpoint_key: Mapped[str | None] = mapped_column(String(255), default=None)
     checkpoint_step: Mapped[int | None] = mapped_column(Integer, default=None)
     stop_request: Mapped[str | None] = mapped_column(String(10), default=None)  # "cancel" | "pause"
-    merge_status: Mapped[str | None] = mapped_column(String(20), default=None)  # core.states.MergeStatus
+    merge_status: Mapped[str | None] = mapped_column(String(20), default=None)  # rules.states.MergeStatus
     # The merge's owner and last sign of life (sent, for a queued merge), read by the reaper like a job's.
     merge_worker_id: Mapped[str | None] = mapped_column(String(200), default=None)
     merge_heartbeat_at: Mapped[float | None] = mapped_column(Float, default=None)

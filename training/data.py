@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from core.datasets import DatasetReport, check_pair, check_training, validate_file
+from rules.datasets import DatasetReport, check_pair, check_training, validate_file
 from training.chat import IGNORE, encode_causal
 from training.spec import DataError
 
@@ -54,7 +54,7 @@ class Encoded:
 
 
 def check_files(train: Path, valid: Path | None) -> tuple[DatasetReport, DatasetReport | None]:
-    """Validate both files (core.datasets); DataError listing the problems (file, line, what) otherwise."""
+    """Validate both files (rules.datasets); DataError listing the problems (file, line, what) otherwise."""
     train_report = validate_file(train, "training file")
     if not train_report.ok:
         raise DataError(train_report.describe(), param="training_file")

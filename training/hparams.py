@@ -1,8 +1,8 @@
 """Hyper-parameters: each a bounded number (or choice) or "auto"; "auto" resolved from data and method.
 
 Every hyper-parameter, its bounds or choices, what "auto" gives and its help are in the one table
-core.hparam_bounds.PARAMS, with the rules that link fields (check_rules); the API checks requests with the
-same table and rules, so a job it accepts resolves here. The auto rules are core.hparam_auto.
+rules.hparam_bounds.PARAMS, with the rules that link fields (check_rules); the API checks requests with the
+same table and rules, so a job it accepts resolves here. The auto rules are rules.hparam_auto.
 
 result_checkpoint "best" keeps the evaluated step (>= 1) whose valid_loss is lowest: the same criterion
 early_stopping_patience counts from, so a run stopped early publishes the step `patience` evaluations before
@@ -18,8 +18,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from core.hparam_auto import BASE_LR, auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
-from core.hparam_bounds import (
+from rules.hparam_auto import BASE_LR, auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
+from rules.hparam_bounds import (
     DEFAULT_DENSITY,
     NUMBER_BOUNDS,
     HyperparameterProblem,
@@ -28,9 +28,10 @@ from core.hparam_bounds import (
     is_auto,
     target_patterns,
 )
+from training.methods import uses_basis
 from training.spec import HyperparameterError
 
-# The auto rules for epochs, batch size and base rate live in core.hparam_auto (the API estimate uses them).
+# The auto rules for epochs, batch size and base rate live in rules.hparam_auto (the API estimate uses them).
 CAUSAL_SUPPORT_BLOCK = 2.0  # auto_support_block, and the block the memory budget falls back to
 CLASSIFICATION_SUPPORT_BLOCK = 8.0  # auto_support_block for the other tasks: a small delta file
 DELTA_DTYPE = "float32"  # "auto" delta_dtype: a SparseGrad / MeProp delta's values and basis columns
@@ -74,7 +75,7 @@ class Hyper:
 
 
 def check_number(name: str, value: Any) -> float | int:
-    """A bounded number (table core.hparam_bounds); HyperparameterError naming the bound otherwise."""
+    """A bounded number (table rules.hparam_bounds); HyperparameterError naming the bound otherwise."""
     try:
         check_value(name, value)
     except HyperparameterProblem as exc:
@@ -93,7 +94,7 @@ def resolve(
 ) -> Hyper:
     """Validate `raw` and fill every "auto" (see the module table). `model_max_length`: position limit;
     `validation`: the job has a validation file; `devices`: processes it trains on."""
-    try:  # the API ran the same checks (core.hparam_bounds): a job it accepted passes here
+    try:  # the API ran the same checks (rules.hparam_bounds): a job it accepted passes here
         check_rules(
             raw,
             method=method,
@@ -166,10 +167,10 @@ def auto_support_block(method: str, task: str) -> float | None:
     stays small (a dynamic support's union stays in the block, and the block references few basis columns).
     Causal LM, 2k: on SmolLM2-135M the step took about half the unconfined one's time and its peak memory
     1.05x LoRA's (unconfined: 1.42x; bf16 weights, CPU), at a validation loss still below LoRA's at the same
-    rate (README; docs/benchmarks.md). Classification, 8k: MiniLM on SST-2 (2,000 lines, 2 epochs) writes a
-    delta of about 24% of the dense MLP ΔW instead of 102% unconfined, at a paired dev-accuracy cost of about
-    0.3 points over seeds 0-4 (docs/benchmarks.md, "Delta size"); a smaller block cost about a point."""
-    if method != "sparsegrad":
+    rate (README; docs/benchmarks.md). Other tasks, 8k: MiniLM on SST-2 (2,000 lines, 2 epochs) writes a
+    delta of 24% of the dense MLP ΔW instead of 102% unconfined, at −0.55 ± 0.27 points of dev accuracy
+    paired over seeds 0-4 (docs/benchmarks.md, "Delta size"); blocks of 2k and 4k cost about a point."""
+    if not uses_basis(method):
         return None
     return CAUSAL_SUPPORT_BLOCK if task == "causal_lm" else CLASSIFICATION_SUPPORT_BLOCK
 
@@ -179,7 +180,7 @@ def auto_selection(method: str, task: str, support: str, total_steps: int) -> st
     runs long enough for the moments to tell steady gradients from noise, else the paper's "gradient".
     SST-2 on MiniLM: over 126 steps "adam" gained 0.9 points (README); over 8 steps it learned less (0.565
     against 0.66 on 200 dev lines)."""
-    sparsegrad_dynamic = method == "sparsegrad" and support == "dynamic"
+    sparsegrad_dynamic = uses_basis(method) and support == "dynamic"
     return "adam" if sparsegrad_dynamic and task == "classification" and total_steps >= 100 else "gradient"
 
 

@@ -11,12 +11,15 @@ rank 0 alone calls the hooks and writes `result` (JSON): {"result": TrainResult}
 
 from __future__ import annotations
 
+import faulthandler
+import gc
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from training.distributed import World, close_world, die_with_parent, init_world
 from training.loop import run_training
@@ -69,6 +72,7 @@ def result_from_json(data: dict[str, Any]) -> TrainResult:
 def run_files(paths: Sequence[Path], hooks_for: HooksFor | None = None) -> int:
     """Train the runs described in `paths`, one after the other, as this process's rank; returns the exit
     status (an exception ends the process: torchrun then stops the other ranks)."""
+    faulthandler.enable()  # a native abort (SIGABRT, SIGSEGV) prints every thread's Python stack to stderr
     die_with_parent()
     world = init_world()
     try:
@@ -86,8 +90,18 @@ def run_files(paths: Sequence[Path], hooks_for: HooksFor | None = None) -> int:
                 _write(out, {"result": result_json(result)})
         world.barrier()  # every rank done (rank 0 wrote its files) before the group goes down
     finally:
+        gc.collect()  # the DDP/FSDP wrappers (and the reducer holding the group) go before the group does
         close_world(world)
     return 0
+
+
+def exit_rank(status: int) -> NoReturn:
+    """End a rank without the interpreter's teardown: once the group is destroyed and the files written,
+    nothing is left to run, and finalising native threads (gloo, the reducer) has aborted a rank that had
+    finished (SIGABRT), which torchrun reports as a failed job."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _train(config: dict[str, Any], world: World, hooks: Hooks) -> TrainResult:
@@ -129,4 +143,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_rank(main())

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-import sparsegrad as sg
 from sparsegrad.delta import CONFIG_NAME as SG_CONFIG
-from training.methods import DELTA_META, FULL_CONFIG, FULL_FORMAT, FULL_WEIGHTS
+from training.methods import DELTA_META, FULL_CONFIG, REGISTRY
+from training.methods.lora import Lora
 from training.models import load_model, load_tokenizer, registry_entry
 from training.spec import ModelLoadError, TrainingError
 
@@ -44,7 +43,7 @@ def _read_meta(delta_dir: Path) -> dict[str, Any]:
     meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if "method" not in meta:  # a delta written elsewhere: infer from its config
         fmt = config.get("format")
-        meta["method"] = "lora" if config.get("peft_type") == "LORA" else config.get("method", fmt)
+        meta["method"] = Lora.name if config.get("peft_type") == "LORA" else config.get("method", fmt)
         meta.setdefault("task", config.get("task"))
         meta.setdefault("labels", config.get("labels"))
     return meta
@@ -80,17 +79,8 @@ def merge_delta(model_name: str, delta_dir: Path, out_dir: Path, models_dir: Pat
 
 @torch.no_grad()
 def _merge(base: nn.Module, method: str, delta_dir: Path) -> nn.Module:
-    if method in ("sparsegrad", "meprop"):
-        return sg.load_delta(base, delta_dir)
-    if method == "lora":
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base, str(delta_dir)).merge_and_unload()
-    if method in ("full", FULL_FORMAT):
-        weights = delta_dir / FULL_WEIGHTS
-        tensors = load_file(str(weights if weights.is_file() else delta_dir / "adapter_model.safetensors"))
-        result = base.load_state_dict(tensors, strict=False)
-        if result.unexpected_keys:
-            raise ValueError(f"delta holds weights the base lacks: {result.unexpected_keys[:5]}")
-        return base
-    raise ValueError(f"unknown delta method {method!r}")
+    """`base` with the delta merged in by the registered method that wrote it (a full delta's config names
+    its format, "full", which is that method's name)."""
+    if method not in REGISTRY:
+        raise ValueError(f"unknown delta method {method!r}")
+    return REGISTRY[method].merge(base, delta_dir)

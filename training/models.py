@@ -16,7 +16,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from core.registry import ModelEntry, UnknownModel, get_model
+from rules.registry import ModelEntry, UnknownModel, get_model
 from training.spec import ModelLoadError
 
 

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from core.datasets import TASK_OF_FORMAT
-from core.hparam_bounds import METHODS
+from rules.datasets import TASK_OF_FORMAT
 from training import checkpoint as ckpt
 from training.budget import device_memory, fit_to_budget
 from training.data import (
@@ -31,7 +30,7 @@ from training.data import (
 )
 from training.distributed import SHARDINGS, SINGLE, World, wrap_ddp
 from training.hparams import Hyper, is_auto, resolve
-from training.methods import Prepared, prepare, sparse_config
+from training.methods import REGISTRY, Prepared
 from training.models import load_model, load_tokenizer, max_positions, registry_entry
 from training.precision import Precision, resolve_precision, set_storage
 from training.spec import DataError, HyperparameterError, JobSpec, TrainingError
@@ -139,8 +138,10 @@ def build_run(
 ) -> Run:
     """Set a job up; on `resume_from`, continue exactly where that checkpoint stopped. On several ranks
     (`world`) every rank sets up the same run; the basis batches are dealt out round-robin."""
-    if spec.method not in METHODS:
-        raise HyperparameterError(f"method must be one of {METHODS}, got {spec.method!r}", param="method")
+    if spec.method not in REGISTRY:
+        known = tuple(REGISTRY)
+        raise HyperparameterError(f"method must be one of {known}, got {spec.method!r}", param="method")
+    method = REGISTRY[spec.method]
     train_report, _ = check_files(train_file, valid_file)
     assert train_report.format is not None
     entry = registry_entry(spec.model, models_dir)
@@ -202,24 +203,24 @@ def build_run(
     device = prec.device
     regression = labels is not None and labels.kind == "float"
     names = labels.names if labels and not regression else None
-    # full fine-tuning trains every weight: they load (and stay) in float32 whatever the precision
-    load_dtype = torch.float32 if spec.method == "full" else prec.frozen_dtype
+    # a method that trains every weight (full): they load (and stay) in float32 whatever the precision
+    load_dtype = torch.float32 if method.float32_weights else prec.frozen_dtype
     model = load_model(entry, task, names, regression, load_dtype)
     model.config.pad_token_id = tokenizer.pad_token_id  # type: ignore[union-attr]
     model.to(device)
-    if spec.method == "sparsegrad":
+    if method.basis:
         hp = _fit_memory(spec, hp, model, prec, memory_budget, state, say)
-    cfg = sparse_config(spec.method, hp, task, names, spec.model, spec.library)
+    cfg = method.config(hp, task, names, spec.model, spec.library)
     basis = ckpt.load_basis(resume_from) if resume_from is not None else None
     basis_batches = None
-    if spec.method == "sparsegrad" and basis is None:
+    if method.basis and basis is None:
         say(f"Computing the SparseGrad basis from {hp.basis_steps} gradient steps")
         micro = max(1, hp.batch_size // hp.gradient_accumulation_steps)
         chunks = first_micro_batches(train, spec.seed, hp.basis_steps, micro)
         basis_batches = [collate(c, run_pad(tokenizer), task) for c in chunks][world.rank :: world.size]
     try:
         with prec.autocast():
-            prepared = prepare(spec.method, model, hp, cfg, basis_batches, basis, world, sharded)
+            prepared = method.prepare(model, hp, cfg, basis_batches, basis, world, sharded)
     except (ValueError, KeyError) as exc:
         raise HyperparameterError(f"could not apply {spec.method} to {spec.model!r}: {exc}") from exc
     frozen = set_storage(prepared.model, prec.frozen_dtype)

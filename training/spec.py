@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Method = Literal["sparsegrad", "lora", "full", "meprop"]
+# A name in the method registry, training.methods.REGISTRY (the same names as the job API's
+# rules.hparam_bounds.METHODS); build_run refuses any other.
+Method = str
 Task = Literal["classification", "causal_lm"]
 StopReason = Literal["cancel", "pause"]
 
@@ -25,7 +27,7 @@ class JobSpec:
     task: Task | None = None  # None: inferred from the model and the data
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     seed: int = 42
-    # SparseGradConfig fields the job API does not offer (core.hparam_bounds.REMOVED: basis_probe_steps,
+    # SparseGradConfig fields the job API does not offer (rules.hparam_bounds.REMOVED: basis_probe_steps,
     # per_layer_basis, bias_correction), for the bench and library callers; never set from a job's row.
     library: dict[str, Any] = field(default_factory=dict)
 

@@ -17,12 +17,13 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     BertConfig,
+    BertForSequenceClassification,
     BertModel,
     GPT2Config,
     GPT2LMHeadModel,
@@ -101,54 +102,72 @@ def build_tokenizer(kind: Kind, corpus: Iterable[str], vocab_limit: int = 400) -
     )
 
 
-def build_model(kind: Kind, vocab_size: int, seed: int = 0) -> PreTrainedModel:
-    """A tiny random model of `kind` (hidden 32, 2 blocks, MLP 64), dropout off, same weights for a seed."""
+def random_model(
+    kind: Kind,
+    vocab_size: int,
+    seed: int = 0,
+    *,
+    layers: int = 2,
+    positions: int = 128,
+    dropout: float = 0.0,
+    head: Literal["base", "classifier"] = "base",
+    num_labels: int = 2,
+    **config: Any,
+) -> PreTrainedModel:
+    """The one builder of random transformers models (tests, bench): `kind` with hidden 32, MLP 64 and 2
+    heads unless `config` (more fields of the kind's transformers config) says otherwise, `layers` blocks,
+    `positions` positions, the same weights for a seed. `dropout`: BERT's hidden / GPT-2's dropouts.
+    A LLaMA or GPT-2 is a causal LM; a BERT the bare encoder (`head` "base", as all-MiniLM-L6-v2's folder
+    holds) or a sequence classifier of `num_labels` ("classifier")."""
     torch.manual_seed(seed)
     if kind == "llama":
+        llama = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "tie_word_embeddings": False,
+        }
         return LlamaForCausalLM(
             LlamaConfig(
                 vocab_size=vocab_size,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-                max_position_embeddings=128,
-                tie_word_embeddings=False,
-                bos_token_id=2,
-                eos_token_id=3,
-                pad_token_id=1,
+                num_hidden_layers=layers,
+                max_position_embeddings=positions,
+                **{**llama, **config},
             )
         )
     if kind == "gpt2":
+        gpt2 = {"n_embd": 32, "n_head": 2, "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": 0.0}
         return GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=vocab_size,
-                n_embd=32,
-                n_layer=2,
-                n_head=2,
-                n_positions=128,
-                resid_pdrop=0.0,
-                embd_pdrop=0.0,
-                attn_pdrop=0.0,
-                bos_token_id=0,
-                eos_token_id=0,
-            )
+            GPT2Config(vocab_size=vocab_size, n_layer=layers, n_positions=positions, **{**gpt2, **config})
         )
-    return BertModel(
-        BertConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=128,
-            hidden_dropout_prob=0.1,
-            attention_probs_dropout_prob=0.0,
-            pad_token_id=0,
-        ),
-        add_pooling_layer=True,
+    bert = {
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "hidden_dropout_prob": dropout,
+        "attention_probs_dropout_prob": 0.0,
+        **({"num_labels": num_labels} if head == "classifier" else {}),
+    }
+    encoder = BertConfig(
+        vocab_size=vocab_size,
+        num_hidden_layers=layers,
+        max_position_embeddings=positions,
+        **{**bert, **config},
     )
+    if head == "classifier":
+        return BertForSequenceClassification(encoder)
+    return BertModel(encoder, add_pooling_layer=True)
+
+
+def build_model(kind: Kind, vocab_size: int, seed: int = 0) -> PreTrainedModel:
+    """A tiny random model of `kind` (hidden 32, 2 blocks, MLP 64) for a registry folder: its tokenizer's
+    special token ids; BERT with hidden dropout 0.1, as all-MiniLM-L6-v2 trains."""
+    if kind == "llama":
+        return random_model(kind, vocab_size, seed, bos_token_id=2, eos_token_id=3, pad_token_id=1)
+    if kind == "gpt2":
+        return random_model(kind, vocab_size, seed, bos_token_id=0, eos_token_id=0)
+    return random_model(kind, vocab_size, seed, dropout=0.1, pad_token_id=0)
 
 
 def make_tiny_model(models_dir: Path, name: str, kind: Kind | None = None, seed: int = 0) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 
 from core.settings import get_settings
 from core.storage import Storage
-from training.launch import run_files
+from training.launch import exit_rank, run_files
 from training.spec import Hooks
 from worker.hooks import JobHooks
 
@@ -41,4 +41,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_rank(main())

@@ -22,8 +22,8 @@ from core.db import get_sessionmaker
 from core.files import discard, stage_file
 from core.models import File, Job
 from core.settings import Settings, get_settings
-from core.states import JobStatus
 from core.storage import Storage
+from rules.states import JobStatus
 from training.spec import JobSpec, TrainingError, TrainResult
 from worker import archives, failures
 from worker.group import RankGroup, outcome, write_run_file

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from core.db import get_sessionmaker
 from core.models import Job
 from core.settings import Settings
-from core.states import JobStatus, MergeStatus
+from rules.states import JobStatus, MergeStatus
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^(ftjob-[0-9a-f]+)-(merge-)?")

@@ -19,7 +19,7 @@ from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
 from api.errors import APIError, error_responses, not_found
 from api.schemas import FileDeleted, FilePublic, ListPage
 from core import files as file_store
-from core.datasets import not_jsonl, validate_lines
+from rules.datasets import not_jsonl, validate_lines
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=error_responses(400, 401, 503))
 CHUNK = 1 << 20

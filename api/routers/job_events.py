@@ -20,7 +20,7 @@ from core import queries
 from core.db import get_sessionmaker
 from core.jobs import fine_tuned_name
 from core.reader import reader
-from core.states import JobStatus
+from rules.states import JobStatus
 
 router = APIRouter(
     prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=error_responses(400, 401, 503)

@@ -15,16 +15,16 @@ from api.responses import JSONBytes, object_response, page_response
 from api.schemas import Estimate, HyperparameterTable, JobCreate, JobPublic, ListPage, job_fields
 from core import jobs as job_ops
 from core import merges, queries
-from core.datasets import DatasetReport
 from core.files import get_file
-from core.hparam_auto import auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
-from core.hparam_bounds import describe_table
 from core.models import Job
 from core.queue import send_merge, send_run
 from core.reader import reader
 from core.settings import Settings
-from core.states import IllegalTransition
-from core.throughput import TABLE_BASIS, table_throughput
+from rules.datasets import DatasetReport
+from rules.hparam_auto import auto_batch_size, auto_epochs, auto_learning_rate, plan_steps
+from rules.hparam_bounds import describe_table
+from rules.states import IllegalTransition
+from rules.throughput import TABLE_BASIS, table_throughput
 
 log = logging.getLogger(__name__)
 STATE_CHANGE = error_responses(404, 409, 507)
@@ -114,7 +114,7 @@ def estimate(
 ) -> Estimate:
     """Examples, approximate tokens, steps and duration, "auto" settings resolved by the engine's rules. The
     duration uses this service's measured throughput on the model, else the measured table
-    (core.throughput); `note` says which."""
+    (rules.throughput); `note` says which."""
     request.app.state.estimate_limiter.hit(key.id)
     new = build_new_job(session, settings, key.tenant_id, body)
     train_row = get_file(session, key.tenant_id, new.training_file)

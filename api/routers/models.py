@@ -9,7 +9,7 @@ from api.deps import KeyDep, SessionDep, SettingsDep
 from api.errors import error_responses, not_found
 from api.schemas import ListPage, ModelPublic
 from core.models import Job, Tenant
-from core.registry import list_models
+from rules.registry import list_models
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(400, 401, 503))
 

@@ -99,7 +99,7 @@ def test_bad_requests_are_refused(corpus: dict[str, Any]) -> None:
 
 
 def test_output_passes_the_dataset_validator(corpus: dict[str, Any], tmp_path: Path) -> None:
-    datasets = pytest.importorskip("core.datasets")
+    datasets = pytest.importorskip("rules.datasets")
     train, valid = convert(tmp_path, 10, 3, seed=0, corpus=corpus)
     reports = [datasets.validate_file(train), datasets.validate_file(valid)]
     assert all(r.ok and r.format == "chat" for r in reports), [r.describe() for r in reports]

@@ -116,7 +116,7 @@ def test_setup_smollm2_skips_a_complete_folder(
 
 
 def test_registry_lists_the_imported_model(imported: tuple[torch.nn.Module, Path, Path]) -> None:
-    registry = pytest.importorskip("core.registry")
+    registry = pytest.importorskip("rules.registry")
     _, _, out = imported
     entry = registry.get_model("tiny-llama", models_dir=out.parent)
     assert entry.task == "causal_lm" and entry.architecture == "llama"

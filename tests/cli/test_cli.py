@@ -165,7 +165,7 @@ def test_create_prints_the_estimate_and_asks_only_on_a_terminal(service: Service
 
 
 def test_hyperparameters_lists_the_service_table(service: Service) -> None:
-    from core.hparam_bounds import PARAMS
+    from rules.hparam_bounds import PARAMS
 
     table = sgft(service, "jobs", "hyperparameters")
     assert table.returncode == 0, table.stderr

@@ -35,8 +35,8 @@ def test_torch_is_not_importable_there(tmp_path: Path) -> None:
 
 def test_api_migrations_reaper_and_cli_import_without_torch(tmp_path: Path) -> None:
     code = (
-        "import api.app, cli.main, migrations, worker.reaper, core.registry\n"
-        "from core.registry import get_model\n"
+        "import api.app, cli.main, migrations, worker.reaper, rules.registry\n"
+        "from rules.registry import get_model\n"
         "entry = get_model('all-MiniLM-L6-v2')\n"
         "assert entry.path is not None and (entry.path / 'config.json').is_file(), entry\n"
         "api.app.create_app()\n"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core.datasets import MAX_CLASSES
 from core.models import File
+from rules.datasets import MAX_CLASSES
 from tests.service.api_fixtures import Api, running_api
 from training.data import check_files
 from training.spec import DataError

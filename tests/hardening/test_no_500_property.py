@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.hparam_bounds import BOOLS, CHOICES, NUMBER_BOUNDS
+from rules.hparam_bounds import BOOLS, CHOICES, NUMBER_BOUNDS
 from tests.service.api_fixtures import Api, running_api, sst2_bytes
 
 # Deterministic, no example database: the same cases on every run (about 15 s on 2 shared cores).

@@ -218,7 +218,7 @@ def test_job_creation_is_rate_limited_per_key(roomy: Api) -> None:
 
 
 def test_hyperparameter_bounds_are_a_400_naming_the_bound(unlimited: Api) -> None:
-    from core.hparam_bounds import NUMBER_BOUNDS
+    from rules.hparam_bounds import NUMBER_BOUNDS
 
     train = unlimited.upload_ok(sst2_bytes("train", 8))
     for name, (low, high, integer) in NUMBER_BOUNDS.items():

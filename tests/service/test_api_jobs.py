@@ -174,7 +174,7 @@ def test_cancel_and_pause_of_a_running_job_answer_with_the_state_they_lead_to(ap
     from openai import OpenAI
 
     from core import jobs
-    from core.states import JobStatus
+    from rules.states import JobStatus
 
     train, _ = _files(api)
     to_cancel, to_pause = (_create(api, {"model": MODEL, "training_file": train}).json()["id"] for _ in "ab")

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from core import jobs, queries
 from core.models import Job, now
-from core.states import IllegalTransition
+from rules.states import IllegalTransition
 from tests.service.factories import make_job
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 from sqlalchemy import select
 
 from core import jobs, queries
-from core.datasets import validate_file
 from core.db import get_engine, get_sessionmaker
 from core.files import create_file
 from core.models import Base, File, Job, JobEvent
 from core.settings import Settings
 from core.storage import Storage
+from rules.datasets import validate_file
 from tests.service.factories import make_job
 from training.testing import make_tiny_model, sst2_lines
 from worker.runner import run_job

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.states import (
+from rules.states import (
     ALLOWED,
     MERGE_ALLOWED,
     MERGE_REQUEST_FROM,

@@ -1,4 +1,4 @@
-"""Tiny random BERT / LLaMA / GPT-2 models and batches, built in code (no downloads)."""
+"""Tiny random BERT / LLaMA / GPT-2 models (training.testing.random_model) and batches, built in code."""
 
 from __future__ import annotations
 
@@ -6,59 +6,21 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+
+from training.testing import random_model
 
 VOCAB = 97
 
 
 def tiny_model(kind: str, seed: int = 0) -> nn.Module:
-    """A fresh tiny model of `kind` ("bert", "llama", "gpt2") with dropout off, same weights for a seed."""
-    torch.manual_seed(seed)
-    model: nn.Module
+    """A fresh tiny model of `kind` ("bert", "llama", "gpt2") with dropout off, same weights for a seed:
+    training.testing.random_model's, at 64 positions; a 3-block LLaMA, a 3-class BERT classifier."""
     if kind == "bert":
-        cfg = BertConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-            num_labels=3,
-        )
-        model = BertForSequenceClassification(cfg)
+        model = random_model("bert", VOCAB, seed, positions=64, head="classifier", num_labels=3)
     elif kind == "llama":
-        cfg = LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            tie_word_embeddings=False,
-        )
-        model = LlamaForCausalLM(cfg)
+        model = random_model("llama", VOCAB, seed, layers=3, positions=64)
     elif kind == "gpt2":
-        cfg = GPT2Config(
-            vocab_size=VOCAB,
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            n_positions=64,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-        model = GPT2LMHeadModel(cfg)
+        model = random_model("gpt2", VOCAB, seed, positions=64)
     else:
         raise ValueError(kind)
     return model.float()

@@ -1,4 +1,4 @@
-"""core.datasets: each problem names the line and what is wrong; good files give the right summary."""
+"""rules.datasets: each problem names the line and what is wrong; good files give the right summary."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.datasets import (
+from rules.datasets import (
     MAX_CLASSES,
     DatasetReport,
     Problem,

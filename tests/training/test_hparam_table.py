@@ -1,4 +1,4 @@
-"""One table of job hyper-parameters (core.hparam_bounds): any combination the API accepts, the engine
+"""One table of job hyper-parameters (rules.hparam_bounds): any combination the API accepts, the engine
 resolves; the removed experiment knobs are refused by name on both sides."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from api.errors import APIError
 from api.job_request import check_hyperparameters
-from core.hparam_bounds import METHODS, PARAMS, REMOVED, Param
+from rules.hparam_bounds import METHODS, PARAMS, REMOVED, Param
 from training.hparams import resolve
 from training.spec import HyperparameterError
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from core.hparam_bounds import REMOVED
+from rules.hparam_bounds import REMOVED
 from tests.training.conftest import relabel
 from training import Hooks, JobSpec, StepInfo, TrainResult, merge_delta, run_training
 from training.spec import StopReason

@@ -1,4 +1,4 @@
-"""core.registry: the built-in MiniLM, model folders in models_dir, task inference, unknown names."""
+"""rules.registry: the built-in MiniLM, model folders in models_dir, task inference, unknown names."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.registry import UnknownModel, get_model, list_models
+from rules.registry import UnknownModel, get_model, list_models
 
 
 def _folder(
@@ -54,7 +54,7 @@ def test_unknown_model_lists_what_exists(tmp_path: Path) -> None:
 
 
 def test_registry_and_datasets_never_import_torch() -> None:
-    code = "import sys, core.registry, core.datasets; core.registry.list_models(); "
+    code = "import sys, rules.registry, rules.datasets; rules.registry.list_models(); "
     code += "assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -99,6 +99,10 @@ def test_upload_train_watch_curve_and_download(
     assert page.locator("#n-epochs").get_attribute("max") == "50"
     assert page.locator("#lr-multiplier").get_attribute("min") == "0.01"
     assert "Empty: " in (page.locator("#batch-size").get_attribute("title") or "")
+    page.locator("#method").select_option("lora")  # the table marks which methods take a density
+    assert page.locator("#density").is_hidden()
+    page.locator("#method").select_option("meprop")
+    assert page.locator("#density").is_visible()
     page.locator("#method").select_option("sparsegrad")
     page.locator("#validation-file").select_option(valid_id)
     page.locator("#n-epochs").fill("20")  # long enough to usually watch the curve grow across polls

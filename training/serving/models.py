@@ -17,10 +17,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from training.merge import _merge, _read_meta, delta_config
+from training.methods import REGISTRY
 from training.models import load_model, load_tokenizer, max_positions, registry_entry
 from training.serving.adapters import Adapter, SharedBase, read_adapter
 
-SHAREABLE = ("sparsegrad", "meprop")
+SHAREABLE = tuple(name for name, method in REGISTRY.items() if method.sparse_delta)
 
 
 class ModelTooLarge(RuntimeError):

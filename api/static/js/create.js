@@ -48,9 +48,11 @@ export function renderCreate(root, notify, navigate) {
     createError, el("div", { class: "row" }, createButton));
   root.replaceChildren(el("div", { class: "stack" }, uploadForm, jobForm));
 
+  let sparseMethods = ["sparsegrad"];  // the default method's kind until the table arrives
   async function applyTable() {
     const table = await api.hyperparameters();
     method.replaceChildren(...table.methods.map((m) => el("option", { value: m.name }, m.label)));
+    sparseMethods = table.methods.filter((m) => m.sparse_delta).map((m) => m.name);
     for (const param of table.data) {
       const input = inputs[param.name];
       if (!input) continue;
@@ -61,7 +63,7 @@ export function renderCreate(root, notify, navigate) {
   }
   applyTable().catch((err) => notify(`Could not load the hyper-parameter table: ${err.message}`, "error"));
 
-  method.addEventListener("change", () => { densityField.hidden = !["sparsegrad", "meprop"].includes(method.value); });
+  method.addEventListener("change", () => { densityField.hidden = !sparseMethods.includes(method.value); });
 
   async function loadFiles() {
     const page = await api.files();

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from core.hparam_auto import auto_batch_size
+from rules.hparam_auto import auto_batch_size
 
 METHODS: tuple[str, ...] = ("sparsegrad", "lora", "full", "meprop")  # the job API's methods, in this order
 METHOD_LABELS: dict[str, str] = {
@@ -19,6 +19,7 @@ METHOD_LABELS: dict[str, str] = {
     "full": "Full fine-tuning",
     "meprop": "meProp",
 }
+SPARSE_DELTA_METHODS = ("sparsegrad", "meprop")  # a sparse delta in a basis: density and its cap apply
 Kind = Literal["number", "integer", "choice", "bool", "modules"]
 
 
@@ -41,7 +42,7 @@ def _num(name: str, low: float, high: float, auto: str, help: str, whole: bool =
 
 # Every hyper-parameter a job accepts. The API (a 400 at creation), the CLI, the web form (GET
 # /v1/fine_tuning/hyperparameters) and the training engine all read this table; rules that link two fields
-# are in `check_rules` below, also shared. The "auto" rules themselves are core.hparam_auto.
+# are in `check_rules` below, also shared. The "auto" rules themselves are rules.hparam_auto.
 PARAMS: dict[str, Param] = {
     p.name: p
     for p in (
@@ -208,7 +209,9 @@ def describe_table() -> dict[str, Any]:
         }
         for p in PARAMS.values()
     ]
-    methods = [{"name": m, "label": METHOD_LABELS[m]} for m in METHODS]
+    methods = [
+        {"name": m, "label": METHOD_LABELS[m], "sparse_delta": m in SPARSE_DELTA_METHODS} for m in METHODS
+    ]
     return {"object": "hyperparameter_table", "methods": methods, "data": params, "removed": REMOVED}
 
 
@@ -355,7 +358,7 @@ def check_rules(
         raise problem("{p}train_layernorm is not available with LoRA", "train_layernorm")
     cap = delta_cap_problem(method, raw)
     if cap:
-        raise HyperparameterProblem(prefix + cap, "max_delta_density")
+        raise problem(cap, "max_delta_density")
 
 
 # The create request's `resources`: name -> (low, high). The deployment's own ceiling (the most devices any
@@ -363,25 +366,30 @@ def check_rules(
 RESOURCE_BOUNDS: dict[str, tuple[int, int]] = {"devices": (1, 64)}
 
 DEFAULT_DENSITY = 0.01  # "auto" density (SparseGrad / MeProp)
-SPARSE_DELTA_METHODS = ("sparsegrad", "meprop")
 
 
 def delta_cap_problem(method: str, hyper: dict[str, object]) -> str | None:
     """Why max_delta_density (the bound on a sparse delta's share of each layer's coefficients) does not fit
     the rest of a job, or None: it needs a sparse delta (sparsegrad, meprop), a dynamic support and a cap of
-    at least the density (every step moves that share of each layer)."""
+    at least the density (every step moves that share of each layer). Field names in the message follow a
+    "{p}" that check_rules replaces with its prefix, as in all of its messages."""
     cap = hyper.get("max_delta_density")
     if cap is None or cap == "auto":
         return None
     if method not in SPARSE_DELTA_METHODS:
         methods = " and ".join(SPARSE_DELTA_METHODS)
-        return f"max_delta_density applies to {methods} (a sparse delta), not {method}"
+        return f"{{p}}max_delta_density applies to {methods} (a sparse delta), not {method}"
     if method == "sparsegrad" and hyper.get("support") == "fixed":
-        return "max_delta_density applies to support 'dynamic' only (a fixed support's delta holds k entries)"
+        return (
+            "{p}max_delta_density applies to support 'dynamic' only (a fixed support's delta holds k entries)"
+        )
     density = hyper.get("density")
     density = DEFAULT_DENSITY if density is None or density == "auto" else density
     if isinstance(cap, int | float) and isinstance(density, int | float) and cap < density:
-        return f"max_delta_density ({cap:g}) must be >= density ({density:g}): every step moves that share"
+        return (
+            f"{{p}}max_delta_density ({cap:g}) must be >= {{p}}density ({density:g}): every step moves that "
+            "share"
+        )
     return None
 
 
