@@ -9,9 +9,16 @@ the basis rows and columns per role (up, down); dev accuracy of the delta as wri
 (merged into a fresh base, evaluated here), and the bf16 copy's error on the merged target weights. Then
 the LLaMA-7B shape's delta from the same size functions, fed with the measured fractions.
 
-`python -m bench.delta_size --seeds 0 --variants default,cap05` (or `SGFT_BENCH=delta_size make bench`);
-SGFT_BENCH_DELTA_SEEDS, SGFT_BENCH_DELTA_VARIANTS, SGFT_BENCH_DELTA_TRAIN, SGFT_BENCH_DELTA_JOBS. Writes
-bench/out/delta_size.json and .md.
+"default" is the service's job (a block of 8k for classification, 2k for a causal LM), "unconfined" the
+same without a block (the classification default before the 8k block); paired lines compare with --against
+("unconfined"). `--model smollm2` trains the causal-LM job instead (SmolLM2-135M-Instruct on chitchat, the
+service's defaults, --steps optimizer steps; `make models` and SGFT_DATA_DIR=$PWD/var first) and reports its
+sizes, fractions and validation loss. Every run's row is saved as row-*.json in --out at once;
+`--report FOLDER…` prints the tables from saved rows without training.
+
+`python -m bench.delta_size --seeds 0 --variants unconfined,default` (or `SGFT_BENCH=delta_size make bench`);
+SGFT_BENCH_DELTA_SEEDS, SGFT_BENCH_DELTA_VARIANTS, SGFT_BENCH_DELTA_TRAIN, SGFT_BENCH_DELTA_JOBS,
+SGFT_BENCH_DELTA_MODEL. Writes bench/out/delta_size_<model>.json and .md.
 """
 
 from __future__ import annotations
@@ -38,7 +45,10 @@ from sparsegrad.memory import (
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 VARIANTS: dict[str, dict[str, Any]] = {
+    # "default": the service's defaults (a block of 8k for classification, 2k for a causal LM);
     "default": {},
+    # support_block 100 x density 0.01 >= 1: no block (the classification default before the 8k block)
+    "unconfined": {"support_block": 100.0},
     "cap05": {"max_delta_density": 0.05},
     "cap02": {"max_delta_density": 0.02},
     "block4": {"support_block": 4.0},
@@ -181,6 +191,43 @@ def run_variant(args: tuple[str, int, float, Path, Path, Path, Path]) -> dict[st
     return out
 
 
+CAUSAL_STEPS = 30  # a short SmolLM2 job: a block's union fills it and its rows/columns are fixed by then
+
+
+def run_causal(args: tuple[str, int, int, Path, Path, Path, Path, Path]) -> dict[str, Any]:
+    """Train one variant of the causal-LM job (SmolLM2-135M-Instruct on chitchat, the service's defaults
+    but `steps` optimizer steps, float32) and measure its delta as `run_variant` does (sizes and fractions,
+    validation loss; no accuracy, no bf16 merge)."""
+    import torch
+
+    from training import run_training
+    from training.model_setup import SMOLLM2_NAME
+    from training.spec import JobSpec
+
+    name, seed, steps, train, valid, work, out_dir, models_dir = args
+    hp = {**VARIANTS[name], "max_steps": steps, "eval_every": steps, "checkpoint_every": steps}
+    hp["result_checkpoint"] = "last"
+    spec = JobSpec(model=SMOLLM2_NAME, method="sparsegrad", task="causal_lm", hyperparameters=hp, seed=seed)  # type: ignore[arg-type]
+    result = run_training(spec, train, valid, work, models_dir=models_dir, precision="fp32")
+    assert result.delta_dir is not None
+    measured = analyse(result.delta_dir)  # bf16 sizes from the size functions (no bf16 copy merged here)
+    config = json.loads((result.delta_dir / "sparsegrad_delta.json").read_text())
+    out = {
+        "variant": name,
+        "model": SMOLLM2_NAME,
+        "settings": VARIANTS[name],
+        "support_block": config["config"]["support_block"],
+        "seed": seed,
+        "steps": result.step,
+        "valid_loss": result.metrics.get("valid_loss"),
+        "threads": torch.get_num_threads(),
+        **measured,
+    }
+    print(json.dumps(out), flush=True)
+    (out_dir / f"row-smollm2-{name}-{seed}.json").write_text(json.dumps(out))
+    return out
+
+
 def shape_7b(roles: dict[str, dict[str, float]], value_bytes: int = F32) -> tuple[int, int]:
     """(bytes of the LLaMA-7B shape's up + down delta from `delta_group_bytes` fed with `roles`' measured
     fractions, bytes of its dense float32 ΔW)."""
@@ -238,19 +285,64 @@ def paired(rows: list[dict[str, Any]], variant: str, against: str = "default") -
     if not seeds:
         return None
     diffs = [acc[(variant, s)] - acc[(against, s)] for s in seeds]
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    se = f"{statistics.stdev(diffs) / math.sqrt(len(diffs)):.2f}" if len(diffs) > 1 else "n/a"
     good = sum(d >= 0 for d in diffs)
     return (
-        f"{variant} − {against}: {statistics.mean(diffs):+.2f} ± {se:.2f} points over seeds "
+        f"{variant} − {against}: {statistics.mean(diffs):+.2f} ± {se} points over seeds "
         f"{','.join(map(str, seeds))} ({' / '.join(f'{d:+.2f}' for d in diffs)}; at least as good on "
         f"{good} of {len(seeds)})"
     )
 
 
-def report(rows: list[dict[str, Any]]) -> str:
-    """The table, then each variant's paired difference to the default job."""
-    lines = [paired(rows, v) for v in dict.fromkeys(r["variant"] for r in rows) if v != "default"]
-    return table(rows) + "\n\n" + "\n".join(f"- {line}" for line in lines if line)
+def causal_table(rows: list[dict[str, Any]]) -> str:
+    """SmolLM2 rows: validation loss, union and basis fractions, sizes, and the 7B projection they give."""
+    lines = [
+        "| variant (SmolLM2) | seeds | steps | block | valid loss | union up / down | rows·cols up "
+        "| rows·cols down | auto MB (% dense) | auto bf16 MB (%) | 7B auto GB (%) | 7B bf16 GB (%) |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == name]
+
+        def role(rl: str, key: str, mine: list[dict[str, Any]] = mine) -> float:
+            return statistics.mean(r["roles"][rl][key] for r in mine)
+
+        def size(key: str, mine: list[dict[str, Any]] = mine) -> float:
+            return statistics.mean(r["sizes"][key] for r in mine) / 1e6
+
+        dense_mlp = mine[0]["dense_mlp_bytes"] / 1e6
+        fractions = {rl: {k: role(rl, k) for k in ("union", "rows", "cols")} for rl in ("up", "down")}
+        b7, d7 = shape_7b(fractions)
+        b7h, _ = shape_7b(fractions, 2)
+        loss = statistics.mean(float(r["valid_loss"]) for r in mine)
+        lines.append(
+            f"| {name} | {','.join(str(r['seed']) for r in mine)} | {mine[0]['steps']} | "
+            f"{mine[0]['support_block']} | {loss:.4f} | {role('up', 'union'):.4f} / "
+            f"{role('down', 'union'):.4f} | {role('up', 'rows'):.3f}·{role('up', 'cols'):.3f} | "
+            f"{role('down', 'rows'):.3f}·{role('down', 'cols'):.3f} | {size('auto'):.2f} "
+            f"({100 * size('auto') / dense_mlp:.1f}%) | {size('auto_bf16'):.2f} "
+            f"({100 * size('auto_bf16') / dense_mlp:.1f}%) | {b7 / 1e9:.3f} ({100 * b7 / d7:.2f}%) | "
+            f"{b7h / 1e9:.3f} ({100 * b7h / d7:.2f}%) |"
+        )
+    return "\n".join(lines)
+
+
+def report(rows: list[dict[str, Any]], against: str = "unconfined") -> str:
+    """The table, then each variant's paired difference to `against` (the job without a block)."""
+    causal = [r for r in rows if "model" in r]
+    rows = [r for r in rows if "model" not in r]
+    parts = []
+    if rows:
+        lines = [paired(rows, v, against) for v in dict.fromkeys(r["variant"] for r in rows) if v != against]
+        parts.append(table(rows) + "\n\n" + "\n".join(f"- {line}" for line in lines if line))
+    if causal:
+        parts.append(causal_table(causal))
+    return "\n\n".join(parts)
+
+
+def _load_rows(folders: list[Path]) -> list[dict[str, Any]]:
+    """Rows saved by earlier runs (row-*.json), in file-name order."""
+    return [json.loads(p.read_text()) for folder in folders for p in sorted(folder.glob("row-*.json"))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -258,33 +350,57 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m bench.delta_size", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default=_env("SEEDS", "0"))
-    parser.add_argument("--variants", default=_env("VARIANTS", "default,cap05,block4"))
+    parser.add_argument("--variants", default=_env("VARIANTS", "unconfined,default"))
+    parser.add_argument("--model", choices=("minilm", "smollm2"), default=_env("MODEL", "minilm"))
     parser.add_argument("--train", type=int, default=int(_env("TRAIN", "2000")))
     parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--steps", type=int, default=CAUSAL_STEPS, help="SmolLM2: optimizer steps")
     parser.add_argument("--jobs", type=int, default=int(_env("JOBS", "1")))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--against", default="unconfined", help="the variant the paired lines compare with")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="*",
+        help="no training: the table from the row-*.json files saved in these folders (default --out)",
+    )
     args = parser.parse_args(argv if argv is not None else [])
+    if args.report is not None:
+        print(report(_load_rows(args.report or [args.out]), args.against))
+        return
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"unknown variant(s) {sorted(unknown)}; choose from {sorted(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
+    ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="sgft-delta-") as tmp:
-        train, valid = write_data(Path(tmp) / "data", args.train, 872)
-        runs = [
-            (v, s, args.epochs, train, valid, Path(tmp) / f"{v}-{s}", args.out)
-            for s in seeds
-            for v in variants
-        ]
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.jobs, ctx, initializer=_set_threads, initargs=(args.threads,)) as pool:
-            rows = list(pool.map(run_variant, runs))
-    text = report(rows)
+        pool = ProcessPoolExecutor(args.jobs, ctx, initializer=_set_threads, initargs=(args.threads,))
+        with pool:
+            if args.model == "smollm2":
+                from bench.causal_lm import _prepare
+
+                models_dir, train, valid = _prepare(Path(tmp))
+                causal = [
+                    (v, s, args.steps, train, valid, Path(tmp) / f"{v}-{s}", args.out, models_dir)
+                    for s in seeds
+                    for v in variants
+                ]
+                rows = list(pool.map(run_causal, causal))
+            else:
+                train, valid = write_data(Path(tmp) / "data", args.train, 872)
+                runs = [
+                    (v, s, args.epochs, train, valid, Path(tmp) / f"{v}-{s}", args.out)
+                    for s in seeds
+                    for v in variants
+                ]
+                rows = list(pool.map(run_variant, runs))
+    text = report(rows, args.against)
     print(text)
-    (args.out / "delta_size.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (args.out / "delta_size.md").write_text(text + "\n")
+    (args.out / f"delta_size_{args.model}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (args.out / f"delta_size_{args.model}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

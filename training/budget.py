@@ -6,8 +6,9 @@ and the side path of bf16 weights: `sparsegrad.memory.sparse_extra_bytes`) may t
 weights leave free; the other half is for activations and transients. The choices, richest first; the first
 that fits wins, among those that agree with what the job set explicitly:
   1. the job's own choice (training.hparams: selection "adam" for long classification runs, else
-     "gradient"; a dynamic support, in a 2k block for a causal LM),
-  2. dynamic support, the paper's selection (state on the entries ever selected),
+     "gradient"; a dynamic support, in a 2k block for a causal LM, an 8k block otherwise),
+  2. dynamic support in the job's block (none if it set none), the paper's selection (state on the
+     entries ever selected),
   3. dynamic support in a 2k block (dL/dC and state on the block only),
   4. fixed support in a 2k block (exactly k entries of state per layer).
 """
@@ -56,7 +57,7 @@ def fit_to_budget(
     allowed = max(0, budget - weights) // 2
     ladder = [
         _choice(hp),
-        Choice(hp.density, "dynamic", "gradient", None),
+        Choice(hp.density, "dynamic", "gradient", hp.support_block),
         Choice(hp.density, "dynamic", "gradient", BLOCK),
         Choice(hp.density, "fixed", "gradient", BLOCK),
     ]

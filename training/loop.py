@@ -78,7 +78,9 @@ def _write_delta(run: Run, out: Path, full: dict[str, torch.Tensor] | None = Non
         "lora_rank": run.prepared.lora_rank,
     }
     model, spec = run.prepared.model, run.spec
-    return save_delta(model, spec.method, out, run.task, run.label_names, spec.model, extra, full)
+    return save_delta(
+        model, spec.method, out, run.task, run.label_names, spec.model, extra, full, run.hp.delta_dtype
+    )
 
 
 def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
@@ -98,7 +100,7 @@ def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
     for old in older[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     if hooks.on_checkpoint:  # the event reports the delta's size beside the last evaluation
-        stats = delta_stats(model, run.spec.method)
+        stats = delta_stats(model, run.spec.method, run.hp.delta_dtype)
         hooks.on_checkpoint(run.step, folder, {**run.last_eval, **stats})
     return folder
 

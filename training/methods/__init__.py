@@ -95,10 +95,11 @@ def prepare(
     return get_method(method).prepare(model, hp, cfg, basis_batches, basis, world, sharded)
 
 
-def delta_stats(model: nn.Module, method: str) -> dict[str, int]:
+def delta_stats(model: nn.Module, method: str, value_dtype: str = "float32") -> dict[str, int]:
     """What the method's delta holds now: "delta_nnz" (stored numbers: a sparse delta's ΔC entries, or the
-    trainable parameters of LoRA / full) and "delta_bytes" (its tensors' bytes, as `save_delta` writes)."""
-    return get_method(method).delta_stats(model)
+    trainable parameters of LoRA / full) and "delta_bytes" (its tensors' bytes, as `save_delta` writes;
+    `value_dtype`: a sparse delta's value precision, the job's delta_dtype)."""
+    return get_method(method).delta_stats(model, value_dtype)
 
 
 def trainable_state(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
@@ -116,6 +117,8 @@ def save_delta(
     base: str,
     extra: dict[str, Any],
     full: dict[str, torch.Tensor] | None = None,
+    value_dtype: str = "float32",
 ) -> Path:
-    """Write the method's delta to `out` (+ sgft_delta.json) and return it (Method.save_delta)."""
-    return get_method(method).save_delta(model, out, task, labels, base, extra, full)
+    """Write the method's delta to `out` (+ sgft_delta.json) and return it (Method.save_delta);
+    `value_dtype`: a sparse delta's value precision (the job's delta_dtype)."""
+    return get_method(method).save_delta(model, out, task, labels, base, extra, full, value_dtype)

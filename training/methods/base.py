@@ -122,8 +122,9 @@ class Method(ABC):
     def trainable_count(self, model: nn.Module) -> int:
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    def delta_stats(self, model: nn.Module) -> dict[str, int]:
-        """What the delta holds now: "delta_nnz" (stored numbers) and "delta_bytes" (its tensors' bytes)."""
+    def delta_stats(self, model: nn.Module, value_dtype: str = "float32") -> dict[str, int]:
+        """What the delta holds now: "delta_nnz" (stored numbers) and "delta_bytes" (its tensors' bytes;
+        `value_dtype` is a sparse delta's, the parameters here keep their own dtype)."""
         params = [p for p in model.parameters() if p.requires_grad]
         return {
             "delta_nnz": sum(p.numel() for p in params),
@@ -149,8 +150,10 @@ class Method(ABC):
         labels: list[str] | None,
         base: str,
         full: dict[str, torch.Tensor] | None,
+        value_dtype: str = "float32",
     ) -> None:
-        """Write the method's own delta files into the folder `out`."""
+        """Write the method's own delta files into the folder `out` (`value_dtype`: a sparse delta's value
+        precision; LoRA and full keep their parameters' dtype)."""
 
     def save_delta(
         self,
@@ -161,11 +164,12 @@ class Method(ABC):
         base: str,
         extra: dict[str, Any],
         full: dict[str, torch.Tensor] | None = None,
+        value_dtype: str = "float32",
     ) -> Path:
         """Write the delta to `out` (+ sgft_delta.json) and return it. `full`: the whole state dict of an
         FSDP-sharded model (training.distributed.gathered), whose own state dict holds shards."""
         out.mkdir(parents=True, exist_ok=True)
-        self.write_delta(model, out, task, labels, base, full)
+        self.write_delta(model, out, task, labels, base, full, value_dtype)
         meta = delta_meta(self.name, task, labels, base, extra)
         (out / DELTA_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
         return out

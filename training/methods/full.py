@@ -49,6 +49,7 @@ class Full(Method):
         labels: list[str] | None,
         base: str,
         full: dict[str, torch.Tensor] | None,
+        value_dtype: str = "float32",
     ) -> None:
         tensors = {
             n: (full[n] if full is not None else p).detach().cpu().contiguous()

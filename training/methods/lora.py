@@ -61,6 +61,7 @@ class Lora(Method):
         labels: list[str] | None,
         base: str,
         full: dict[str, torch.Tensor] | None,
+        value_dtype: str = "float32",
     ) -> None:
         model.save_pretrained(str(out), state_dict=full)  # type: ignore[operator]
 

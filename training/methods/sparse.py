@@ -39,8 +39,8 @@ class SparseDelta(Method):
     def trainable_count(self, model: nn.Module) -> int:
         return sg.count_trainable_parameters(model)
 
-    def delta_stats(self, model: nn.Module) -> dict[str, int]:
-        size = sg.delta_size(model)
+    def delta_stats(self, model: nn.Module, value_dtype: str = "float32") -> dict[str, int]:
+        size = sg.delta_size(model, value_dtype)
         return {"delta_nnz": size.nnz, "delta_bytes": size.bytes}
 
     def trainable_names(self, model: nn.Module, state: dict[str, torch.Tensor]) -> set[str]:
@@ -62,8 +62,9 @@ class SparseDelta(Method):
         labels: list[str] | None,
         base: str,
         full: dict[str, torch.Tensor] | None,
+        value_dtype: str = "float32",
     ) -> None:
-        sg.save_delta(model, out)
+        sg.save_delta(model, out, value_dtype=value_dtype)
 
     def merge(self, base: nn.Module, delta_dir: Path) -> nn.Module:
         return sg.load_delta(base, delta_dir)
