@@ -9,14 +9,14 @@ the basis rows and columns per role (up, down); dev accuracy of the delta as wri
 (merged into a fresh base, evaluated here), and the bf16 copy's error on the merged target weights. Then
 the LLaMA-7B shape's delta from the same size functions, fed with the measured fractions.
 
-"default" is the service's job (a block of 8k for classification, 2k for a causal LM), "unconfined" the
-same without a block (the classification default before the 8k block); paired lines compare with --against
+"default" is the service's job (no block for classification, 2k for a causal LM), "unconfined" the
+same without any block (as the classification default); paired lines compare with --against
 ("unconfined"). `--model smollm2` trains the causal-LM job instead (SmolLM2-135M-Instruct on chitchat, the
 service's defaults, --steps optimizer steps; `make models` and SGFT_DATA_DIR=$PWD/var first) and reports its
 sizes, fractions and validation loss. Every run's row is saved as row-*.json in --out at once;
 `--report FOLDER…` prints the tables from saved rows without training.
 
-`python -m bench.delta_size --seeds 0 --variants unconfined,default` (or `SGFT_BENCH=delta_size make bench`);
+`python -m bench.delta_size --seeds 0 --variants unconfined,block8` (or `SGFT_BENCH=delta_size make bench`);
 SGFT_BENCH_DELTA_SEEDS, SGFT_BENCH_DELTA_VARIANTS, SGFT_BENCH_DELTA_TRAIN, SGFT_BENCH_DELTA_JOBS,
 SGFT_BENCH_DELTA_MODEL. Writes bench/out/delta_size_<model>.json and .md.
 """
@@ -45,9 +45,9 @@ from sparsegrad.memory import (
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 VARIANTS: dict[str, dict[str, Any]] = {
-    # "default": the service's defaults (a block of 8k for classification, 2k for a causal LM);
+    # "default": the service's defaults (no block for classification, 2k for a causal LM);
     "default": {},
-    # support_block 100 x density 0.01 >= 1: no block (the classification default before the 8k block)
+    # support_block 100 x density 0.01 >= 1: no block (what the classification default is; a causal LM's not)
     "unconfined": {"support_block": 100.0},
     "cap05": {"max_delta_density": 0.05},
     "cap02": {"max_delta_density": 0.02},
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m bench.delta_size", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default=_env("SEEDS", "0"))
-    parser.add_argument("--variants", default=_env("VARIANTS", "unconfined,default"))
+    parser.add_argument("--variants", default=_env("VARIANTS", "unconfined,block8"))
     parser.add_argument("--model", choices=("minilm", "smollm2"), default=_env("MODEL", "minilm"))
     parser.add_argument("--train", type=int, default=int(_env("TRAIN", "2000")))
     parser.add_argument("--epochs", type=float, default=2.0)

@@ -126,7 +126,7 @@ PARAMS: dict[str, Param] = {
             "support_block",
             1.0,
             1000.0,
-            "causal LM 2, else 8",
+            "causal LM 2, else none",
             "SparseGrad: supports stay in a block of x k coefficients (x density >= 1: none)",
         ),
         Param(

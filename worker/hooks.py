@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 # What a started job shows in `hyperparameters` (beside every name its request gave): the values in use.
 SHOWN = ("n_epochs", "batch_size", "learning_rate", "learning_rate_multiplier", "result_checkpoint")
 SHOWN_BY_METHOD = {
-    "sparsegrad": ("density", "support", "selection", "support_block"),
-    "meprop": ("density",),
+    "sparsegrad": ("density", "support", "selection", "support_block", "delta_dtype"),
+    "meprop": ("density", "delta_dtype"),
     "lora": ("lora_rank",),
 }
 

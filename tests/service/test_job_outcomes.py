@@ -39,7 +39,7 @@ def test_lr_0_1_on_sst2_shows_its_settings_keeps_the_best_step_and_warns(api: Ap
         "density": 0.01,
         "support": "dynamic",
         "selection": "gradient",
-        "support_block": 8.0,
+        "delta_dtype": "float32",
         "max_seq_length": 32,
         "basis_steps": 2,
     }

@@ -1,4 +1,5 @@
-"""The default classification job writes its sparse delta in the small form (support_block 8 by default)."""
+"""A classification job in an 8k support block writes its sparse delta in the small form; the default job
+(no block for classification) and the delta_dtype setting."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from training import Hooks, JobSpec, TrainResult, run_training
-from training.hparams import CLASSIFICATION_SUPPORT_BLOCK
+from training.hparams import SMALL_DELTA_BLOCK
 from training.loop import CHECKPOINT_DELTA
 
 # Only what a tiny run needs; support_block, selection, density, encoding: the service's defaults.
@@ -39,27 +40,27 @@ def _mlp_bytes(delta_dir: Path) -> tuple[int, int, dict[str, Any]]:
     return stored, dense, config
 
 
-def test_default_classification_delta_is_small(
+def test_8k_block_delta_is_small_beside_the_unconfined_default(
     tmp_path: Path, sst2: tuple[Path, Path], models_dir: Path
 ) -> None:
     """Every MLP layer stored sparse, its union inside the 8k block, over fewer basis rows and columns than
-    the layer has; the file's MLP part a fraction of the dense ΔW and of the unconfined job's delta."""
-    small = _train(tmp_path / "default", sst2, models_dir)
+    the layer has; the file's MLP part a fraction of the dense ΔW and of the default (unconfined) job's."""
+    small = _train(tmp_path / "block8", sst2, models_dir, support_block=SMALL_DELTA_BLOCK)
     assert small.delta_dir is not None
     stored, dense, config = _mlp_bytes(small.delta_dir)
-    assert config["config"]["support_block"] == CLASSIFICATION_SUPPORT_BLOCK == 8.0
+    assert config["config"]["support_block"] == SMALL_DELTA_BLOCK == 8.0
     assert config["value_dtype"] == "float32"
     with safe_open(str(small.delta_dir / "sparsegrad_delta.safetensors"), framework="pt") as f:
         for spec in config["layers"].values():
             d_out, d_in = spec["shape"]
             assert spec["encoding"] in ("csr", "bitmap", "block")  # never the dense ΔW
-            assert 0 < spec["nnz"] <= CLASSIFICATION_SUPPORT_BLOCK * spec["k"]
+            assert 0 < spec["nnz"] <= SMALL_DELTA_BLOCK * spec["k"]
             rows = f.get_slice(f"{spec['basis']}.rows").get_shape()[0]
             cols = f.get_slice(f"{spec['basis']}.cols").get_shape()[0]
             assert rows * cols < d_out * d_in  # the block references part of the basis grid
     assert stored < 0.5 * dense
 
-    unconfined = _train(tmp_path / "unconfined", sst2, models_dir, support_block=100)  # x 0.01 >= 1: none
+    unconfined = _train(tmp_path / "default", sst2, models_dir)  # classification's default: no block
     assert unconfined.delta_dir is not None
     stored_u, dense_u, config_u = _mlp_bytes(unconfined.delta_dir)
     assert config_u["config"]["support_block"] is None and dense_u == dense
