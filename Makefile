@@ -28,10 +28,11 @@ lint: install
 test: lint
 	.venv/bin/pytest -q -rs
 
-# The tests that need no server process, PostgreSQL, Redis or browser (tests/conftest.py marks the others):
-# the library, the engine on tiny models, the API in-process on SQLite. `make test` stays the full suite.
+# The tests that need no server process, PostgreSQL, Redis or browser (tests/conftest.py marks the others),
+# nor train a released model: the library, the engine on tiny models, the API in-process on SQLite.
+# `make test` stays the full suite.
 test-fast: install
-	.venv/bin/pytest -q -rs -m "not integration and not browser"
+	.venv/bin/pytest -q -rs -m "not integration and not browser and not realmodel"
 
 # docker-compose.yml for real (tests/compose): the images built from the Dockerfile (the worker with CPU
 # torch), the stack up, jobs through the published port. Needs a Docker engine: without one it skips, and

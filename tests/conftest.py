@@ -1,6 +1,7 @@
 """Suite-wide switches: slow tests opt in with SGFT_SLOW=1; GPU tests run only where CUDA is present; tests
-that start real servers, PostgreSQL or Redis are marked `integration`, those in Chromium `browser`, so that
-`make test-fast` (-m "not integration and not browser") runs the rest."""
+that start real servers, PostgreSQL or Redis are marked `integration`, those in Chromium `browser`, and
+those that train a released model (MiniLM, minutes of bf16 on this CPU) mark themselves `realmodel`, so that
+`make test-fast` (-m "not integration and not browser and not realmodel") runs the rest."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ def _top_fraction(g: torch.Tensor, density: float = 0.01) -> float:
     return float(torch.topk(sq, k).values.sum() / sq.sum())
 
 
+@pytest.mark.realmodel
 @pytest.mark.skipif(
     _minilm_dir() is None or not SST2.is_file(), reason="needs all-MiniLM-L6-v2 and SST-2 data"
 )

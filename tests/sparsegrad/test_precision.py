@@ -79,6 +79,7 @@ def test_every_method_trains_under_bf16_autocast(kind: str, method: str, device:
     assert losses[-1] < losses[0], losses
 
 
+@pytest.mark.realmodel
 @pytest.mark.skipif(_minilm_dir() is None or not SST2.is_file(), reason="needs all-MiniLM-L6-v2, SST-2")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
