@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import Celery
 
+import core.broker  # noqa: F401  (sqla+… broker URLs: the transport safe for several processes)
 from core.settings import Settings, get_settings
 
 RUN_JOB = "sgft.run_job"

@@ -29,6 +29,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     port = str(free_port())
     for stack in serve_sqlite(tmp, "tenant-a", SGFT_INFER_PORT=port, SGFT_CHECKPOINT_EVERY="2"):
         stack.start("worker", "worker", "--concurrency", "1")
+        stack.start("reaper", "reaper")  # as `sgft run` does: a job whose message was lost is re-sent
         stack.start("infer", "infer")
         wait_for(lambda: _infer_up(port), 60, "sgft infer to listen")
         yield stack
