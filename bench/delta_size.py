@@ -9,14 +9,16 @@ the basis rows and columns per role (up, down); dev accuracy of the delta as wri
 (merged into a fresh base, evaluated here), and the bf16 copy's error on the merged target weights. Then
 the LLaMA-7B shape's delta from the same size functions, fed with the measured fractions.
 
-"default" is the service's job (no block for classification, 2k for a causal LM), "unconfined" the
-same without any block (as the classification default); paired lines compare with --against
-("unconfined"). `--model smollm2` trains the causal-LM job instead (SmolLM2-135M-Instruct on chitchat, the
-service's defaults, --steps optimizer steps; `make models` and SGFT_DATA_DIR=$PWD/var first) and reports its
-sizes, fractions and validation loss. Every run's row is saved as row-*.json in --out at once;
+"default" is the service's job (a 20k block and bf16 values for classification, a 2k block for a causal
+LM), "unconfined" the same without any block (the classification default until 2026-12-06); paired lines
+compare with --against ("unconfined"). "auto" sizes count ΔC values in float32, "auto bf16" in bf16 (what
+the default writes); basis columns are bf16 in both (they are bf16 numbers). `--model smollm2` trains
+the causal-LM job instead (SmolLM2-135M-Instruct on chitchat, the service's defaults, --steps optimizer
+steps; `make models` and SGFT_DATA_DIR=$PWD/var first) and reports its sizes, fractions and validation
+loss. Every run's row is saved as row-*.json in --out at once;
 `--report FOLDER…` prints the tables from saved rows without training.
 
-`python -m bench.delta_size --seeds 0 --variants unconfined,block8` (or `SGFT_BENCH=delta_size make bench`);
+`python -m bench.delta_size --seeds 0 --variants unconfined,default` (or `SGFT_BENCH=delta_size make bench`);
 SGFT_BENCH_DELTA_SEEDS, SGFT_BENCH_DELTA_VARIANTS, SGFT_BENCH_DELTA_TRAIN, SGFT_BENCH_DELTA_JOBS,
 SGFT_BENCH_DELTA_MODEL. Writes bench/out/delta_size_<model>.json and .md.
 """
@@ -45,19 +47,25 @@ from sparsegrad.memory import (
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 VARIANTS: dict[str, dict[str, Any]] = {
-    # "default": the service's defaults (no block for classification, 2k for a causal LM);
+    # "default": the service's defaults (a 20k block and bf16 values for classification, 2k for a causal LM);
     "default": {},
-    # support_block 100 x density 0.01 >= 1: no block (what the classification default is; a causal LM's not)
-    "unconfined": {"support_block": 100.0},
+    # support_block 100 x density 0.01 >= 1: no block (the classification default until 2026-12-06)
+    "unconfined": {"support_block": 100.0, "delta_dtype": "float32"},
     "cap05": {"max_delta_density": 0.05},
     "cap02": {"max_delta_density": 0.02},
     "block4": {"support_block": 4.0},
     "block4-cap02": {"support_block": 4.0, "max_delta_density": 0.02},
     "block2": {"support_block": 2.0},
     "block8": {"support_block": 8.0},
+    "block12": {"support_block": 12.0},
     "block16": {"support_block": 16.0},
+    "block20": {"support_block": 20.0},
+    "block24": {"support_block": 24.0},
 }
 FORMS = ("csr", "bitmap", "block")
+# basis columns are stored as bf16, exactly (sparsegrad.basis.BASIS_VALUES; rows measured before 2026-12-06,
+# second round, counted them in the value dtype)
+BASIS_BYTES = 2
 
 
 def _env(name: str, default: str) -> str:
@@ -92,13 +100,15 @@ def analyse(delta_dir: Path) -> dict[str, Any]:
             else:  # stored dense: rows and columns the union spans are not in the file
                 n_rows, n_cols = d_out, d_in
             for suffix, vb in (("", F32), ("_bf16", 2)):
-                basis = basis_columns_bytes(d_out, n_rows, d_in, n_cols, True, vb)
+                basis = basis_columns_bytes(d_out, n_rows, d_in, n_cols, True, BASIS_BYTES)
                 for form in FORMS:
                     sizes[f"{form}{suffix}"] += basis + sum(
                         layer_encoding_bytes(z, n_rows, n_cols, vb)[form] for z in nnz
                     )
                 sizes[f"dense{suffix}"] += delta_dense_bytes([(d_out, d_in)] * len(nnz), vb)
-                sizes[f"auto{suffix}"] += delta_group_bytes(d_out, d_in, nnz, n_rows, n_cols, True, vb)[1]
+                sizes[f"auto{suffix}"] += delta_group_bytes(
+                    d_out, d_in, nnz, n_rows, n_cols, True, vb, BASIS_BYTES
+                )[1]
             roles[role] = {
                 "layers": len(specs),
                 "union": sum(nnz) / (len(nnz) * d_out * d_in),
@@ -237,7 +247,7 @@ def shape_7b(roles: dict[str, dict[str, float]], value_bytes: int = F32) -> tupl
         r = roles[role]
         nnz = [round(r["union"] * d_out * d_in)] * shape.n_layers
         rows, cols = math.ceil(r["rows"] * d_out), math.ceil(r["cols"] * d_in)
-        total += delta_group_bytes(d_out, d_in, nnz, rows, cols, True, value_bytes)[1]
+        total += delta_group_bytes(d_out, d_in, nnz, rows, cols, True, value_bytes, BASIS_BYTES)[1]
         dense += delta_dense_bytes([(d_out, d_in)] * shape.n_layers)
     return total, dense
 
@@ -350,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m bench.delta_size", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default=_env("SEEDS", "0"))
-    parser.add_argument("--variants", default=_env("VARIANTS", "unconfined,block8"))
+    parser.add_argument("--variants", default=_env("VARIANTS", "unconfined,default"))
     parser.add_argument("--model", choices=("minilm", "smollm2"), default=_env("MODEL", "minilm"))
     parser.add_argument("--train", type=int, default=int(_env("TRAIN", "2000")))
     parser.add_argument("--epochs", type=float, default=2.0)

@@ -19,7 +19,15 @@ support, basis); load it into `inject(fresh_model, cfg, basis)` with `load_state
 from sparsegrad.baselines import apply_lora, apply_meprop, enable_full_finetuning, lora_rank_for
 from sparsegrad.basis import Basis, compute_basis
 from sparsegrad.config import SparseGradConfig
-from sparsegrad.delta import DeltaMismatch, DeltaSize, delta_size, load_delta, read_delta_config, save_delta
+from sparsegrad.delta import (
+    VALUE_DTYPES,
+    DeltaMismatch,
+    DeltaSize,
+    delta_size,
+    load_delta,
+    read_delta_config,
+    save_delta,
+)
 from sparsegrad.function import SparseGradFunction
 from sparsegrad.layer import SparseGradLinear
 from sparsegrad.model import (
@@ -38,6 +46,7 @@ __all__ = [
     "DeltaMismatch",
     "DeltaSize",
     "SparseGradAdamW",
+    "VALUE_DTYPES",
     "SparseGradConfig",
     "SparseGradFunction",
     "SparseGradLinear",

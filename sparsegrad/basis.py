@@ -111,11 +111,18 @@ class Basis:
 GRAM_DTYPE = torch.float64
 
 
+# The basis is rounded to bfloat16 values (held in float32): the delta file then stores its columns in 2
+# bytes losslessly (save_delta), and training, evaluation and every merge use these same values. Orthogonal
+# to bf16 rounding (|PᵀP - I| ~ 1e-3) is all SparseGrad needs: W = W0 + P ΔC Qᵀ and dL/dC = Pᵀ (dL/dW) Q
+# are a reparametrisation for any invertible P, Q, and nothing inverts them.
+BASIS_VALUES = torch.bfloat16
+
+
 def _eigvecs_desc(gram: torch.Tensor) -> torch.Tensor:
     """Eigenvectors of a symmetric PSD (D, D) matrix whose upper triangle is set, by descending eigenvalue,
-    in float32 (`eigh` runs in the Gram sum's own dtype, float64)."""
+    rounded to BASIS_VALUES and held in float32 (`eigh` runs in the Gram sum's own dtype, float64)."""
     _, vecs = torch.linalg.eigh(gram, UPLO="U")
-    return column_major(vecs.flip(1).to(torch.float32))
+    return column_major(vecs.flip(1).to(BASIS_VALUES).to(torch.float32))
 
 
 def _gram_add(acc: torch.Tensor, x: torch.Tensor, rows: bool) -> None:

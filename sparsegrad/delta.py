@@ -55,6 +55,16 @@ def _plain_name(param_name: str) -> str:
     return param_name.replace(".base_layer.", ".")
 
 
+def basis_dtype(layer: SparseGradLinear, vdtype: torch.dtype) -> torch.dtype:
+    """The dtype a group's basis columns are stored in: bfloat16 when every value of P and Q is one (bases
+    from compute_basis are: sparsegrad.basis.BASIS_VALUES), exact in 2 bytes whatever `vdtype`; else `vdtype`
+    (an older checkpoint's float32 basis)."""
+    if layer.P is None or layer.Q is None:
+        return vdtype
+    exact = all(bool((m == m.to(torch.bfloat16).to(m.dtype)).all()) for m in (layer.P, layer.Q))
+    return torch.bfloat16 if exact else vdtype
+
+
 def _encode_group(
     short: str,
     names: list[str],
@@ -72,9 +82,16 @@ def _encode_group(
     r = torch.unique(torch.cat(rows)) if idx else torch.zeros(0, dtype=torch.int64)
     c = torch.unique(torch.cat(cols)) if idx else torch.zeros(0, dtype=torch.int64)
     rotated = first.P is not None and first.Q is not None
-    vbytes = torch.finfo(vdtype).bits // 8
+    vbytes, bdtype = vdtype.itemsize, basis_dtype(first, vdtype)
     form, _ = delta_group_bytes(
-        first.d_out, first.d_in, [i.numel() for i in idx], r.numel(), c.numel(), rotated, vbytes
+        first.d_out,
+        first.d_in,
+        [i.numel() for i in idx],
+        r.numel(),
+        c.numel(),
+        rotated,
+        vbytes,
+        bdtype.itemsize,
     )
     if encoding == "dense" or (encoding == "auto" and form == "dense"):
         for n, m in zip(names, members, strict=True):
@@ -84,8 +101,8 @@ def _encode_group(
     tensors[f"{short}.cols"] = c.to(torch.int32)
     if rotated:
         assert first.P is not None and first.Q is not None
-        tensors[f"{short}.p"] = first.P.detach().cpu()[:, r].to(vdtype).contiguous()  # (D_out, |R|)
-        tensors[f"{short}.q"] = first.Q.detach().cpu()[:, c].to(vdtype).contiguous()  # (D_in, |C|)
+        tensors[f"{short}.p"] = first.P.detach().cpu()[:, r].to(bdtype).contiguous()  # (D_out, |R|)
+        tensors[f"{short}.q"] = first.Q.detach().cpu()[:, c].to(bdtype).contiguous()  # (D_in, |C|)
     forms = {}
     for n, (_, values), rr, cc in zip(names, deltas, rows, cols, strict=True):
         local = torch.searchsorted(r, rr) * c.numel() + torch.searchsorted(c, cc)  # sorted, as idx
@@ -157,7 +174,8 @@ def delta_size(model: nn.Module, value_dtype: str = "float32") -> DeltaSize:
         n_cols = torch.unique(flat % first.d_in).numel() if flat.numel() else 0
         rotated = first.P is not None and first.Q is not None
         sizes = [i.numel() for i in idx]
-        total += delta_group_bytes(first.d_out, first.d_in, sizes, n_rows, n_cols, rotated, vbytes)[1]
+        bbytes = basis_dtype(first, VALUE_DTYPES[value_dtype]).itemsize
+        total += delta_group_bytes(first.d_out, first.d_in, sizes, n_rows, n_cols, rotated, vbytes, bbytes)[1]
         nnz += sum(sizes)
     placeholders = {id(m.coef) for m in layers.values()}
     for p in model.parameters():

@@ -150,14 +150,19 @@ def delta_group_bytes(
     n_cols: int,
     rotated: bool = True,
     value_bytes: int = F32,
+    basis_bytes: int | None = None,
 ) -> tuple[str, int]:
     """("sparse" | "dense", bytes) of a group of same-shaped layers (one nnz each): the sparse form (basis
-    columns + each layer's smallest encoding) or dense ΔW per layer, whichever is smaller."""
-    sparse = basis_columns_bytes(d_out, n_rows, d_in, n_cols, rotated, value_bytes) + sum(
+    columns, `basis_bytes` each (default `value_bytes`), + each layer's smallest encoding) or dense ΔW per
+    layer, whichever is smaller; with 16-bit values, dense ΔW only where the basis is stored in the values'
+    width too (a bf16 basis and bf16 ΔC are exact, their product rounded to 16 bits is not)."""
+    basis_bytes = value_bytes if basis_bytes is None else basis_bytes
+    sparse = basis_columns_bytes(d_out, n_rows, d_in, n_cols, rotated, basis_bytes) + sum(
         min(layer_encoding_bytes(z, n_rows, n_cols, value_bytes).values()) for z in nnz
     )
     dense = delta_dense_bytes([(d_out, d_in)] * len(nnz), value_bytes)
-    return ("sparse", sparse) if sparse <= dense else ("dense", dense)
+    exact_sparse = rotated and value_bytes < F32 and basis_bytes <= value_bytes
+    return ("sparse", sparse) if sparse <= dense or exact_sparse else ("dense", dense)
 
 
 @dataclass(frozen=True)

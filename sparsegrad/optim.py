@@ -296,6 +296,38 @@ class SparseGradAdamW(torch.optim.Optimizer):
         st.update(new_state)
         st["index"] = gid
 
+    @torch.no_grad()
+    def round_delta(self, dtype: torch.dtype) -> None:
+        """Put every layer's ΔC on `dtype`'s grid (each value rounded to the nearest `dtype` number, held in
+        float32), W and this optimizer's ΔC (weight decay) following: the model is then exactly base + the
+        delta `save_delta(value_dtype=dtype)` writes, with a basis of bf16 values (compute_basis). Each
+        value moves by at most half a `dtype` ulp (2^-9 relative for bf16); rounding again changes nothing,
+        and training goes on from the rounded values."""
+        for layers in self._groups.values():
+            for layer in layers:
+                idx, val = layer.delta()
+                diff = val.to(dtype).to(val.dtype) - val  # exact: two floats this close differ exactly
+                moved = diff != 0
+                if bool(moved.any()):
+                    layer.apply_update(idx[moved], diff[moved])  # val + diff is the rounded value, exactly
+            st = self.state[layers[0].coef]
+            if "delta" in st:
+                self._sync_delta(layers, st)
+
+    @staticmethod
+    def _sync_delta(layers: list[SparseGradLinear], st: dict[str, Any]) -> None:
+        """This optimizer's ΔC (the weight-decay state) read back from the layers' ΔC."""
+        n = layers[0].d_out * layers[0].d_in
+        if "index" in st:  # sparse state: entries (layer position · n + flat index)
+            gid, delta = st["index"], st["delta"]
+            for pos, layer in enumerate(layers):
+                sel = (gid // n) == pos
+                delta[sel] = layer.delta_at(gid[sel] - pos * n).to(delta.dtype)
+            return
+        for i, layer in enumerate(layers):  # selection="adam": one row of candidates per layer
+            cand = layer.block.flat if layer.block is not None else torch.arange(n, device=st["delta"].device)
+            st["delta"][i] = layer.delta_at(cand).to(st["delta"].dtype)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """The base class's, except that integer state (coefficient indices, counters) keeps its dtype:
         torch casts every state tensor of a floating-point parameter to that parameter's dtype."""

@@ -33,8 +33,10 @@ from training.spec import HyperparameterError
 
 # The auto rules for epochs, batch size and base rate live in rules.hparam_auto (the API estimate uses them).
 CAUSAL_SUPPORT_BLOCK = 2.0  # auto_support_block, and the block the memory budget falls back to
-SMALL_DELTA_BLOCK = 8.0  # the block a classification job asks for a delta of a quarter (not the default)
-DELTA_DTYPE = "float32"  # "auto" delta_dtype: a SparseGrad / MeProp delta's values and basis columns
+TASK_SUPPORT_BLOCK = 20.0  # auto_support_block for classification and regression
+# "auto" delta_dtype: a SparseGrad / MeProp delta's values (the basis columns are bf16 values whatever it is);
+# the engine puts ΔC on its grid before every evaluation, so the model evaluated is the delta downloaded
+DELTA_DTYPE = "bfloat16"
 
 
 @dataclass
@@ -163,14 +165,16 @@ def resolve(
 
 
 def auto_support_block(method: str, task: str) -> float | None:
-    """SparseGrad on a causal LM confines its supports to a block of 2k coefficients per layer: on
+    """SparseGrad confines its supports to a block of coefficients per layer. A causal LM's is 2k: on
     SmolLM2-135M the step took about half the unconfined one's time and its peak memory 1.05x LoRA's
     (unconfined: 1.42x; bf16 weights, CPU), at a validation loss still below LoRA's at the same rate, and the
-    delta is 4.8% of the dense MLP ΔW (README; docs/benchmarks.md). Other tasks stay unconfined: on MiniLM
-    (SST-2, 2,000 lines, 2 epochs) a block of 8k (SMALL_DELTA_BLOCK) writes a quarter of the delta (24% of the
-    dense MLP ΔW instead of 102%) but cost −0.55 ± 0.27 points of dev accuracy paired over seeds 0-4, past the
-    −0.3 a default may lose (docs/benchmarks.md, "Delta size"); a job asks for the small file."""
-    return CAUSAL_SUPPORT_BLOCK if uses_basis(method) and task == "causal_lm" else None
+    delta is 4.8% of the dense MLP ΔW in float32 (README; docs/benchmarks.md). Other tasks take 20k: on
+    MiniLM (SST-2, 2,000 lines, 2 epochs, seeds 0-4) its bf16 delta is 22% of the dense float32 MLP ΔW (the
+    unconfined job's: 102% in float32, 52% in bf16) at −0.23 ± 0.39 points of dev accuracy paired, within
+    the −0.3 a default may lose; 8k and 12k lost 0.55 and 0.46 (docs/benchmarks.md, "Delta size")."""
+    if not uses_basis(method):
+        return None
+    return CAUSAL_SUPPORT_BLOCK if task == "causal_lm" else TASK_SUPPORT_BLOCK
 
 
 def auto_selection(method: str, task: str, support: str, total_steps: int) -> str:

@@ -30,7 +30,7 @@ from training import checkpoint as ckpt
 from training.data import collate, epoch_order, loss_units, micro_batches
 from training.distributed import SINGLE, World, gathered
 from training.hparams import Hyper, get_lr, in_use
-from training.methods import delta_stats, save_delta, trainable_state
+from training.methods import delta_stats, get_method, save_delta, trainable_state
 from training.metrics import evaluate
 from training.outcome import BEST_DELTA, DivergenceWatch, kept_message, majority_warning, save_best
 from training.setup import Run, build_run
@@ -71,6 +71,13 @@ def _write_metrics(work_dir: Path, history: list[dict[str, float]], start: int =
     return len(history)
 
 
+def _round_delta(run: Run) -> None:
+    """The model made exactly base + the delta as written (hp.delta_dtype): before every evaluation (on
+    every rank: they stay equal) and before the result is written, so that a metric is always the
+    downloaded delta's. A checkpoint between evaluations writes its delta rounded, the model goes on as is."""
+    get_method(run.spec.method).round_delta(run.prepared.optimizer, run.hp.delta_dtype)
+
+
 def _write_delta(run: Run, out: Path, full: dict[str, torch.Tensor] | None = None) -> Path:
     extra = {
         "max_seq_length": run.hp.max_seq_length,
@@ -106,6 +113,7 @@ def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
 
 
 def _evaluate(run: Run, hooks: Hooks, eval_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    _round_delta(run)
     with guard(run.hp, f"evaluation at step {run.step}"):
         metrics = evaluate(
             run.prepared.model, eval_batches, run.task, run.num_labels, run.device, run.autocast
@@ -310,6 +318,7 @@ def _result(
         say(kept_message(mode, run.step, last_loss, best, run.best_loss))
         return out, best, dict(run.best_eval)
     shutil.rmtree(best_dir, ignore_errors=True)
+    _round_delta(run)  # training is over (a no-op after the last step's evaluation)
     delta = _write_delta(run, out, full)
     if mode == "best" and best is not None and best != run.step:
         say(

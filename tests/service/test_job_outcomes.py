@@ -39,7 +39,8 @@ def test_lr_0_1_on_sst2_shows_its_settings_keeps_the_best_step_and_warns(api: Ap
         "density": 0.01,
         "support": "dynamic",
         "selection": "gradient",
-        "delta_dtype": "float32",
+        "support_block": 20.0,
+        "delta_dtype": "bfloat16",
         "max_seq_length": 32,
         "basis_steps": 2,
     }

@@ -202,14 +202,62 @@ def test_low_precision_delta_is_half_the_size_and_close(value_dtype: str, tmp_pa
         err = (low[f"{name}.weight"] - w).norm() / dw.norm()
         assert 0 < err < (2e-2 if value_dtype == "bfloat16" else 2e-3), (name, err)
 
-    def floats(folder: str) -> int:
+    def floats(folder: str, parts: tuple[str, ...]) -> int:
         with safe_open(str(tmp_path / folder / "sparsegrad_delta.safetensors"), framework="pt") as f:
             return sum(
                 f.get_tensor(k).numel() * f.get_tensor(k).element_size()
                 for k in f.keys()
-                if k.endswith((".values", ".p", ".q"))
+                if k.endswith(parts)
             )
 
-    assert floats("low") * 2 == floats("f32")
+    assert floats("low", (".values",)) * 2 == floats("f32", (".values",))
+    # the basis columns are bf16 values (compute_basis): 2 bytes each, exact, in both files
+    assert floats("low", (".p", ".q")) == floats("f32", (".p", ".q")) > 0
     sg.save_delta(model, tmp_path / "auto_low", value_dtype=value_dtype)
     assert sg.delta_size(model, value_dtype).bytes == _tensor_bytes(tmp_path / "auto_low")
+
+
+@pytest.mark.parametrize("value_dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("selection", ["gradient", "adam"])
+def test_round_delta_makes_the_model_exactly_its_16_bit_delta(
+    value_dtype: str, selection: str, tmp_path: Path
+) -> None:
+    """SparseGradAdamW.round_delta: after it, the trained model (what the engine evaluates) equals a fresh
+    base + the 16-bit delta file to float32 arithmetic, where before it they differed by the rounding."""
+    model = tiny_model("bert")
+    batches = tiny_batches("bert", 6)
+    cfg = sg.SparseGradConfig(density=0.05, basis_steps=2, base_model_id="tiny-bert", selection=selection)
+    sg.inject(model, cfg, sg.compute_basis(model, batches[:2], cfg))
+    opt = sg.make_optimizer(model, lr=1e-3, weight_decay=0.01)  # a realistic rate; ΔC kept for decay
+    for batch in batches[2:]:
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    dtype = sg.VALUE_DTYPES[value_dtype]
+    layers = sg.sparse_layers(model)
+
+    def merged_gap() -> float:
+        sg.save_delta(model, tmp_path / "d", value_dtype=value_dtype)
+        merged = _target_weights(sg.load_delta(tiny_model("bert"), tmp_path / "d"))
+        return max(float((merged[f"{n}.weight"] - m.weight).abs().max()) for n, m in layers.items())
+
+    before = merged_gap()
+    opt.round_delta(dtype)
+    after = merged_gap()
+    # the rounding (bf16 ~1e-5, fp16 ~1e-6 here) is gone; the float32 sums' ~1e-8 remain
+    assert after < 1e-7 and 20 * after < before, (before, after)
+    for m in layers.values():
+        _, val = m.delta()
+        assert torch.equal(val, val.to(dtype).float())
+    st = opt.state[next(iter(layers.values())).coef]
+    if selection == "gradient":  # the optimizer's ΔC (weight decay) follows the layers'
+        pos = st["index"] // (32 * 64)
+        first = [m for m in layers.values() if m.group == "up"]
+        for i, m in enumerate(first):
+            local = st["index"][pos == i] - i * 32 * 64
+            assert torch.equal(st["delta"][pos == i], m.delta_at(local))
+    weights = {n: m.weight.clone() for n, m in layers.items()}
+    opt.round_delta(dtype)  # idempotent
+    assert all(torch.equal(weights[n], m.weight) for n, m in layers.items())
+    model(**batches[2]).loss.backward()
+    opt.step()  # training goes on from the rounded values

@@ -12,7 +12,7 @@ from sparsegrad.memory import Choice, sparse_extra_bytes
 from tests.sparsegrad.tiny import tiny_model
 from training import Hooks, JobSpec, run_training
 from training.budget import fit_to_budget
-from training.hparams import resolve
+from training.hparams import TASK_SUPPORT_BLOCK, resolve
 from training.testing import chat_records, write_jsonl
 
 
@@ -28,14 +28,16 @@ def test_choice_follows_the_budget() -> None:
     hp = resolve({}, 4000, "classification", "sparsegrad", 64)
     assert hp.selection == "adam" and hp.support == "dynamic"  # the job's own choice: long classification
     roomy, message = fit_to_budget(hp, set(), model, 10 * 2**30, "test")
-    assert (roomy.support, roomy.selection, roomy.support_block) == ("dynamic", "adam", None)
-    assert "support dynamic, selection adam needs about" in message
-    # room for the paper's rule but not for dense moments
-    rule = sparse_extra_bytes(layers, Choice(hp.density, "dynamic", "gradient"))
-    assert rule < sparse_extra_bytes(layers, Choice(hp.density, "dynamic", "adam"))
+    block = TASK_SUPPORT_BLOCK  # classification's own block
+    assert (roomy.support, roomy.selection, roomy.support_block) == ("dynamic", "adam", block)
+    assert "support dynamic in a 20k block, selection adam needs about" in message
+    # room for the paper's rule but not for dense moments (over the block)
+    rule = sparse_extra_bytes(layers, Choice(hp.density, "dynamic", "gradient", block))
+    assert rule < sparse_extra_bytes(layers, Choice(hp.density, "dynamic", "adam", block))
     mid, message = fit_to_budget(hp, set(), model, weights + 2 * rule, "test")
-    assert (mid.support, mid.selection, mid.support_block) == ("dynamic", "gradient", None)
-    assert "would need about" in message and "so support dynamic, selection gradient" in message
+    assert (mid.support, mid.selection, mid.support_block) == ("dynamic", "gradient", block)
+    assert "would need about" in message
+    assert "so support dynamic in a 20k block, selection gradient" in message
     tight, message = fit_to_budget(hp, set(), model, weights + 1, "test")
     assert (tight.support, tight.support_block) == ("fixed", 2.0)
     assert "even that is over the budget" in message

@@ -131,6 +131,11 @@ class Method(ABC):
             "delta_bytes": sum(p.numel() * p.element_size() for p in params),
         }
 
+    def round_delta(self, optimizer: torch.optim.Optimizer, value_dtype: str) -> None:
+        """Make the model exactly base + the delta written in `value_dtype` (a sparse delta's values put on
+        that dtype's grid); LoRA and full store their parameters as they are, so nothing to do."""
+        return None
+
     def trainable_names(self, model: nn.Module, state: dict[str, torch.Tensor]) -> set[str]:
         """The state-dict names of what training changes (a checkpoint's trainable.safetensors)."""
         return {n for n, p in model.named_parameters() if p.requires_grad}

@@ -43,6 +43,11 @@ class SparseDelta(Method):
         size = sg.delta_size(model, value_dtype)
         return {"delta_nnz": size.nnz, "delta_bytes": size.bytes}
 
+    def round_delta(self, optimizer: torch.optim.Optimizer, value_dtype: str) -> None:
+        if value_dtype != "float32":
+            assert isinstance(optimizer, sg.SparseGradAdamW)
+            optimizer.round_delta(sg.VALUE_DTYPES[value_dtype])
+
     def trainable_names(self, model: nn.Module, state: dict[str, torch.Tensor]) -> set[str]:
         """The trainable parameters, the injected layers' live weights and sparse buffers (ΔC, support)."""
         names = super().trainable_names(model, state)
