@@ -38,6 +38,7 @@ RUNS = [
     ("sparsegrad-dynamic", "padded"),
     ("sparsegrad-fixed", "padded"),
     ("sparsegrad-adam", "padded"),
+    ("sparsegrad-default", "padded"),  # the service's classification default: "adam" in a 20k block
     ("lora", "packed"),
     ("sparsegrad-dynamic", "packed"),
     ("sparsegrad-fixed", "packed"),
@@ -138,8 +139,15 @@ def build(method: str, scenario: str, n_batches: int, basis_file: Path | None) -
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     support = "fixed" if "fixed" in method else "dynamic"
-    selection = "adam" if method == "sparsegrad-adam" else "gradient"
-    cfg = sg.SparseGradConfig(density=DENSITY, basis_steps=10, support=support, selection=selection)  # type: ignore[arg-type]
+    selection = "adam" if method in ("sparsegrad-adam", "sparsegrad-default") else "gradient"
+    block = 20.0 if method == "sparsegrad-default" else None  # training.hparams.TASK_SUPPORT_BLOCK
+    cfg = sg.SparseGradConfig(
+        density=DENSITY,
+        basis_steps=10,
+        support=support,  # type: ignore[arg-type]
+        selection=selection,  # type: ignore[arg-type]
+        support_block=block,
+    )
     batches = make_batches(tok, scenario, n_batches)
     info: dict[str, Any] = {"method": method, "scenario": scenario}
     info["dense_mlp_delta_bytes"] = 4 * sum(t.d_out * t.d_in for t in sg.find_target_modules(model))

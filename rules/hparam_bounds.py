@@ -126,15 +126,15 @@ PARAMS: dict[str, Param] = {
             "support_block",
             1.0,
             1000.0,
-            "causal LM 2, else none",
+            "causal LM 2, else 20",
             "SparseGrad: supports stay in a block of x k coefficients (x density >= 1: none)",
         ),
         Param(
             "delta_dtype",
             "choice",
-            "float32",
-            "SparseGrad / MeProp: precision of the delta file's values and basis columns (bfloat16, float16: "
-            "half the bytes; the merged weights move by about 1e-4)",
+            "bfloat16",
+            "SparseGrad / MeProp: precision of the delta file's ΔC values (float32: twice the bytes); the "
+            "engine rounds ΔC to it before every evaluation, so the metrics are the file's",
             choices=("float32", "bfloat16", "float16"),
         ),
         _num(

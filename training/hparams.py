@@ -170,7 +170,7 @@ def auto_support_block(method: str, task: str) -> float | None:
     (unconfined: 1.42x; bf16 weights, CPU), at a validation loss still below LoRA's at the same rate, and the
     delta is 4.8% of the dense MLP ΔW in float32 (README; docs/benchmarks.md). Other tasks take 20k: on
     MiniLM (SST-2, 2,000 lines, 2 epochs, seeds 0-4) its bf16 delta is 22% of the dense float32 MLP ΔW (the
-    unconfined job's: 102% in float32, 52% in bf16) at −0.23 ± 0.39 points of dev accuracy paired, within
+    unconfined job's: 61%) at −0.23 ± 0.39 points of dev accuracy paired, within
     the −0.3 a default may lose; 8k and 12k lost 0.55 and 0.46 (docs/benchmarks.md, "Delta size")."""
     if not uses_basis(method):
         return None
