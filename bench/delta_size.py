@@ -51,6 +51,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     # support_block 100 x density 0.01 >= 1: no block (the classification default until 2026-12-06)
     "unconfined": {"support_block": 100.0, "delta_dtype": "float32"},
+    "float32": {"delta_dtype": "float32"},  # the default's support with float32 values (before 2026-12-06)
     "cap05": {"max_delta_density": 0.05},
     "cap02": {"max_delta_density": 0.02},
     "block4": {"support_block": 4.0},

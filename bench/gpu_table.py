@@ -39,7 +39,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench.step_time import RssSampler, dir_bytes
 from training.hparams import resolve
-from training.methods import prepare, save_delta, sparse_config
+from training.methods import get_method
 from training.precision import resolve_precision, set_storage
 
 # method label -> (engine method, hyper-parameters beside the auto ones). SparseGrad on a causal LM defaults
@@ -170,7 +170,8 @@ def measure(
     n_train = opts.batch * (opts.warmup + opts.steps)
     positions = int(SHAPES[opts.shape]["max_position_embeddings"])
     hp = resolve(raw, n_train, "causal_lm", kind, positions)
-    cfg = sparse_config(kind, hp, "causal_lm", None, opts.shape)
+    tuner = get_method(kind)
+    cfg = tuner.config(hp, "causal_lm", None, opts.shape)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -179,7 +180,7 @@ def measure(
     batch = _to(fixed, device)
     t0 = time.perf_counter()
     with prec.autocast():
-        prepared = prepare(kind, model, hp, cfg, [_to(b, device) for b in basis_batches])
+        prepared = tuner.prepare(model, hp, cfg, [_to(b, device) for b in basis_batches])
     set_storage(prepared.model, prec.frozen_dtype)  # bf16-weights: frozen weights to bf16
     _sync(device)
     prepare_s = time.perf_counter() - t0
@@ -205,7 +206,7 @@ def measure(
     peak = sampler.peak if sampler is not None else torch.cuda.max_memory_allocated(device)
     loss_after = _loss(model, batch)
     with tempfile.TemporaryDirectory() as tmp:
-        out = save_delta(model, kind, Path(tmp) / "delta", "causal_lm", None, opts.shape, {})
+        out = tuner.save_delta(model, Path(tmp) / "delta", "causal_lm", None, opts.shape, {})
         delta_bytes = dir_bytes(out)
     row = Row(
         method=method,

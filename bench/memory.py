@@ -53,7 +53,7 @@ def measure_one(variant: str, precision: str, batch: int, seq: int) -> dict[str,
 
     from bench.step_time import RssSampler
     from training.hparams import resolve
-    from training.methods import prepare, sparse_config
+    from training.methods import get_method
     from training.model_setup import default_models_dir
     from training.precision import resolve_precision, set_storage
 
@@ -71,9 +71,8 @@ def measure_one(variant: str, precision: str, batch: int, seq: int) -> dict[str,
         raw |= {"support": choice.support, "support_block": choice.support_block or 1 / choice.density}
     hp = resolve(raw, batch, "causal_lm", method, 8192)
     with prec.autocast():  # the engine's own set-up (training.setup)
-        prepared = prepare(
-            method, model, hp, sparse_config(method, hp, "causal_lm", None, variant), [batch_d]
-        )
+        tuner = get_method(method)
+        prepared = tuner.prepare(model, hp, tuner.config(hp, "causal_lm", None, variant), [batch_d])
     trained, opt = prepared.model, prepared.optimizer  # LoRA: a PeftModel around `model`
     set_storage(trained, prec.frozen_dtype)
     with RssSampler() as sampler:  # the training steps (the model counts neither set-up nor basis phase)

@@ -30,7 +30,7 @@ from training import checkpoint as ckpt
 from training.data import collate, epoch_order, loss_units, micro_batches
 from training.distributed import SINGLE, World, gathered
 from training.hparams import Hyper, get_lr, in_use
-from training.methods import delta_stats, get_method, save_delta, trainable_state
+from training.methods import get_method
 from training.metrics import evaluate
 from training.outcome import BEST_DELTA, DivergenceWatch, kept_message, majority_warning, save_best
 from training.setup import Run, build_run
@@ -84,9 +84,9 @@ def _write_delta(run: Run, out: Path, full: dict[str, torch.Tensor] | None = Non
         "seed": run.spec.seed,
         "lora_rank": run.prepared.lora_rank,
     }
-    model, spec = run.prepared.model, run.spec
-    return save_delta(
-        model, spec.method, out, run.task, run.label_names, spec.model, extra, full, run.hp.delta_dtype
+    method = get_method(run.spec.method)
+    return method.save_delta(
+        run.prepared.model, out, run.task, run.label_names, run.spec.model, extra, full, run.hp.delta_dtype
     )
 
 
@@ -96,7 +96,7 @@ def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
     best = work_dir / BEST_DELTA
     ckpt.save_checkpoint(
         folder,
-        trainable_state(model, run.spec.method),
+        get_method(run.spec.method).trainable_state(model),
         run.prepared.optimizer,
         run.prepared.basis,
         run.position_state(),
@@ -107,7 +107,7 @@ def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
     for old in older[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     if hooks.on_checkpoint:  # the event reports the delta's size beside the last evaluation
-        stats = delta_stats(model, run.spec.method, run.hp.delta_dtype)
+        stats = get_method(run.spec.method).delta_stats(model, run.hp.delta_dtype)
         hooks.on_checkpoint(run.step, folder, {**run.last_eval, **stats})
     return folder
 

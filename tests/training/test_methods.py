@@ -15,7 +15,7 @@ from tests.sparsegrad.tiny import tiny_batches, tiny_model
 from training import HyperparameterError, JobSpec, ModelLoadError, merge_delta, run_training
 from training.hparams import resolve
 from training.merge import _merge
-from training.methods import DELTA_META, REGISTRY, get_method, prepare, save_delta, sparse_config
+from training.methods import DELTA_META, REGISTRY, get_method
 from training.testing import write_jsonl
 
 
@@ -55,14 +55,15 @@ def test_a_delta_of_an_unregistered_method_is_refused(tmp_path: Path, models_dir
 def test_each_methods_merge_inverts_its_save_delta(name: str, tmp_path: Path) -> None:
     batches = tiny_batches("bert", 3)
     hp = resolve({"learning_rate": 1e-2, "basis_steps": 2}, 12, "classification", name, 64)
-    cfg = sparse_config(name, hp, "classification", ["a", "b", "c"], "tiny-bert")
-    prepared = prepare(name, tiny_model("bert"), hp, cfg, batches[:2])
+    method = get_method(name)
+    cfg = method.config(hp, "classification", ["a", "b", "c"], "tiny-bert")
+    prepared = method.prepare(tiny_model("bert"), hp, cfg, batches[:2])
     model = prepared.model
     model.train()
     model(**batches[2]).loss.backward()
     prepared.optimizer.step()
     model.eval()
-    out = save_delta(model, name, tmp_path / "delta", "classification", ["a", "b", "c"], "tiny-bert", {})
+    out = method.save_delta(model, tmp_path / "delta", "classification", ["a", "b", "c"], "tiny-bert", {})
     assert json.loads((out / DELTA_META).read_text())["method"] == name
     merged = _merge(tiny_model("bert"), name, out).eval()
     probe = {k: v for k, v in batches[0].items() if k != "labels"}

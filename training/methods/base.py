@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import sparsegrad as sg
-from training.distributed import World
+from training.distributed import SINGLE, World
 
 if TYPE_CHECKING:
     from training.hparams import Hyper
@@ -109,10 +109,12 @@ class Method(ABC):
         hp: Hyper,
         cfg: sg.SparseGradConfig,
         basis_batches: Iterable[dict[str, torch.Tensor]] | None,
-        basis: sg.Basis | None,
-        world: World,
-        sharded: bool,
+        basis: sg.Basis | None = None,
+        world: World = SINGLE,
+        sharded: bool = False,
     ) -> Prepared:
+        """Apply the method to `model` (in place but for LoRA); a `basis` given (resume) skips the basis
+        phase. On several processes (`world`) every rank holds the same basis, support and optimizer state."""
         done = self.attach(model, hp, cfg, basis_batches, basis, world, sharded)
         for group in done.optimizer.param_groups:
             group["base_lr"] = group["lr"]  # the schedule scales each group's own rate (loop.py)
