@@ -106,7 +106,7 @@ def test_every_method_trains_minilm_under_bf16_autocast(method: str, device: str
 
 def _bf16_trained(
     support: str, lr: float, device: str
-) -> tuple[nn.Module, dict[str, torch.Tensor], list[dict[str, Any]]]:
+) -> tuple[nn.Module, dict[str, torch.Tensor], list[dict[str, Any]], sg.SparseGradAdamW]:
     model = tiny_model("llama").to(device, torch.bfloat16)
     batches = tiny_batches("llama", 6)
     cfg = sg.SparseGradConfig(density=0.05, basis_steps=2, support=support)  # type: ignore[arg-type]
@@ -117,17 +117,25 @@ def _bf16_trained(
     opt = sg.make_optimizer(model, lr=lr)
     for i in range(10):
         _train_steps(model, opt, batches[i % 4], device, 1)
-    return model, base, batches
+    return model, base, batches, opt  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("support", ["dynamic", "fixed"])
 @pytest.mark.parametrize("lr", [2e-5, 1e-4])
-def test_bf16_weights_lose_no_update(lr: float, support: str, device: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("value_dtype", ["float32", "bfloat16"])
+def test_bf16_weights_lose_no_update(
+    value_dtype: str, lr: float, support: str, device: str, tmp_path: Path
+) -> None:
     """A bf16 base trained at a realistic rate: the frozen weight never changes (ΔW runs beside it), and the
     trained model merged equals the base plus the saved delta merged once, within 1% of the update's norm
-    (bit for bit here); its evaluation during training matches that merged model."""
-    model, base, batches = _bf16_trained(support, lr, device)
+    (bit for bit here); its evaluation during training matches that merged model. With a bf16 delta, after
+    round_delta (what the engine does before evaluating) through the side path."""
+    model, base, batches, opt = _bf16_trained(support, lr, device)
+    if value_dtype == "bfloat16":
+        opt.round_delta(torch.bfloat16)
+        for layer in sg.sparse_layers(model).values():
+            assert torch.equal(layer.delta()[1], layer.delta()[1].bfloat16().float())
     layers = sg.sparse_layers(model)
     for name, layer in layers.items():
         assert layer.weight.dtype == torch.bfloat16 and torch.equal(layer.weight, base[name]), name
@@ -138,7 +146,7 @@ def test_bf16_weights_lose_no_update(lr: float, support: str, device: str, tmp_p
     held_out = _on(batches[5], device)
     with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
         trained_loss = float(model(**held_out).loss)
-    sg.save_delta(model, tmp_path / "delta")
+    sg.save_delta(model, tmp_path / "delta", value_dtype=value_dtype)
     merged = sg.merge(model)
     fresh = sg.load_delta(tiny_model("llama").to(device, torch.bfloat16), tmp_path / "delta")
     weights = [(merged.get_submodule(n).weight, fresh.get_submodule(n).weight) for n in base]
