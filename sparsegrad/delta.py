@@ -61,7 +61,11 @@ def basis_dtype(layer: SparseGradLinear, vdtype: torch.dtype) -> torch.dtype:
     (an older checkpoint's float32 basis)."""
     if layer.P is None or layer.Q is None:
         return vdtype
-    exact = all(bool((m == m.to(torch.bfloat16).to(m.dtype)).all()) for m in (layer.P, layer.Q))
+    exact = all(
+        bool((c == c.to(torch.bfloat16).to(c.dtype)).all())
+        for m in (layer.P, layer.Q)
+        for c in m.split(1024, dim=1)  # bounded temporaries: a 7B layer's P is 11008 x 11008
+    )
     return torch.bfloat16 if exact else vdtype
 
 

@@ -261,3 +261,24 @@ def test_round_delta_makes_the_model_exactly_its_16_bit_delta(
     assert all(torch.equal(weights[n], m.weight) for n, m in layers.items())
     model(**batches[2]).loss.backward()
     opt.step()  # training goes on from the rounded values
+
+
+def test_basis_columns_are_stored_bf16_only_where_that_is_exact(tmp_path: Path) -> None:
+    """compute_basis's bases are bf16 numbers: stored in 2 bytes whatever the value dtype, and the merge is
+    the same; a float32 basis (a checkpoint from before that rounding) keeps the value dtype."""
+    model = _trained("bert")
+    sg.save_delta(model, tmp_path / "new", encoding="csr")
+    layers = sg.sparse_layers(model)
+    with torch.no_grad():
+        for m in layers.values():  # an older basis: float32 values that are not bf16 numbers
+            assert m.P is not None
+            m.P.add_(torch.full_like(m.P, 2.0**-20))
+    sg.save_delta(model, tmp_path / "old", encoding="csr")
+
+    def basis_dtypes(folder: str) -> set[torch.dtype]:
+        tensors = load_file(str(tmp_path / folder / "sparsegrad_delta.safetensors"))
+        return {t.dtype for k, t in tensors.items() if k.endswith((".p", ".q"))}
+
+    assert basis_dtypes("new") == {torch.bfloat16} and basis_dtypes("old") == {torch.float32}
+    sg.save_delta(model, tmp_path / "old_auto")
+    assert sg.delta_size(model).bytes == _tensor_bytes(tmp_path / "old_auto")  # counts the float32 basis
