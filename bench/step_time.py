@@ -133,6 +133,7 @@ def build(method: str, scenario: str, n_batches: int, basis_file: Path | None) -
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import sparsegrad as sg
+    from training.hparams import TASK_SUPPORT_BLOCK
 
     torch.manual_seed(0)
     path = minilm_dir()
@@ -140,7 +141,7 @@ def build(method: str, scenario: str, n_batches: int, basis_file: Path | None) -
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     support = "fixed" if "fixed" in method else "dynamic"
     selection = "adam" if method in ("sparsegrad-adam", "sparsegrad-default") else "gradient"
-    block = 20.0 if method == "sparsegrad-default" else None  # training.hparams.TASK_SUPPORT_BLOCK
+    block = TASK_SUPPORT_BLOCK if method == "sparsegrad-default" else None
     cfg = sg.SparseGradConfig(
         density=DENSITY,
         basis_steps=10,

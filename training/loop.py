@@ -30,7 +30,6 @@ from training import checkpoint as ckpt
 from training.data import collate, epoch_order, loss_units, micro_batches
 from training.distributed import SINGLE, World, gathered
 from training.hparams import Hyper, get_lr, in_use
-from training.methods import get_method
 from training.metrics import evaluate
 from training.outcome import BEST_DELTA, DivergenceWatch, kept_message, majority_warning, save_best
 from training.setup import Run, build_run
@@ -75,7 +74,7 @@ def _round_delta(run: Run) -> None:
     """The model made exactly base + the delta as written (hp.delta_dtype): before every evaluation (on
     every rank: they stay equal) and before the result is written, so that a metric is always the
     downloaded delta's. A checkpoint between evaluations writes its delta rounded, the model goes on as is."""
-    get_method(run.spec.method).round_delta(run.prepared.optimizer, run.hp.delta_dtype)
+    run.method.round_delta(run.prepared.optimizer, run.hp.delta_dtype)
 
 
 def _write_delta(run: Run, out: Path, full: dict[str, torch.Tensor] | None = None) -> Path:
@@ -84,8 +83,7 @@ def _write_delta(run: Run, out: Path, full: dict[str, torch.Tensor] | None = Non
         "seed": run.spec.seed,
         "lora_rank": run.prepared.lora_rank,
     }
-    method = get_method(run.spec.method)
-    return method.save_delta(
+    return run.method.save_delta(
         run.prepared.model, out, run.task, run.label_names, run.spec.model, extra, full, run.hp.delta_dtype
     )
 
@@ -96,7 +94,7 @@ def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
     best = work_dir / BEST_DELTA
     ckpt.save_checkpoint(
         folder,
-        get_method(run.spec.method).trainable_state(model),
+        run.method.trainable_state(model),
         run.prepared.optimizer,
         run.prepared.basis,
         run.position_state(),
@@ -107,7 +105,7 @@ def _checkpoint(run: Run, work_dir: Path, hooks: Hooks) -> Path:
     for old in older[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     if hooks.on_checkpoint:  # the event reports the delta's size beside the last evaluation
-        stats = get_method(run.spec.method).delta_stats(model, run.hp.delta_dtype)
+        stats = run.method.delta_stats(model, run.hp.delta_dtype)
         hooks.on_checkpoint(run.step, folder, {**run.last_eval, **stats})
     return folder
 

@@ -30,7 +30,7 @@ from training.data import (
 )
 from training.distributed import SHARDINGS, SINGLE, World, wrap_ddp
 from training.hparams import Hyper, is_auto, resolve
-from training.methods import REGISTRY, Prepared
+from training.methods import REGISTRY, Method, Prepared
 from training.models import load_model, load_tokenizer, max_positions, registry_entry
 from training.precision import Precision, resolve_precision, set_storage
 from training.spec import DataError, HyperparameterError, JobSpec, TrainingError
@@ -70,6 +70,11 @@ class Run:
     def trainer(self) -> torch.nn.Module:
         """The module a training step calls: DDP's wrapper on several ranks, else the model."""
         return self.ddp if self.ddp is not None else self.prepared.model
+
+    @property
+    def method(self) -> Method:
+        """The job's method object (training.methods.REGISTRY)."""
+        return REGISTRY[self.spec.method]
 
     @property
     def label_names(self) -> list[str] | None:
